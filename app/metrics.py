@@ -1,0 +1,65 @@
+"""Prometheus metrics for the inference role (served at /metrics); no torch here, so any role may import it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
+REQUESTS = Counter(
+    "ftserve_inference_requests_total", "Completion requests answered, by HTTP status", ["endpoint", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "ftserve_inference_request_seconds",
+    "Time from a request's submission to its last row finishing",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+QUEUE_SECONDS = Histogram(
+    "ftserve_inference_queue_seconds",
+    "Time a row waited between submission and joining a batch (window, adapter load, capacity)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_ROWS = Histogram(
+    "ftserve_inference_batch_rows",
+    "Rows in each decode step",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+GENERATED_TOKENS = Counter("ftserve_inference_generated_tokens_total", "Tokens generated")
+TOKENS_PER_SECOND = Gauge(
+    "ftserve_inference_tokens_per_second", "Tokens generated per second in the most recent decode step"
+)
+ACTIVE_ROWS = Gauge("ftserve_inference_active_rows", "Rows currently being decoded")
+ROWS_FINISHED = Counter("ftserve_inference_rows_finished_total", "Rows finished, by reason", ["reason"])
+ADAPTER_HITS = Counter("ftserve_adapter_cache_hits_total", "Requests whose adapter was already resident")
+ADAPTER_MISSES = Counter("ftserve_adapter_cache_misses_total", "Requests whose adapter had to be loaded")
+ADAPTER_LOADS = Counter("ftserve_adapter_loads_total", "Adapters read from disk and attached")
+ADAPTER_LOAD_FAILURES = Counter("ftserve_adapter_load_failures_total", "Adapter loads that failed")
+ADAPTER_EVICTIONS = Counter("ftserve_adapter_evictions_total", "Adapters evicted by the LRU (count or bytes limit)")
+ADAPTER_UNLOADS = Counter("ftserve_adapter_unloads_total", "Adapters unloaded because their model was deleted")
+ADAPTERS_RESIDENT = Gauge("ftserve_adapters_resident", "Adapters resident, all bases together")
+ADAPTER_BYTES = Gauge("ftserve_adapter_bytes_resident", "Bytes of resident adapter weights, all bases together")
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every metric and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def install(app: FastAPI) -> None:
+    """Serve /metrics and count completion requests by endpoint and status (served here or proxied)."""
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        endpoint = ENDPOINTS.get(request.url.path) if request.method == "POST" else None
+        response = await call_next(request)
+        if endpoint is not None:
+            REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        return response

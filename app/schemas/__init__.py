@@ -1,0 +1,1 @@
+"""Wire types mirroring OpenAI's objects, one module per resource."""

@@ -1,0 +1,107 @@
+"""Fine-tuning jobs, events and checkpoints as OpenAI sends them, plus ftserve's marked extensions."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Auto = Literal["auto"]
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Auto | int | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 50})
+    batch_size: Auto | int | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 256})
+    learning_rate_multiplier: Auto | float | None = Field(default=None, json_schema_extra={"exclusiveMinimum": 0})
+
+
+class SupervisedMethod(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedMethod | None = None
+
+
+class FtserveExtensions(BaseModel):
+    """ftserve-only settings (not in OpenAI's API); documented in docs/api.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_loss_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    lora_rank: int | None = Field(default=None, ge=1, le=256)
+    lora_alpha: float | None = Field(default=None, gt=0)
+    lora_dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+    warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["linear", "cosine", "constant"] | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    integrations: list[Any] | None = None
+    # --- ftserve extensions (not part of OpenAI's API) ---
+    extensions: FtserveExtensions | None = Field(default=None, description="ftserve extension block")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: JobStatus
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list[Any] | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any] | None = None
+    # --- ftserve extensions ---
+    extensions: dict[str, Any] | None = None
+
+
+class JobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    data: dict[str, Any] | None = None
+    type: Literal["message", "metrics"] = "message"
+
+
+class JobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float | None]
+    step_number: int

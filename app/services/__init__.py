@@ -1,0 +1,1 @@
+"""Business rules with no HTTP: files, jobs and their state machine, models."""

@@ -1,0 +1,129 @@
+"""Files: store uploads, validate training data line by line, list, read and delete them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.datasets.formats import DatasetError
+from app.datasets.validate import validate_file
+from app.db.models import File
+from app.errors import APIError, bad_request, not_found
+from app.ids import new_id, now
+from app.schemas.files import FileObject
+from app.services.pagination import page
+from app.storage import Storage, UploadTooLarge
+
+UPLOAD_PURPOSES = ("fine-tune",)
+
+
+def to_wire(f: File) -> FileObject:
+    return FileObject(
+        id=f.id,
+        bytes=f.bytes,
+        created_at=f.created_at,
+        filename=f.filename,
+        purpose=f.purpose,
+        status=f.status,  # type: ignore[arg-type]
+        status_details=f.status_details,
+        extensions={"error_code": f.error_code, "error_line": f.error_line} if f.status == "error" else None,
+    )
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(413, f"File is larger than the upload limit of {limit} bytes", param="file", code="file_too_large")
+
+
+async def create_upload(
+    session: Session,
+    settings: Settings,
+    org: str,
+    filename: str,
+    purpose: str,
+    chunks: AsyncIterator[bytes],
+) -> File:
+    """Stream an upload to storage and validate it; a bad training file is kept with status=error and
+    answered with a 400 that names the code and line."""
+    if purpose not in UPLOAD_PURPOSES:
+        raise bad_request(
+            f"Invalid purpose '{purpose}'; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
+            param="purpose",
+            code="invalid_purpose",
+        )
+    storage = Storage(settings)
+    file_id = new_id("file-")
+    try:
+        size, sha = await storage.save_upload(file_id, chunks, settings.max_upload_bytes)
+    except UploadTooLarge:
+        raise too_large(settings.max_upload_bytes) from None
+    row = File(
+        id=file_id,
+        org_id=org,
+        filename=filename[:512] or "upload.jsonl",
+        purpose=purpose,
+        bytes=size,
+        sha256=sha,
+        created_at=now(),
+        status="uploaded",
+    )
+    try:
+        summary = await asyncio.to_thread(
+            validate_file, storage.file_path(file_id), settings.max_line_bytes, settings.min_training_examples
+        )
+    except DatasetError as err:
+        row.status, row.status_details = "error", err.describe()
+        row.error_code, row.error_line = err.code, err.line
+        session.add(row)
+        session.commit()
+        raise APIError(
+            400, f"Invalid training file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
+        ) from None
+    row.status, row.format, row.n_examples = "processed", summary.format, summary.n_examples
+    session.add(row)
+    session.commit()
+    return row
+
+
+def create_result_file(session: Session, settings: Settings, org: str, filename: str, data: bytes) -> File:
+    """Store a service-made file (e.g. a job's result CSV) as purpose fine-tune-results."""
+    file_id = new_id("file-")
+    size, sha = Storage(settings).write_bytes(file_id, data)
+    row = File(
+        id=file_id,
+        org_id=org,
+        filename=filename,
+        purpose="fine-tune-results",
+        bytes=size,
+        sha256=sha,
+        created_at=now(),
+        status="processed",
+    )
+    session.add(row)
+    return row
+
+
+def get_file(session: Session, org: str, file_id: str, param: str | None = None) -> File:
+    row = session.get(File, file_id)
+    if row is None or row.org_id != org:
+        raise not_found("file", file_id, param)
+    return row
+
+
+def list_files(
+    session: Session, org: str, *, purpose: str | None, after: str | None, limit: int, order: str
+) -> tuple[list[File], bool]:
+    stmt = select(File).where(File.org_id == org)
+    if purpose:
+        stmt = stmt.where(File.purpose == purpose)
+    return page(session, stmt, File, after=after, limit=limit, descending=order != "asc")
+
+
+def delete_file(session: Session, settings: Settings, org: str, file_id: str) -> None:
+    row = get_file(session, org, file_id)
+    session.delete(row)
+    session.commit()
+    Storage(settings).delete_file(file_id)

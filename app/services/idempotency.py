@@ -1,0 +1,119 @@
+"""Idempotency-Key: a retried POST gets the first response back instead of creating a second object."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import IdempotencyKey
+from app.errors import APIError
+from app.ids import now
+
+MAX_KEY_LENGTH = 256
+
+
+IN_PROGRESS = 0
+
+
+def _lookup(session: Session, org: str, key: str, path: str) -> IdempotencyKey | None:
+    if len(key) > MAX_KEY_LENGTH:
+        raise APIError(
+            400,
+            f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    row = session.get(IdempotencyKey, (org, key))
+    if row is None:
+        return None
+    if row.path != path:
+        raise APIError(
+            409,
+            f"Idempotency-Key '{key}' was already used for {row.path}",
+            type="conflict_error",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    if row.status_code == IN_PROGRESS:
+        raise APIError(
+            409,
+            f"A request with Idempotency-Key '{key}' is still being processed; retry shortly",
+            type="conflict_error",
+            param="Idempotency-Key",
+            code="idempotency_key_in_progress",
+        )
+    return row
+
+
+def begin(session: Session, org: str, key: str | None, path: str) -> dict[str, Any] | None:
+    """The stored result for a repeated key, else reserve the key (None) so the request can run.
+
+    The key is reserved before the work starts: a retry that arrives while the first request still
+    runs gets a 409 to retry later, and one that arrives after it gets the first result.
+    """
+    if not key:
+        return None
+    row = _lookup(session, org, key, path)
+    if row is not None:
+        return dict(json.loads(row.body))
+    session.add(IdempotencyKey(org_id=org, key=key, path=path, status_code=IN_PROGRESS, body="", created_at=now()))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        row = _lookup(session, org, key, path)
+        assert row is not None
+        return dict(json.loads(row.body))
+    return None
+
+
+@dataclass
+class Once:
+    """One request under an Idempotency-Key: `stored` is the earlier result to replay, else set `result`."""
+
+    stored: dict[str, Any] | None = None
+    result: BaseModel | None = None
+
+
+@contextmanager
+def once(session: Session, org: str, key: str | None, path: str) -> Iterator[Once]:
+    """begin → the caller's work → finish, or abandon if the work raised; no key: just the work."""
+    slot = Once(stored=begin(session, org, key, path))
+    if slot.stored is not None:
+        yield slot
+        return
+    try:
+        yield slot
+    except BaseException:
+        abandon(session, org, key)
+        raise
+    if slot.result is not None:
+        finish(session, org, key, slot.result)
+
+
+def finish(session: Session, org: str, key: str | None, result: BaseModel) -> None:
+    """Store the response for the reserved key."""
+    if not key:
+        return
+    row = session.get(IdempotencyKey, (org, key))
+    if row is not None:
+        row.status_code, row.body = 200, result.model_dump_json()
+        session.commit()
+
+
+def abandon(session: Session, org: str, key: str | None) -> None:
+    """Release the key after a failed request, so the client may fix its input and retry with it."""
+    if not key:
+        return
+    session.rollback()
+    row = session.get(IdempotencyKey, (org, key))
+    if row is not None and row.status_code == IN_PROGRESS:
+        session.delete(row)
+        session.commit()

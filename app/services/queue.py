@@ -1,0 +1,19 @@
+"""Enqueue training after the job is committed; the task carries only the job id."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_training(job_id: str) -> bool:
+    """Send run_job(job_id) to the broker; False if the broker refused (the reaper re-sends queued jobs)."""
+    from worker.celery_app import RUN_JOB, get_celery
+
+    try:
+        get_celery().send_task(RUN_JOB, args=[job_id], retry=True, retry_policy={"max_retries": 3})
+    except Exception:
+        log.exception("could not enqueue job %s; it stays queued for the reaper", job_id)
+        return False
+    return True

@@ -1,0 +1,101 @@
+// The dashboard's only door to the server: the public /v1 API, with the API key kept in localStorage.
+const KEY = "ftserve.apiKey";
+
+export const getKey = () => localStorage.getItem(KEY) || "";
+export function setKey(key) {
+  if (key) localStorage.setItem(KEY, key);
+  else localStorage.removeItem(KEY);
+}
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const err = body && body.error ? body.error : {};
+    super(err.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = err.code || null;
+    this.param = err.param || null;
+  }
+}
+
+function headers(extra = {}) {
+  const h = { ...extra };
+  const key = getKey();
+  if (key) h.Authorization = `Bearer ${key}`;
+  return h;
+}
+
+async function failure(res) {
+  let body = null;
+  try { body = await res.json(); } catch { /* not JSON: keep the status */ }
+  const err = new ApiError(res.status, body);
+  if (res.status === 401) window.dispatchEvent(new CustomEvent("ftserve:unauthorized", { detail: err.message }));
+  return err;
+}
+
+// Paths are relative ("v1/…") so the page also works behind a proxy that serves it under a prefix.
+export async function api(path, { method = "GET", json, form } = {}) {
+  const init = { method, headers: headers(json ? { "content-type": "application/json" } : {}) };
+  if (json) init.body = JSON.stringify(json);
+  if (form) init.body = form;
+  const res = await fetch(path.replace(/^\//, ""), init);
+  if (!res.ok) throw await failure(res);
+  return res.json();
+}
+
+// Events newer than `lastId` (all of them when null), oldest first; the API lists newest first.
+export async function newEvents(jobId, lastId) {
+  const out = [];
+  let after = null;
+  for (;;) {
+    const q = new URLSearchParams({ limit: "100" });
+    if (after) q.set("after", after);
+    const page = await api(`v1/fine_tuning/jobs/${jobId}/events?${q}`);
+    for (const e of page.data) {
+      if (e.id === lastId) return out.reverse();
+      out.push(e);
+    }
+    if (!page.has_more || page.data.length === 0) return out.reverse();
+    after = page.data[page.data.length - 1].id;
+  }
+}
+
+// Save a file the API serves (e.g. a job's result CSV) with the key sent as a header, not in the URL.
+export async function download(fileId, filename) {
+  const res = await fetch(`v1/files/${fileId}/content`, { headers: headers() });
+  if (!res.ok) throw await failure(res);
+  const url = URL.createObjectURL(await res.blob());
+  const a = Object.assign(document.createElement("a"), { href: url, download: filename || fileId });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// POST /v1/completions with stream: true; yields each SSE chunk's JSON until `data: [DONE]`.
+export async function* streamCompletion(body, signal) {
+  const res = await fetch("v1/completions", {
+    method: "POST",
+    headers: headers({ "content-type": "application/json", accept: "text/event-stream" }),
+    body: JSON.stringify({ ...body, stream: true }),
+    signal,
+  });
+  if (!res.ok) throw await failure(res);
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let sep;
+    while ((sep = buf.match(/\r?\n\r?\n/))) {
+      const block = buf.slice(0, sep.index);
+      buf = buf.slice(sep.index + sep[0].length);
+      for (const line of block.split(/\r?\n/)) {
+        if (!line.startsWith("data:")) continue; // comments (": ping") and other fields
+        const payload = line.slice(5).trim();
+        if (payload === "[DONE]") return;
+        yield JSON.parse(payload);
+      }
+    }
+  }
+}

@@ -1,0 +1,174 @@
+// One job: facts, cancel, loss chart growing while it runs, progress, hyperparameters, checkpoints, events.
+import { api, download, newEvents } from "./api.js";
+import { LossChart } from "./chart.js";
+import { badge, fmtClock, fmtNum, fmtTime, h, poll, showError, TERMINAL } from "./util.js";
+
+const playLink = (model) => h("a.mono", { href: `#/playground?model=${encodeURIComponent(model)}` }, model);
+
+function facts(job) {
+  const rows = [
+    ["Base model", job.model],
+    ["Fine-tuned model", job.fine_tuned_model ? playLink(job.fine_tuned_model) : "—"],
+    ["Created", fmtTime(job.created_at)],
+    ["Finished", fmtTime(job.finished_at)],
+    ["Estimated finish", TERMINAL.has(job.status) ? "—" : fmtTime(job.estimated_finish)],
+    ["Trained tokens", fmtNum(job.trained_tokens)],
+    ["Training file", h("span.mono", {}, job.training_file)],
+    ["Validation file", job.validation_file ? h("span.mono", {}, job.validation_file) : "—"],
+    ["Seed", String(job.seed)],
+    [
+      "Result file",
+      job.result_files.length
+        ? job.result_files.map((id) =>
+            h("a.mono", { href: `v1/files/${id}/content`, id: "result-file", onclick: (e) => {
+              e.preventDefault();
+              download(id, `${job.id}-results.csv`);
+            } }, `${id} (CSV)`))
+        : "—",
+    ],
+  ];
+  return h("dl.facts", {}, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+}
+
+function hyperparameters(job) {
+  const all = { ...job.hyperparameters, ...(job.extensions || {}) };
+  return h(
+    "table#hyperparameters",
+    {},
+    h("tbody", {}, Object.entries(all).map(([k, v]) =>
+      h("tr", {}, h("td.muted", {}, k), h("td.mono.num", {}, typeof v === "object" ? JSON.stringify(v) : String(v))))),
+  );
+}
+
+function checkpoints(list) {
+  if (!list.length) return h("p.muted", {}, "No checkpoints yet (one per epoch).");
+  return h(
+    "table#checkpoints",
+    {},
+    h("thead", {}, h("tr", {}, h("th.num", {}, "Step"), h("th.num", {}, "Train loss"), h("th.num", {}, "Valid loss"),
+      h("th.num", {}, "Token acc."), h("th", {}, "Model"))),
+    h("tbody", {}, [...list].sort((x, y) => y.step_number - x.step_number).map((c) => h(
+      "tr", {},
+      h("td.num", {}, String(c.step_number)),
+      h("td.num", {}, fmtNum(c.metrics.train_loss)),
+      h("td.num", {}, fmtNum(c.metrics.full_valid_loss ?? c.metrics.valid_loss)),
+      h("td.num", {}, fmtNum(c.metrics.train_mean_token_accuracy, 3)),
+      h("td.wrap", {}, playLink(c.fine_tuned_model_checkpoint)),
+    ))),
+  );
+}
+
+function eventItem(e) {
+  return h(`li.${e.level}`, { dataset: { type: e.type } }, h("span.t", {}, fmtClock(e.created_at)), h("span", {}, e.message));
+}
+
+function cancelButton(job, refresh) {
+  let armed = false;
+  const btn = h("button.danger#cancel", {}, "Cancel job");
+  btn.addEventListener("click", async () => {
+    if (!armed) {
+      // A second click confirms, so a stray click does not throw away a run.
+      armed = true;
+      btn.textContent = "Click again to cancel";
+      setTimeout(() => { armed = false; btn.textContent = "Cancel job"; }, 5000);
+      return;
+    }
+    btn.disabled = true;
+    btn.textContent = "Cancelling…";
+    try {
+      await api(`v1/fine_tuning/jobs/${job.id}/cancel`, { method: "POST" });
+    } catch (err) {
+      btn.disabled = false;
+      btn.textContent = `Cancel failed: ${err.message}`;
+    }
+    refresh();
+  });
+  return btn;
+}
+
+export function jobView(root, jobId) {
+  const head = h("div.job-head");
+  const error = h("div");
+  const factsBox = h("div");
+  const progressText = h("span.muted", { id: "progress-text" }, "waiting for the first step…");
+  const progressBar = h("div");
+  const chartEl = h("div#loss-chart");
+  const hpBox = h("div");
+  const ckptBox = h("div");
+  const eventsList = h("ol.events#events");
+  const showMetrics = h("input", { type: "checkbox", id: "show-metrics" });
+  root.append(
+    head,
+    error,
+    h("div.cols", {},
+      h("div.card", {}, h("h3", {}, "Job"), factsBox),
+      h("div.card", {}, h("h3", {}, "Hyperparameters (as resolved)"), hpBox)),
+    h("div.card", {}, h("h3", {}, "Loss"), h("div.progress", {}, h("div.bar", {}, progressBar), progressText), chartEl),
+    h("div.cols", {},
+      h("div.card", {}, h("h3", {}, "Checkpoints"), ckptBox),
+      h("div.card", {}, h("h3", {}, "Events ", h("label.muted", {}, showMetrics, " show step metrics")), eventsList)),
+  );
+  const chart = new LossChart(chartEl);
+  let lastEvent = null;
+  let status = null;
+  let refresh = () => {};
+
+  showMetrics.addEventListener("change", () => eventsList.classList.toggle("all", showMetrics.checked));
+  const styleMetrics = h("style", {}, "ol.events li[data-type=metrics]{display:none} ol.events.all li[data-type=metrics]{display:flex}");
+  root.append(styleMetrics);
+
+  const render = async () => {
+    let job;
+    try {
+      job = await api(`v1/fine_tuning/jobs/${jobId}`);
+    } catch (err) {
+      showError(error, err);
+      return err.status !== 404;
+    }
+    const fresh = await newEvents(jobId, lastEvent);
+    if (fresh.length) lastEvent = fresh[fresh.length - 1].id;
+    const metrics = fresh.filter((e) => e.type === "metrics" && e.data).map((e) => e.data);
+    chart.add(metrics);
+    if (metrics.length) {
+      const m = metrics[metrics.length - 1];
+      progressBar.style.width = `${(100 * m.step) / m.total_steps}%`;
+      progressText.textContent = `step ${m.step}/${m.total_steps} · train loss ${fmtNum(m.train_loss)}` +
+        (m.valid_loss !== undefined ? ` · valid loss ${fmtNum(m.valid_loss)}` : "");
+    }
+    eventsList.prepend(...fresh.reverse().map(eventItem));
+    if (job.status !== status) {
+      // Only on a status change, so the cancel button is not replaced under the user's pointer.
+      status = job.status;
+      head.replaceChildren(
+        h("h2.mono", {}, job.id),
+        h("span#job-status", { dataset: { status: job.status } }, badge(job.status)),
+        h("div.actions", {}, TERMINAL.has(job.status) ? "" : cancelButton(job, () => refresh())),
+      );
+    }
+    factsBox.replaceChildren(facts(job));
+    hpBox.replaceChildren(hyperparameters(job));
+    const ck = await api(`v1/fine_tuning/jobs/${jobId}/checkpoints?limit=100`);
+    ckptBox.replaceChildren(checkpoints(ck.data));
+    error.replaceChildren(...(job.error ? [h("div.errorbox#job-error", {}, `${job.error.code}: ${job.error.message}`)] : []));
+    return !TERMINAL.has(job.status); // stop polling once the job has ended and been drawn once more
+  };
+  let busy = false;
+  const update = async () => {
+    if (busy) return true; // one refresh at a time, so no event is added twice
+    busy = true;
+    try {
+      return await render();
+    } finally {
+      busy = false;
+    }
+  };
+  let stop = poll(update, 1500);
+  refresh = () => {
+    stop();
+    stop = poll(update, 1500);
+  };
+  return () => {
+    stop();
+    chart.destroy();
+  };
+}

@@ -1,0 +1,320 @@
+"""Inference throughput: ftserve's batched multi-adapter server against the usual ways to serve LoRA adapters.
+
+For each base (the built-in SmolLM2-135M-Instruct and ftserve-tiny) and 1, 8 and 32 distinct random LoRA
+adapters, every mode answers the same greedy requests (32 new tokens at most, EOS stops a row):
+
+  (a) naive:   load base + adapter from disk for every request, then generate (a tutorial script)
+  (b) serial:  one resident PeftModel holding every adapter, set_adapter per request, one request at a time
+  (c) ftserve: 64 concurrent HTTP requests to a real `ftserve inference` process (continuous batching,
+               adapters mixed in one batch)
+  (d) base:    the same 64 requests to the base model through ftserve, to show the LoRA overhead
+
+(a) and (b) serve one request at a time, so they run fewer requests (--naive-requests, --serial-requests);
+their throughput is measured, and their p50/p95 latency is what 64 requests arriving together would see
+when served one after another with the measured service times.
+
+    python bench/inference_throughput.py                  # both bases, 1/8/32 adapters (a few minutes)
+    python bench/inference_throughput.py --bases ftserve-tiny --adapters 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.config import Settings  # noqa: E402
+from app.db.migrate import upgrade_head  # noqa: E402
+from app.db.session import make_engine  # noqa: E402
+from app.services import models as model_service  # noqa: E402
+from app.storage import Storage  # noqa: E402
+from worker.inference.engine import stop_token_ids  # noqa: E402
+from worker.models.bases import load_base, prepare_base  # noqa: E402
+from worker.training.export import save_adapter  # noqa: E402
+
+TOPICS = ["river", "robot", "garden", "violin", "comet", "bakery", "glacier", "lantern"]
+
+
+@dataclass
+class Result:
+    mode: str
+    requests: int
+    seconds: float
+    tokens: int
+    latencies: list[float]
+    cpu_seconds: float  # CPU time of the serving process: robust to other load on a shared machine
+
+    def row(self, base: str, adapters: int) -> str:
+        lat = sorted(self.latencies)
+        p50 = lat[len(lat) // 2]
+        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+        return (
+            f"| {base} | {adapters} | {self.mode} | {self.requests} | {self.requests / self.seconds:.2f} | "
+            f"{self.tokens / self.seconds:.1f} | {p50:.2f} | {p95:.2f} | {self.tokens / self.cpu_seconds:.1f} |"
+        )
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return self.tokens / self.cpu_seconds
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), all threads included."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def prompts(n: int, of: int = 64) -> list[str]:
+    """n prompts spread evenly over the same `of` prompts, so every mode sees the same mix."""
+    step = max(1, of // n)
+    return [f"Story {i}: write a short story about a {TOPICS[i % len(TOPICS)]}.\n" for i in range(0, step * n, step)]
+
+
+def make_adapters(settings: Settings, base: str, count: int) -> list[str]:
+    """Random (untrained) rank-8 all-linear LoRA adapters saved and registered like a job's; returns model names."""
+    model, _ = load_base(settings, base, torch.device("cpu"))
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    names = []
+    storage = Storage(settings)
+    with Session(make_engine(settings.resolved_database_url())) as s:
+        for i in range(count):
+            gen = torch.Generator().manual_seed(i)
+            for pname, p in peft_model.named_parameters():
+                if "lora_A" in pname:
+                    p.data = torch.randn(p.shape, generator=gen).to(p.dtype) / p.shape[1] ** 0.5
+                elif "lora_B" in pname:  # small enough that every adapter still writes sentences
+                    p.data = (torch.randn(p.shape, generator=gen) * 0.02).to(p.dtype)
+            job_id = f"ftjob-bench{base.replace('-', '')[:12]}{i}"
+            save_adapter(peft_model, storage.adapter_dir(job_id, None))  # type: ignore[arg-type]
+            name = f"ft:{base}:personal:bench{i}:{job_id.removeprefix('ftjob-')}"
+            model_service.register(s, name, "personal", base, job_id, None)
+            names.append(name)
+        s.commit()
+    return names
+
+
+def _generate(model: torch.nn.Module, tok: object, prompt: str, stops: list[int], max_tokens: int) -> int:
+    ids = tok(prompt, return_tensors="pt")  # type: ignore[operator]
+    out = model.generate(  # type: ignore[operator]
+        **ids,
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=stops,
+        pad_token_id=tok.pad_token_id,  # type: ignore[attr-defined]
+    )
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
+    return sum(1 for t in new if t not in stops)
+
+
+def queued_latencies(service: list[float], n: int) -> list[float]:
+    """Latencies of n requests arriving together and served one at a time (service times reused cyclically)."""
+    done, out = 0.0, []
+    for i in range(n):
+        done += service[i % len(service)]
+        out.append(done)
+    return out
+
+
+def naive(settings: Settings, base: str, models: list[str], n: int, max_tokens: int, concurrency: int) -> Result:
+    """(a) Load base + adapter from disk per request."""
+    service, tokens = [], 0
+    started, cpu = time.perf_counter(), cpu_seconds()
+    storage = Storage(settings)
+    for i, prompt in enumerate(prompts(n)):
+        t0 = time.perf_counter()
+        model, tok = load_base(settings, base, torch.device("cpu"), progress=lambda _m: None)
+        job_id = models[i % len(models)].rsplit(":", 1)[1]
+        peft_model = PeftModel.from_pretrained(model, str(storage.adapter_dir(f"ftjob-{job_id}", None)))
+        peft_model.eval()
+        with torch.inference_mode():
+            tokens += _generate(peft_model, tok, prompt, sorted(stop_token_ids(model, tok)), max_tokens)
+        service.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - started
+    return Result(
+        "(a) naive: load per request", n, wall, tokens, queued_latencies(service, concurrency), cpu_seconds() - cpu
+    )
+
+
+def serial(settings: Settings, base: str, models: list[str], n: int, max_tokens: int, concurrency: int) -> Result:
+    """(b) One resident PeftModel with every adapter; set_adapter per request, one at a time."""
+    storage = Storage(settings)
+    model, tok = load_base(settings, base, torch.device("cpu"), progress=lambda _m: None)
+    stops = sorted(stop_token_ids(model, tok))
+    dirs = [storage.adapter_dir("ftjob-" + m.rsplit(":", 1)[1], None) for m in models]
+    peft_model = PeftModel.from_pretrained(model, str(dirs[0]), adapter_name="a0")
+    for i, d in enumerate(dirs[1:], start=1):
+        peft_model.load_adapter(str(d), adapter_name=f"a{i}")
+    peft_model.eval()
+    service, tokens = [], 0
+    started, cpu = time.perf_counter(), cpu_seconds()
+    for i, prompt in enumerate(prompts(n)):
+        t0 = time.perf_counter()
+        peft_model.set_adapter(f"a{i % len(dirs)}")
+        with torch.inference_mode():
+            tokens += _generate(peft_model, tok, prompt, stops, max_tokens)
+        service.append(time.perf_counter() - t0)
+    return Result(
+        "(b) resident, set_adapter, serial",
+        n,
+        time.perf_counter() - started,
+        tokens,
+        queued_latencies(service, concurrency),
+        cpu_seconds() - cpu,
+    )
+
+
+async def _http(url: str, models: list[str], n: int, max_tokens: int) -> tuple[float, int, list[float]]:
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=n)) as client:
+
+        async def one(i: int, prompt: str) -> tuple[float, int]:
+            t0 = time.perf_counter()
+            body = {"model": models[i % len(models)], "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+            r = await client.post("/v1/completions", json=body)
+            r.raise_for_status()
+            return time.perf_counter() - t0, int(r.json()["usage"]["completion_tokens"])
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts(n))))
+        return time.perf_counter() - started, sum(t for _, t in results), [lat for lat, _ in results]
+
+
+def served(
+    url: str,
+    pid: int,
+    mode: str,
+    models: list[str],
+    n: int,
+    max_tokens: int,
+    min_rounds: int = 3,
+    min_seconds: float = 5.0,
+) -> Result:
+    """(c)/(d) bursts of n concurrent requests to the ftserve inference server, adapters warmed (loaded)
+    first; repeated (at least min_rounds and min_seconds) because one burst of the tiny model lasts a
+    fraction of a second, too short to time on a shared machine."""
+    asyncio.run(_http(url, models, len(models), 2))  # every adapter resident, as in (b)
+    cpu = cpu_seconds(pid)
+    seconds, tokens, latencies, rounds = 0.0, 0, [], 0
+    while rounds < min_rounds or seconds < min_seconds:
+        s, t, lat = asyncio.run(_http(url, models, n, max_tokens))
+        seconds, tokens, rounds = seconds + s, tokens + t, rounds + 1
+        latencies += lat
+    return Result(mode, n * rounds, seconds, tokens, latencies, cpu_seconds(pid) - cpu)
+
+
+def start_server(data: Path, bases_dir: Path, cache_size: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = 18000 + os.getpid() % 1000
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTSERVE_")}
+    env.update(
+        FTSERVE_DATA_DIR=str(data),
+        FTSERVE_BASES_DIR=str(bases_dir),
+        FTSERVE_ADAPTER_CACHE_SIZE=str(cache_size),
+        OMP_NUM_THREADS=str(threads),
+        PYTHONUNBUFFERED="1",
+    )
+    log = (data / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "inference", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError((data / "server.log").read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError("server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bases", nargs="+", default=["smollm2-135m-instruct", "ftserve-tiny"])
+    ap.add_argument("--adapters", nargs="+", type=int, default=[1, 8, 32])
+    ap.add_argument("--requests", type=int, default=64, help="concurrent requests for (c) and (d)")
+    ap.add_argument("--tokens", type=int, default=32, help="max new tokens per request")
+    ap.add_argument("--naive-requests", type=int, default=4)
+    ap.add_argument("--serial-requests", type=int, default=16)
+    ap.add_argument("--bases-dir", type=Path, default=None, help="prepared bases (default: a fresh temp dir)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads, the same for every mode (1: on a small shared machine, two spinning "
+        "OpenMP threads per process stall each other)",
+    )
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="ftserve-bench-") as tmp:
+        data = Path(tmp)
+        bases_dir = (args.bases_dir or data / "bases").resolve()
+        settings = Settings(data_dir=data, bases_dir=bases_dir)
+        upgrade_head(settings.resolved_database_url())
+        most = max(args.adapters)
+        models = {}
+        for base in args.bases:
+            prepare_base(settings, base, progress=lambda m: print(f"  {m}", file=sys.stderr))
+            models[base] = make_adapters(settings, base, most)
+        proc, url = start_server(data, bases_dir, cache_size=most, threads=args.threads)
+        lines = [
+            "| base | adapters | mode | requests | requests/s | tokens/s | p50 s | p95 s | tokens/CPU-s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        ratios = []
+        try:
+            for base in args.bases:
+                d = served(url, proc.pid, "(d) ftserve, base model only", [base], args.requests, args.tokens)
+                for count in args.adapters:
+                    chosen = models[base][:count]
+                    gc.collect()  # the HTTP client must not pause to collect (a)/(b)'s models mid-run
+                    c = served(url, proc.pid, "(c) ftserve, batched multi-adapter", chosen, args.requests, args.tokens)
+                    a = naive(settings, base, chosen, args.naive_requests, args.tokens, args.requests)
+                    b = serial(settings, base, chosen, args.serial_requests, args.tokens, args.requests)
+                    lines += [r.row(base, count) for r in (a, b, c)]
+                    ratios.append(
+                        f"| {base} | {count} | {c.tokens_per_s / a.tokens_per_s:.1f}× | "
+                        f"{c.tokens_per_s / b.tokens_per_s:.1f}× | {d.tokens_per_s / c.tokens_per_s:.2f}× | "
+                        f"{c.tokens_per_cpu_s / a.tokens_per_cpu_s:.1f}× | "
+                        f"{c.tokens_per_cpu_s / b.tokens_per_cpu_s:.1f}× | "
+                        f"{d.tokens_per_cpu_s / c.tokens_per_cpu_s:.2f}× |"
+                    )
+                    print(lines[-3], lines[-2], lines[-1], sep="\n", file=sys.stderr)
+                lines.append(d.row(base, 0))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print("\n".join(lines))
+    print()
+    print(
+        "| base | adapters | (c)/(a) tokens/s | (c)/(b) tokens/s | LoRA overhead (d)/(c) "
+        "| (c)/(a) per CPU-s | (c)/(b) per CPU-s | overhead per CPU-s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(ratios))
+
+
+if __name__ == "__main__":
+    main()

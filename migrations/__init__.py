@@ -1,0 +1,1 @@
+"""Alembic migrations; a package so installed copies of ftserve can find them."""

@@ -1,0 +1,75 @@
+"""Shared fixtures: the tiny base built once, fresh Postgres databases, a clean Redis db, real servers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from app.config import Settings, get_settings
+
+PG_ADMIN = os.environ.get("FTSERVE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("FTSERVE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def bases_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bases dir holding ftserve-tiny, built once for the whole run (a few seconds)."""
+    from worker.models.bases import prepare_base
+
+    d = tmp_path_factory.mktemp("bases")
+    prepare_base(Settings(data_dir=d, bases_dir=d), "ftserve-tiny")
+    return d
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, bases_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """In-process settings on a fresh SQLite data dir, migrated to head."""
+    from app.db.migrate import upgrade_head
+
+    for key in list(os.environ):
+        if key.startswith("FTSERVE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("FTSERVE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FTSERVE_BASES_DIR", str(bases_dir))
+    get_settings.cache_clear()
+    s = get_settings()
+    s.resolved_data_dir().mkdir(parents=True)
+    upgrade_head(s.resolved_database_url())
+    yield s
+    get_settings.cache_clear()
+
+
+def _pg_admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # pragma: no cover - CI must have Postgres
+        pytest.fail(f"PostgreSQL is required at {PG_ADMIN}: {exc}")
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """A brand-new, empty Postgres database for one test; dropped afterwards."""
+    name = f"ftserve_test_{secrets.token_hex(4)}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def redis_url() -> str:
+    """The test Redis db, emptied so no earlier run's messages are delivered."""
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        client.flushdb()
+    except redis.RedisError as exc:  # pragma: no cover - CI must have Redis
+        pytest.fail(f"Redis is required at {REDIS_URL}: {exc}")
+    return REDIS_URL

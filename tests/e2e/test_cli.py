@@ -1,0 +1,136 @@
+"""The `ftserve` client commands, run as real subprocesses against a real `ftserve up`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.conftest import client_for, write_prompt_completion
+from tests.servers import FTSERVE, ROOT, Service, start_embedded
+
+
+def ftserve(
+    service: Service, *args: str, env_url: bool = False, key: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run `ftserve ARGS` against `service`, its URL from OPENAI_BASE_URL (env_url) or --base-url,
+    and an API key from OPENAI_API_KEY when `key` is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "FTSERVE_"))}
+    if key:
+        env["OPENAI_API_KEY"] = key
+    url = f"{service.base_url}/v1"
+    if env_url:
+        env["OPENAI_BASE_URL"] = url
+    argv = [*FTSERVE, *args] if env_url else [*FTSERVE, *args, "--base-url", url]
+    return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_upload_of_a_bad_file_names_the_line_and_code(embedded: Service, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "a", "completion": " b"}\nnot json at all\n')
+    run = ftserve(embedded, "files", "upload", str(bad))
+    assert run.returncode == 1
+    assert "400 invalid_json" in run.stderr and "line 3" in run.stderr
+    assert run.stdout == ""
+
+
+def test_upload_create_follow_list_complete(embedded: Service, tmp_path: Path) -> None:
+    upload = ftserve(embedded, "files", "upload", str(write_prompt_completion(tmp_path / "train.jsonl")), env_url=True)
+    assert upload.returncode == 0, upload.stderr
+    file_id = upload.stdout.strip()
+    assert file_id.startswith("file-") and "processed" in upload.stderr
+
+    create = ftserve(
+        embedded, "jobs", "create", "--model", "ftserve-tiny", "--training-file", file_id,
+        "--suffix", "cli", "--n-epochs", "3", "--batch-size", "4", "--seed", "5",
+    )  # fmt: skip
+    assert create.returncode == 0, create.stderr
+    job_id = create.stdout.strip()
+    assert job_id.startswith("ftjob-")
+
+    follow = ftserve(embedded, "jobs", "follow", job_id, "--interval", "0.3")
+    assert follow.returncode == 0, follow.stderr
+    assert "9/9" in follow.stderr  # the progress bar's last state: 3 epochs × 3 steps
+    assert "Fine-tuning job started" in follow.stderr and "The job has successfully completed" in follow.stderr
+    client = client_for(embedded)
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "succeeded" and job.fine_tuned_model
+    assert job.hyperparameters.n_epochs == 3 and job.seed == 5
+    assert f"succeeded: {job.fine_tuned_model}" in follow.stderr.replace("\n", "")
+
+    listing = ftserve(embedded, "jobs", "list", env_url=True)
+    assert listing.returncode == 0 and job_id in listing.stdout and "succeeded" in listing.stdout
+
+    complete = ftserve(
+        embedded, "complete", "ftserve-tiny", "The owl says:", "--max-tokens", "12", "--temperature", "0"
+    )
+    assert complete.returncode == 0, complete.stderr
+    expected = client.completions.create(model="ftserve-tiny", prompt="The owl says:", max_tokens=12, temperature=0)
+    assert complete.stdout == expected.choices[0].text + "\n"
+
+
+def test_follow_exits_non_zero_when_the_job_is_cancelled(embedded: Service, tmp_path: Path) -> None:
+    client = client_for(embedded)
+    f = client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        training_file=f.id, model="ftserve-tiny", hyperparameters={"n_epochs": 50, "batch_size": 1}
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "FTSERVE_"))}
+    env["OPENAI_BASE_URL"] = f"{embedded.base_url}/v1"
+    follow = subprocess.Popen(
+        [*FTSERVE, "jobs", "follow", job.id, "--interval", "0.3"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5)):
+            assert time.monotonic() < deadline and follow.poll() is None
+            time.sleep(0.3)
+        cancel = ftserve(embedded, "jobs", "cancel", job.id)
+        assert cancel.returncode == 0 and cancel.stdout.strip() == f"{job.id} cancelled"
+        _, err = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 3
+    assert "Fine-tuning job cancelled" in err and "✗ cancelled" in err
+
+    again = ftserve(embedded, "jobs", "cancel", job.id)  # a finished job cannot be cancelled: the API's 400
+    assert again.returncode == 1 and "job_not_cancellable" in again.stderr
+
+
+def write_too_long(path: Path) -> Path:
+    """Examples whose prompts alone overflow ftserve-tiny's context: every one is dropped, so the job fails."""
+    long_prompt = " ".join(f"w{i}" for i in range(3000))
+    path.write_text("".join(f'{{"prompt": "{long_prompt}", "completion": " x"}}\n' for _ in range(10)))
+    return path
+
+
+def test_follow_exits_non_zero_when_the_job_fails(embedded: Service, tmp_path: Path) -> None:
+    upload = ftserve(embedded, "files", "upload", str(write_too_long(tmp_path / "long.jsonl")))
+    assert upload.returncode == 0, upload.stderr
+    create = ftserve(embedded, "jobs", "create", "--model", "ftserve-tiny", "--training-file", upload.stdout.strip())
+    follow = ftserve(embedded, "jobs", "follow", create.stdout.strip(), "--interval", "0.3")
+    assert follow.returncode == 1
+    assert "failed: invalid_training_file" in follow.stderr
+
+
+def test_api_key_from_env_or_option(bases_dir: Path, tmp_path: Path) -> None:
+    service = start_embedded(tmp_path, bases_dir)
+    try:
+        made = subprocess.run(
+            [*FTSERVE, "keys", "create", "--org", "acme"], env=service.env, cwd=ROOT, capture_output=True, text=True
+        )
+        key = made.stdout.strip().splitlines()[-1]
+        refused = ftserve(service, "jobs", "list")
+        assert refused.returncode == 1 and "401 missing_api_key" in refused.stderr
+        wrong = ftserve(service, "jobs", "list", "--api-key", "sk-ftserve-wrong")
+        assert wrong.returncode == 1 and "401 invalid_api_key" in wrong.stderr
+        with_option = ftserve(service, "jobs", "list", "--api-key", key)
+        assert with_option.returncode == 0, with_option.stderr
+        upload = ftserve(service, "files", "upload", str(write_prompt_completion(tmp_path / "t.jsonl")), key=key)
+        assert upload.returncode == 0, upload.stderr
+        listed = ftserve(service, "files", "list", key=key)
+        assert upload.stdout.strip() in listed.stdout
+    finally:
+        service.stop()

@@ -1,0 +1,245 @@
+"""The dashboard in a real headless Chromium against a real `ftserve up` with real ftserve-tiny jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.e2e.conftest import client_for, wait_job, write_prompt_completion
+from tests.servers import FTSERVE, ROOT, Service, start_embedded
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# `FTSERVE_DOCS_SCREENSHOTS=docs/img pytest tests/e2e/test_dashboard.py` refreshes the README's screenshots.
+SHOTS = os.environ.get("FTSERVE_DOCS_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is required for the dashboard tests: `make system-deps` (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def shot(page: Page, tmp_path: Path, name: str) -> None:
+    target = Path(SHOTS) / name if SHOTS else tmp_path / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target), full_page=True)
+    assert target.stat().st_size < 500_000
+
+
+@pytest.fixture(scope="module")
+def trained(embedded: Service, tmp_path_factory: pytest.TempPathFactory) -> tuple[OpenAI, str]:
+    """One job with a validation file, run to success: 10 epochs × 3 steps on ftserve-tiny."""
+    client = client_for(embedded)
+    data = write_prompt_completion(tmp_path_factory.mktemp("data") / "train.jsonl")
+    train = client.files.create(file=data.open("rb"), purpose="fine-tune")
+    valid = client.files.create(file=data.open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        training_file=train.id,
+        validation_file=valid.id,
+        model="ftserve-tiny",
+        suffix="animals",
+        seed=3,
+        hyperparameters={"n_epochs": 10, "batch_size": 4},
+    )
+    return client, job.id
+
+
+def chart_data(page: Page) -> list[list[Any]]:
+    data: list[list[Any]] = page.evaluate("document.querySelector('#loss-chart').__uplot.data")
+    return data
+
+
+def test_job_page_chart_has_one_point_per_step(
+    embedded: Service, trained: tuple[OpenAI, str], page: Page, tmp_path: Path
+) -> None:
+    client, job_id = trained
+    # The jobs list updates itself: the row seen while the job is unfinished turns succeeded without a reload.
+    page.goto(f"{embedded.base_url}/#/jobs")
+    row = page.locator(f"#jobs tr[data-job='{job_id}']")
+    row.wait_for()
+    assert row.get_attribute("data-status") in ("validating_files", "queued", "running")
+    page.wait_for_selector(f"#jobs tr[data-job='{job_id}'][data-status=succeeded]", timeout=180_000)
+    page.click(f"#jobs a[href='#/jobs/{job_id}']")
+    page.wait_for_selector("#job-status[data-status=succeeded]")
+    page.wait_for_selector("#checkpoints")
+    job, _ = wait_job(client, job_id)
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics"]
+    metrics.sort(key=lambda d: d["step"])  # type: ignore[index]
+    assert len(metrics) == 30
+    steps, train, valid = chart_data(page)
+    assert steps == [m["step"] for m in metrics] == list(range(1, 31))  # type: ignore[index]
+    assert train == pytest.approx([m["train_loss"] for m in metrics])  # type: ignore[index]
+    assert valid == pytest.approx([m["valid_loss"] for m in metrics])  # type: ignore[index]
+    assert page.get_attribute("#loss-chart", "data-points") == "30"
+    assert page.locator("#loss-chart canvas").bounding_box()["width"] > 300  # type: ignore[index]
+    assert "step 30/30" in page.inner_text("#progress-text")
+
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job_id))
+    assert page.locator("#checkpoints tbody tr").count() == len(checkpoints) == 3
+    assert page.locator("#checkpoints tbody tr").first.inner_text().startswith("30")
+    assert "n_epochs" in page.inner_text("#hyperparameters") and "10" in page.inner_text("#hyperparameters")
+    assert page.inner_text("#result-file").startswith(job.result_files[0])
+    assert job.fine_tuned_model and job.fine_tuned_model in page.inner_text(".facts")
+    assert "The job has successfully completed" in page.inner_text("#events")
+    assert page.locator("#cancel").count() == 0
+    shot(page, tmp_path, "dashboard-job.png")
+    with page.expect_download() as download:
+        page.click("#result-file")
+    assert download.value.path().read_text().startswith("step,")
+
+
+def test_cancel_button_cancels_a_running_job(
+    embedded: Service, trained: tuple[OpenAI, str], page: Page, tmp_path: Path
+) -> None:
+    client, first = trained
+    wait_job(client, first)  # one worker: let the first job finish so this one runs now
+    data = write_prompt_completion(tmp_path / "train.jsonl")
+    f = client.files.create(file=data.open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        training_file=f.id, model="ftserve-tiny", hyperparameters={"n_epochs": 50, "batch_size": 1}
+    )
+    page.goto(f"{embedded.base_url}/#/jobs/{job.id}")
+    # The chart grows while the job runs: wait for some points, then for more.
+    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points || 0) >= 2", timeout=120_000)
+    seen = int(page.get_attribute("#loss-chart", "data-points") or 0)
+    page.wait_for_function(
+        f"Number(document.querySelector('#loss-chart').dataset.points) > {seen}", timeout=60_000, polling=200
+    )
+    assert page.get_attribute("#job-status", "data-status") == "running"
+    page.click("#cancel")
+    assert page.inner_text("#cancel") == "Click again to cancel"  # the first click only arms it
+    page.click("#cancel")
+    page.wait_for_selector("#job-status[data-status=cancelled]", timeout=30_000)
+    final, _ = wait_job(client, job.id)
+    assert final.status == "cancelled"
+    assert page.locator("#cancel").count() == 0
+    points = int(page.get_attribute("#loss-chart", "data-points") or 0)
+    assert 0 < points < 600
+
+
+def test_playground_streams_base_and_fine_tuned_side_by_side(
+    embedded: Service, trained: tuple[OpenAI, str], page: Page, tmp_path: Path
+) -> None:
+    client, job_id = trained
+    job, _ = wait_job(client, job_id)
+    assert job.fine_tuned_model
+    page.goto(f"{embedded.base_url}/#/playground")
+    page.select_option("#model-a", "ftserve-tiny")
+    page.fill("#prompt", "The owl says:")
+    page.fill("#max-tokens", "24")
+    page.fill("#temperature", "0")
+    # Count the text pieces as they arrive: a streamed reply lands in many appends, not one.
+    page.evaluate(
+        """() => { window.pieces = 0; new MutationObserver((m) => { window.pieces += m.length; })
+           .observe(document.querySelector('#out-a-text'), {childList: true}); }"""
+    )
+    page.click("#generate")
+    page.wait_for_selector("#out-a[data-state=done]", timeout=60_000)
+    expected = client.completions.create(model="ftserve-tiny", prompt="The owl says:", max_tokens=24, temperature=0)
+    assert page.inner_text("#out-a-text") == expected.choices[0].text
+    assert page.evaluate("window.pieces") > 3
+    assert page.inner_text("#out-a-status") == f"finished: {expected.choices[0].finish_reason}"
+
+    # From a job's model link: the fine-tuned model, compared with its base on the same prompt.
+    page.goto(f"{embedded.base_url}/#/playground?model={job.fine_tuned_model}")
+    assert page.input_value("#model-a") == job.fine_tuned_model
+    assert page.is_checked("#compare") and page.input_value("#model-b") == "ftserve-tiny"
+    page.fill("#prompt", "The cat says:")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "16")
+    page.click("#generate")
+    page.wait_for_selector("#out-a[data-state=done]", timeout=60_000)
+    page.wait_for_selector("#out-b[data-state=done]", timeout=60_000)
+    tuned, base = page.inner_text("#out-a-text"), page.inner_text("#out-b-text")
+    assert tuned and base and tuned != base
+    assert job.fine_tuned_model in page.inner_text("#out-a h4")
+    shot(page, tmp_path, "playground.png")
+
+
+def test_files_page_shows_validation_error_with_line_and_code(embedded: Service, page: Page, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "a", "completion": \n')
+    page.goto(f"{embedded.base_url}/#/files")
+    page.set_input_files("#upload-input", str(bad))
+    page.click("#upload")
+    page.wait_for_selector("#upload-result .file-error")
+    result = page.inner_text("#upload-result")
+    assert "invalid_json" in result and "line 2" in result
+    row = page.locator("#files tr[data-status=error]", has_text="broken.jsonl")
+    row.wait_for()
+    assert "invalid_json" in row.inner_text() and "line 2" in row.inner_text()
+
+
+def test_failed_job_shows_its_error(embedded: Service, page: Page, tmp_path: Path) -> None:
+    from tests.e2e.test_cli import write_too_long
+
+    client = client_for(embedded)
+    f = client.files.create(file=write_too_long(tmp_path / "long.jsonl").open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=f.id, model="ftserve-tiny")
+    page.goto(f"{embedded.base_url}/#/jobs/{job.id}")
+    page.wait_for_selector("#job-status[data-status=failed]", timeout=180_000)
+    failed, _ = wait_job(client, job.id)
+    assert failed.error is not None
+    assert page.inner_text("#job-error") == f"{failed.error.code}: {failed.error.message}"
+    assert page.get_attribute("#loss-chart", "data-points") in (None, "0")
+
+
+def test_api_key_is_asked_for_once_and_kept(bases_dir: Path, tmp_path: Path, browser: Browser) -> None:
+    service = start_embedded(tmp_path, bases_dir)
+    try:
+        made = subprocess.run(
+            [*FTSERVE, "keys", "create", "--org", "acme"],
+            env=service.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        key = made.stdout.strip().splitlines()[-1]
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{service.base_url}/#/jobs")
+        page.wait_for_selector("#banner:not([hidden])")
+        assert "needs an API key" in page.inner_text("#banner")
+        page.fill("#key-input", key)
+        page.press("#key-input", "Enter")
+        page.locator("#jobs td", has_text="No jobs yet.").wait_for()
+        assert page.is_hidden("#banner")
+        page.reload()  # kept in the browser: no second prompt
+        page.locator("#jobs td", has_text="No jobs yet.").wait_for()
+        assert page.is_hidden("#banner")
+        assert page.evaluate("localStorage.getItem('ftserve.apiKey')") == key
+        context.close()
+    finally:
+        service.stop()

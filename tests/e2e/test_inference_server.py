@@ -1,0 +1,196 @@
+"""The inference role over HTTP with real trained adapters: streaming through the openai client,
+disconnects, load failures, deletion, metrics, and the api role proxying to a separate inference role."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.config import Settings
+from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, register, train_adapter
+from tests.servers import FTSERVE, Proc, Service, base_env, free_port, wait_http
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
+    """`ftserve api --with-inference` on a data dir holding two trained adapters, registered once it runs."""
+    data = tmp_path_factory.mktemp("inference")
+    settings = Settings(data_dir=data, bases_dir=bases_dir)
+    train_adapter(settings, "ftjob-sounds", SOUNDS, seed=1)
+    train_adapter(settings, "ftjob-colors", COLORS, seed=2)
+    port = free_port()
+    env = base_env(data, bases_dir, FTSERVE_BATCH_WINDOW_MS="50")
+    proc = Proc([*FTSERVE, "api", "--with-inference", "--port", str(port)], env, data / "server.log")
+    service = Service(f"http://127.0.0.1:{port}", [proc], env)
+    try:
+        wait_http(f"{service.base_url}/health", [proc])
+        # Registered after the server started: a new model is servable at once, no restart or reload.
+        service.sounds = register(settings, "ftjob-sounds", "sounds")  # type: ignore[attr-defined]
+        service.colors = register(settings, "ftjob-colors", "colors")  # type: ignore[attr-defined]
+        service.settings = settings  # type: ignore[attr-defined]
+        yield service
+    finally:
+        service.stop()
+
+
+def _client(service: Service) -> OpenAI:
+    return OpenAI(base_url=f"{service.base_url}/v1", api_key="anything", max_retries=0, timeout=120)
+
+
+def _metrics(service: Service) -> dict[str, float]:
+    text = httpx.get(f"{service.base_url}/metrics", timeout=10).text
+    return {
+        s.name + ("" if not s.labels else str(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_adapters_answer_over_http(server: Service) -> None:
+    client = _client(server)
+    for model, mapping in ((server.sounds, SOUNDS), (server.colors, COLORS)):  # type: ignore[attr-defined]
+        replies = [
+            client.completions.create(model=model, prompt=prompt(a), max_tokens=8, temperature=0) for a in ANIMALS
+        ]
+        assert [r.choices[0].text for r in replies] == [f" {mapping[a]}" for a in ANIMALS]
+
+
+def test_streaming_completions_and_chat(server: Service) -> None:
+    client = _client(server)
+    for model in (server.sounds, BASE):  # type: ignore[attr-defined]
+        whole = client.completions.create(model=model, prompt=prompt("dog"), max_tokens=20, temperature=0)
+        stream = client.completions.create(model=model, prompt=prompt("dog"), max_tokens=20, temperature=0, stream=True)
+        chunks = list(stream)
+        texts = [c.choices[0].text for c in chunks if c.choices]
+        assert "".join(texts) == whole.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert len([t for t in texts if t]) > 1  # the base model's 20 tokens arrive as they are produced
+
+    messages = [{"role": "user", "content": "What does the cat say?"}]
+    whole_chat = client.chat.completions.create(model=BASE, messages=messages, max_tokens=16, temperature=0)  # type: ignore[arg-type]
+    deltas = []
+    for chunk in client.chat.completions.create(
+        model=BASE,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices:
+            deltas.append(chunk.choices[0].delta.content or "")
+        else:
+            assert chunk.usage is not None and chunk.usage.completion_tokens == whole_chat.usage.completion_tokens
+    assert "".join(deltas) == whole_chat.choices[0].message.content
+
+
+def test_client_disconnect_stops_generation(server: Service) -> None:
+    body = {"model": BASE, "prompt": "The quick brown fox", "max_tokens": 450, "temperature": 0}
+    full = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120).json()
+    assert full["choices"][0]["finish_reason"] == "length"  # left alone, this row runs 450 tokens
+    before = _metrics(server)
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+        data_lines = 0
+        for line in r.iter_lines():
+            data_lines += line.startswith("data:")
+            if data_lines == 2:
+                break
+    cancelled = "ftserve_inference_rows_finished_total[('reason', 'cancelled')]"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = _metrics(server)
+        if after.get(cancelled, 0) > before.get(cancelled, 0):
+            break
+        time.sleep(0.1)
+    assert after.get(cancelled, 0) == before.get(cancelled, 0) + 1
+    generated = after["ftserve_inference_generated_tokens_total"] - before["ftserve_inference_generated_tokens_total"]
+    assert generated < 450
+    assert after["ftserve_inference_active_rows"] == 0
+
+
+def test_metrics_are_exposed(server: Service) -> None:
+    _client(server).completions.create(model=server.colors, prompt=prompt("cat"), max_tokens=4, temperature=0)  # type: ignore[attr-defined]
+    m = _metrics(server)
+    assert m["ftserve_adapter_cache_hits_total"] >= 1 and m["ftserve_adapter_loads_total"] >= 2
+    assert m["ftserve_inference_queue_seconds_count"] >= 1 and m["ftserve_inference_batch_rows_count"] >= 1
+    assert m["ftserve_inference_requests_total[('endpoint', 'completions'), ('status', '200')]"] >= 1
+    assert "ftserve_inference_tokens_per_second" in m
+
+
+def test_corrupt_adapter_fails_only_its_requests(server: Service) -> None:
+    settings: Settings = server.settings  # type: ignore[attr-defined]
+    jobs = settings.resolved_data_dir() / "jobs"
+    shutil.copytree(jobs / "ftjob-sounds", jobs / "ftjob-broken")
+    (jobs / "ftjob-broken" / "final" / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    broken = register(settings, "ftjob-broken", "broken")
+    client = _client(server)
+
+    def ask(model: str) -> str:
+        return client.completions.create(model=model, prompt=prompt("cow"), max_tokens=8, temperature=0).choices[0].text
+
+    with ThreadPoolExecutor(6) as pool:
+        bad = [pool.submit(ask, broken) for _ in range(3)]
+        good = [pool.submit(ask, server.colors) for _ in range(3)]  # type: ignore[attr-defined]
+        assert [f.result() for f in good] == [" blue"] * 3
+        for f in bad:
+            with pytest.raises(openai.InternalServerError) as err:
+                f.result()
+            assert err.value.code == "adapter_load_failed" and broken in err.value.message
+    # Streaming requests get the same error as an HTTP status, before any chunk.
+    with pytest.raises(openai.InternalServerError):
+        list(client.completions.create(model=broken, prompt="x", max_tokens=4, stream=True))
+
+
+def test_delete_unloads_and_new_checkpoint_serves(server: Service) -> None:
+    settings: Settings = server.settings  # type: ignore[attr-defined]
+    jobs = settings.resolved_data_dir() / "jobs"
+    shutil.copytree(jobs / "ftjob-colors" / "final", jobs / "ftjob-colors" / "ckpt-step-5")
+    ckpt = register(settings, "ftjob-colors", "colors", step=5)
+    client = _client(server)
+    assert client.completions.create(model=ckpt, prompt=prompt("cow"), max_tokens=8, temperature=0).choices[0].text == (
+        " blue"
+    )
+    before = _metrics(server)
+    client.models.delete(ckpt)
+    assert _metrics(server)["ftserve_adapter_unloads_total"] == before.get("ftserve_adapter_unloads_total", 0) + 1
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=ckpt, prompt=prompt("cow"), max_tokens=8)
+
+
+def test_api_role_proxies_to_inference_role(server: Service) -> None:
+    data = server.settings.resolved_data_dir()  # type: ignore[attr-defined]
+    env = dict(server.env)
+    inf_port, api_port = free_port(), free_port()
+    inference = Proc([*FTSERVE, "inference", "--port", str(inf_port)], env, data / "inference.log")
+    api_env = {**env, "FTSERVE_INFERENCE_URL": f"http://127.0.0.1:{inf_port}"}
+    api = Proc([*FTSERVE, "api", "--port", str(api_port)], api_env, data / "api.log")
+    try:
+        wait_http(f"http://127.0.0.1:{inf_port}/health", [inference])
+        wait_http(f"http://127.0.0.1:{api_port}/health", [api])
+        assert httpx.get(f"http://127.0.0.1:{api_port}/health").json()["roles"] == ["api"]
+        client = _client(Service(f"http://127.0.0.1:{api_port}", [], env))
+        reply = client.completions.create(model=server.sounds, prompt=prompt("lion"), max_tokens=8, temperature=0)  # type: ignore[attr-defined]
+        assert reply.choices[0].text == " roar"
+        stream = client.chat.completions.create(
+            model=BASE,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+        )
+        assert len(list(stream)) >= 2
+        with pytest.raises(openai.NotFoundError) as err:  # errors pass through in the same envelope
+            client.completions.create(model="ft:nope", prompt="x")
+        assert err.value.code == "model_not_found"
+    finally:
+        api.stop()
+        inference.stop()

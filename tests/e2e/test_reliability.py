@@ -1,0 +1,233 @@
+"""Jobs survive faults: a SIGKILLed worker, a Redis restart, an api restart, cancel mid-training, an OOM."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.e2e.conftest import ANIMALS, animal_prompt, client_for, wait_job, write_prompt_completion
+from tests.servers import FTSERVE, Proc, Service, free_port, start_distributed, start_embedded, wait_http
+
+FAST_LEASE = {
+    "FTSERVE_LEASE_SECONDS": "4",
+    "FTSERVE_HEARTBEAT_SECONDS": "1",
+    "FTSERVE_REAPER_INTERVAL_SECONDS": "1",
+    "FTSERVE_MAX_JOB_ATTEMPTS": "2",
+    "FTSERVE_REQUEUE_AFTER_SECONDS": "3",
+}
+LONG_JOB = {"n_epochs": 40, "batch_size": 4}  # 120 steps: long enough to be interrupted on purpose
+
+
+def _upload(client: OpenAI, tmp_path: Path) -> str:
+    return client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune").id
+
+
+def _wait_for(predicate: object, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def _messages(client: OpenAI, job_id: str) -> list[str]:
+    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
+
+
+def _restart_worker(service: Service, data: Path) -> Proc:
+    worker = Proc([*FTSERVE, "worker", "--name", f"w{time.monotonic_ns()}"], service.env, data / f"w{time.time()}.log")
+    service.procs.append(worker)
+    return worker
+
+
+def _kill_worker_after_checkpoint(client: OpenAI, service: Service, job_id: str) -> None:
+    _wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job_id).data, what="first checkpoint")
+    worker = service.procs[-1]
+    worker.stop(sig=signal.SIGKILL)
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "running"  # the DB still says running…
+
+
+@pytest.fixture()
+def faulty(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str) -> Iterator[Service]:
+    service = start_distributed(tmp_path, bases_dir, postgres_url, redis_url, **FAST_LEASE)
+    yield service
+    service.stop()
+
+
+def test_killed_worker_job_resumes_from_checkpoint_or_fails_worker_lost(faulty: Service, tmp_path: Path) -> None:
+    client = client_for(faulty)
+    file_id = _upload(client, tmp_path)
+    job = client.fine_tuning.jobs.create(training_file=file_id, model="ftserve-tiny", hyperparameters=LONG_JOB)
+    _kill_worker_after_checkpoint(client, faulty, job.id)
+    _restart_worker(faulty, tmp_path)
+    done, _ = wait_job(client, job.id)  # …until the reaper requeues it and the new worker resumes it
+    assert done.status == "succeeded", done.error
+    messages = _messages(client, job.id)
+    assert any("stopped responding; job re-queued (attempt 1 of 2)" in m for m in messages)
+    resumed = [m for m in messages if m.startswith("Resuming from step")]
+    assert len(resumed) == 1 and int(resumed[0].split()[3]) >= 3
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 121))  # every step once, none lost or repeated
+    answer = client.completions.create(
+        model=done.fine_tuned_model or "", prompt=animal_prompt("cow"), max_tokens=6, temperature=0
+    )
+    assert answer.choices[0].text == " moo"
+
+    # Killed on every attempt: after the limit the job fails with worker_lost, never stuck in running.
+    job2 = client.fine_tuning.jobs.create(training_file=file_id, model="ftserve-tiny", hyperparameters=LONG_JOB)
+    _kill_worker_after_checkpoint(client, faulty, job2.id)  # attempt 1
+    _restart_worker(faulty, tmp_path)
+    _wait_for(lambda: any(m.startswith("Resuming") for m in _messages(client, job2.id)), 60, "attempt 2")
+    faulty.procs[-1].stop(sig=signal.SIGKILL)  # attempt 2, the last one allowed
+    _wait_for(lambda: client.fine_tuning.jobs.retrieve(job2.id).status == "failed", 60, "worker_lost")
+    failed = client.fine_tuning.jobs.retrieve(job2.id)
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "worker_lost"
+
+
+def test_redis_restart_loses_no_job(tmp_path: Path, bases_dir: Path, postgres_url: str) -> None:
+    port = free_port()
+    redis_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+    service = start_distributed(tmp_path, bases_dir, postgres_url, f"redis://127.0.0.1:{port}/0", **FAST_LEASE)
+    try:
+        client = client_for(service)
+        file_id = _upload(client, tmp_path)
+        running = client.fine_tuning.jobs.create(
+            training_file=file_id, model="ftserve-tiny", hyperparameters={"n_epochs": 40, "batch_size": 4}
+        )
+        _wait_for(lambda: client.fine_tuning.jobs.retrieve(running.id).status == "running", what="running")
+        waiting = client.fine_tuning.jobs.create(
+            training_file=file_id, model="ftserve-tiny", hyperparameters={"n_epochs": 2}
+        )
+        redis.kill()  # no persistence: the queued message for `waiting` is gone with it
+        redis.wait()
+        during = client.fine_tuning.jobs.create(
+            training_file=file_id, model="ftserve-tiny", hyperparameters={"n_epochs": 2}
+        )
+        assert during.status == "queued"  # committed even though the broker is down
+        time.sleep(2)
+        redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+        for job_id in (running.id, waiting.id, during.id):
+            done, _ = wait_job(client, job_id, timeout=240)
+            assert done.status == "succeeded", (job_id, done.error)
+    finally:
+        service.stop()
+        redis.kill()
+
+
+def test_api_restart_during_a_job(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str) -> None:
+    service = start_distributed(tmp_path, bases_dir, postgres_url, redis_url)
+    try:
+        client = client_for(service)
+        job = client.fine_tuning.jobs.create(
+            training_file=_upload(client, tmp_path),
+            model="ftserve-tiny",
+            hyperparameters={"n_epochs": 30, "batch_size": 4},
+        )
+        _wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "running", what="running")
+        api = service.procs[0]
+        api.stop()
+        port = service.base_url.rsplit(":", 1)[1]
+        service.procs[0] = Proc(
+            [*FTSERVE, "api", "--with-inference", "--port", port], service.env, tmp_path / "api2.log"
+        )
+        wait_http(f"{service.base_url}/health", [service.procs[0]])
+        done, _ = wait_job(client, job.id)
+        assert done.status == "succeeded", done.error
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def oom_service(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
+    fault = json.dumps({"suffix": "oom", "kind": "oom", "at_step": 2})
+    service = start_embedded(tmp_path_factory.mktemp("oom"), bases_dir, FTSERVE_FAULT_INJECTION=fault)
+    yield service
+    service.stop()
+
+
+def test_cancel_mid_training_stops_within_a_step(oom_service: Service, tmp_path: Path) -> None:
+    client = client_for(oom_service)
+    job = client.fine_tuning.jobs.create(
+        training_file=_upload(client, tmp_path), model="ftserve-tiny", hyperparameters=LONG_JOB
+    )
+    _wait_for(
+        lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5)),
+        what="first step",
+    )
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    steps_at_cancel = _last_step(client, job.id)
+    time.sleep(3)
+    assert _last_step(client, job.id) <= steps_at_cancel + 1  # the worker stopped before its next step
+    after = client.fine_tuning.jobs.retrieve(job.id)
+    assert after.status == "cancelled" and after.fine_tuned_model is None
+
+
+def _last_step(client: OpenAI, job_id: str) -> int:
+    steps = [
+        e.data["step"]
+        for e in client.fine_tuning.jobs.list_events(job_id, limit=100)  # type: ignore[index]
+        if e.type == "metrics"
+    ]
+    return max(steps, default=0)
+
+
+def test_out_of_memory_fails_cleanly_and_the_next_job_succeeds(oom_service: Service, tmp_path: Path) -> None:
+    client = client_for(oom_service)
+    file_id = _upload(client, tmp_path)
+    bad = client.fine_tuning.jobs.create(
+        training_file=file_id, model="ftserve-tiny", suffix="oom", hyperparameters={"n_epochs": 3}
+    )
+    failed, _ = wait_job(client, bad.id)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "out_of_memory" and "out of memory" in failed.error.message
+    good = client.fine_tuning.jobs.create(
+        training_file=file_id, model="ftserve-tiny", suffix="fine", hyperparameters={"n_epochs": 30, "batch_size": 4}
+    )
+    done, _ = wait_job(client, good.id)
+    assert done.status == "succeeded"
+    answers = [
+        client.completions.create(
+            model=done.fine_tuned_model or "", prompt=animal_prompt(a), max_tokens=6, temperature=0
+        )
+        .choices[0]
+        .text
+        for a, _ in ANIMALS[:3]
+    ]
+    assert answers == [f" {s}" for _, s in ANIMALS[:3]]
+    health = httpx.get(f"{oom_service.base_url}/health").json()
+    assert health["status"] == "ok"
+
+
+def test_pause_mid_training_then_resume_continues_where_it_stopped(oom_service: Service, tmp_path: Path) -> None:
+    client = client_for(oom_service)
+    job = client.fine_tuning.jobs.create(
+        training_file=_upload(client, tmp_path), model="ftserve-tiny", hyperparameters={"n_epochs": 20, "batch_size": 4}
+    )
+    _wait_for(lambda: _last_step(client, job.id) >= 2, what="a few steps")
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    _wait_for(
+        lambda: (Path(oom_service.env["FTSERVE_DATA_DIR"]) / "jobs" / job.id / "resume" / "FTSERVE_COMPLETE").exists(),
+        60,
+        "resume point",
+    )
+    paused_at = _last_step(client, job.id)
+    client.fine_tuning.jobs.resume(job.id)
+    done, _ = wait_job(client, job.id)
+    assert done.status == "succeeded", done.error
+    resumed = [m for m in _messages(client, job.id) if m.startswith("Resuming from step")]
+    assert len(resumed) == 1 and int(resumed[0].split()[3]) == paused_at
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 61))

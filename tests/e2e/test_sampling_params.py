@@ -1,0 +1,101 @@
+"""logit_bias, frequency/presence penalties and chat logprobs through the openai client, on the tiny base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletion
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from app.config import Settings
+from tests.e2e.conftest import client_for
+from tests.servers import Service
+from worker.models.bases import base_path
+
+BASE = "ftserve-tiny"
+
+
+@pytest.fixture(scope="module")
+def client(embedded: Service) -> OpenAI:
+    return client_for(embedded)
+
+
+@pytest.fixture(scope="module")
+def tok(bases_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(str(base_path(Settings(data_dir=bases_dir, bases_dir=bases_dir), BASE)))
+
+
+def _stop_ids(tok: PreTrainedTokenizerBase) -> list[int]:
+    return sorted({int(tok.eos_token_id), int(tok.convert_tokens_to_ids("<|im_end|>"))})
+
+
+def test_default_max_tokens_is_16_when_end_of_text_is_banned(client: OpenAI, tok: PreTrainedTokenizerBase) -> None:
+    ban = {str(t): -100 for t in _stop_ids(tok)}
+    for seed in range(3):
+        out = client.completions.create(model=BASE, prompt="The", temperature=1.0, seed=seed, logit_bias=ban)
+        assert out.choices[0].finish_reason == "length"
+        assert out.usage is not None and out.usage.completion_tokens == 16
+
+
+def test_logit_bias_forces_a_token(client: OpenAI, tok: PreTrainedTokenizerBase) -> None:
+    forced = tok.convert_tokens_to_ids(tok.tokenize(" cat"))[0]
+    out = client.completions.create(
+        model=BASE, prompt="The", temperature=0, max_tokens=4, logprobs=1, logit_bias={str(forced): 100}
+    )
+    logprobs = out.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens == [tok.decode([forced])] * 4
+
+
+def test_penalties_pick_the_best_token_after_subtracting_them(client: OpenAI) -> None:
+    """Each greedy step's choice beats every reported alternative once OpenAI's penalties are subtracted."""
+    freq, presence = 0.8, 1.2
+    out = client.completions.create(
+        model=BASE, prompt="The", temperature=0, max_tokens=24, logprobs=5,
+        frequency_penalty=freq, presence_penalty=presence,
+    )  # fmt: skip
+    plain = client.completions.create(model=BASE, prompt="The", temperature=0, max_tokens=24)
+    lp = out.choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
+    counts: dict[str, int] = {}
+
+    def penalty(t: str) -> float:
+        return counts.get(t, 0) * freq + (presence if counts.get(t) else 0.0)
+
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert logprob is not None
+        for alt, alt_logprob in top.items():
+            if "\ufffd" in token + alt:  # byte tokens all decode to U+FFFD: their counts can't be told apart
+                continue
+            assert logprob - penalty(token) >= alt_logprob - penalty(alt) - 1e-4, (token, alt)
+        counts[token] = counts.get(token, 0) + 1
+    # The penalties changed what greedy decoding says (the tiny model repeats itself without them).
+    assert out.choices[0].text != plain.choices[0].text
+
+
+def test_bad_logit_bias_is_a_400_naming_the_parameter(client: OpenAI, tok: PreTrainedTokenizerBase) -> None:
+    for bias in ({"cat": 1}, {"5": 101}, {str(len(tok) + 10): 1}):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=BASE, prompt="The", logit_bias=bias)  # type: ignore[arg-type]
+        assert "logit_bias" in str(err.value)
+
+
+def test_chat_logprobs_match_the_sdk_type_and_the_text(client: OpenAI) -> None:
+    messages = [{"role": "user", "content": "Name an animal."}]
+    out = client.chat.completions.create(
+        model=BASE, messages=messages, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3  # type: ignore[arg-type]
+    )
+    ChatCompletion.model_validate(out.model_dump())
+    lp = out.choices[0].logprobs
+    assert lp is not None and lp.content
+    assert "".join(t.token for t in lp.content) == out.choices[0].message.content
+    for t in lp.content:
+        assert len(t.top_logprobs) == 3 and t.bytes == list(t.token.encode())
+        # Greedy: the chosen token is the most likely one.
+        assert t.logprob == pytest.approx(max(a.logprob for a in t.top_logprobs), abs=1e-5)
+    plain = client.chat.completions.create(model=BASE, messages=messages, temperature=0, max_tokens=8)  # type: ignore[arg-type]
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=BASE, messages=messages, top_logprobs=2)  # type: ignore[arg-type]

@@ -1,0 +1,53 @@
+"""Real LoRA adapters for inference tests: trained in-process on ftserve-tiny with the worker's own
+tokenizer, batching, trainer and exporter, then registered as fine-tuned models like a job does."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.datasets.formats import PromptCompletion
+from app.db.session import make_engine
+from app.services import models as model_service
+from app.storage import Storage
+from worker.models.bases import load_base
+from worker.training.batching import padded_microbatches, step_groups
+from worker.training.export import save_adapter
+from worker.training.tokenize import tokenize_example
+from worker.training.trainer import LoraTrainer
+
+ANIMALS = ["cat", "dog", "cow", "sheep", "lion", "bird", "horse", "fish"]
+SOUNDS = dict(zip(ANIMALS, ["meow", "woof", "moo", "baa", "roar", "tweet", "neigh", "blub"], strict=True))
+COLORS = dict(zip(ANIMALS, ["red", "green", "blue", "yellow", "orange", "purple", "black", "white"], strict=True))
+BASE = "ftserve-tiny"
+
+
+def prompt(animal: str) -> str:
+    return f"The {animal} says:"
+
+
+def train_adapter(settings: Settings, job_id: str, mapping: dict[str, str], seed: int, epochs: int = 30) -> None:
+    """Train a LoRA on `prompt(animal) → ' value'` and export it where a job's final adapter goes."""
+    model, tok = load_base(settings, BASE, torch.device("cpu"))
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    data = [tokenize_example(tok, PromptCompletion(prompt(a), f" {v}"), 0.0) for a, v in mapping.items()]
+    steps = step_groups(len(data), len(data), seed, 0)
+    trainer = LoraTrainer(peft_model, torch.device("cpu"), lr=2e-2, total_steps=len(steps) * epochs)
+    pad = int(tok.pad_token_id)
+    for epoch in range(epochs):
+        for group in step_groups(len(data), len(data), seed, epoch):
+            trainer.step(padded_microbatches([data[i] for i in group], pad, 4096))
+    save_adapter(peft_model, Storage(settings).adapter_dir(job_id, None))  # type: ignore[arg-type]
+
+
+def register(settings: Settings, job_id: str, suffix: str, step: int | None = None, org: str = "personal") -> str:
+    """Register the job's adapter as a servable model (what the worker does at the end of a job)."""
+    name = f"ft:{BASE}:{org}:{suffix}:{job_id.removeprefix('ftjob-')}" + ("" if step is None else f":ckpt-step-{step}")
+    with Session(make_engine(settings.resolved_database_url())) as s:
+        model_service.register(s, name, org, BASE, job_id, step)
+        s.commit()
+    return name

@@ -1,0 +1,159 @@
+"""The inference engine in-process with real trained adapters: mixed-adapter batches, LRU limits, load failures."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from prometheus_client import REGISTRY
+
+from app.config import Settings
+from app.errors import APIError
+from app.services.models import ResolvedModel
+from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, train_adapter
+from worker.inference.engine import InferenceEngine
+from worker.inference.generation import Row
+from worker.inference.sampling import Sampling
+from worker.models.bases import load_base
+
+SOUNDS_MODEL = ResolvedModel("ft:sounds", BASE, "ftjob-sounds")
+COLORS_MODEL = ResolvedModel("ft:colors", BASE, "ftjob-colors")
+BASE_MODEL = ResolvedModel(BASE, BASE)
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Path:
+    """A data dir holding two adapters trained on different mappings of the same prompts."""
+    data = tmp_path_factory.mktemp("adapters")
+    settings = Settings(data_dir=data, bases_dir=bases_dir)
+    train_adapter(settings, "ftjob-sounds", SOUNDS, seed=1)
+    train_adapter(settings, "ftjob-colors", COLORS, seed=2)
+    return data
+
+
+@contextmanager
+def _engine(adapters_dir: Path, bases_dir: Path, **kw: object) -> Iterator[InferenceEngine]:
+    engine = InferenceEngine(Settings(data_dir=adapters_dir, bases_dir=bases_dir, **kw))  # type: ignore[arg-type]
+    yield engine
+    engine.close()
+
+
+@pytest.fixture()
+def engine(adapters_dir: Path, bases_dir: Path) -> Iterator[InferenceEngine]:
+    # A wide window makes requests submitted one after another share one prefill.
+    with _engine(adapters_dir, bases_dir, batch_window_ms=300) as e:
+        yield e
+
+
+def _rows(engine: InferenceEngine, max_tokens: int = 8) -> list[Row]:
+    tok = engine.tokenizer(BASE)
+    return [Row(tok(prompt(a))["input_ids"], None, Sampling(max_tokens=max_tokens, temperature=0)) for a in ANIMALS]
+
+
+def _texts(engine: InferenceEngine, model: ResolvedModel) -> list[str]:
+    rows = _rows(engine)
+    engine.run(model, rows)
+    return [r.text for r in rows]
+
+
+def _metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_two_adapters_in_one_batch_match_their_single_outputs(engine: InferenceEngine) -> None:
+    single = {m.name: _texts(engine, m) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
+    assert single["ft:sounds"] == [f" {SOUNDS[a]}" for a in ANIMALS]
+    assert single["ft:colors"] == [f" {COLORS[a]}" for a in ANIMALS]
+
+    jobs = {m.name: _rows(engine) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
+    # Different lengths too: a row that finishes early leaves while the others go on.
+    jobs[BASE] = _rows(engine, max_tokens=24)
+    finished = threading.Event()
+    left = [3]
+
+    def done(error: BaseException | None) -> None:
+        assert error is None
+        left[0] -= 1
+        if left[0] == 0:
+            finished.set()
+
+    for model in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL):
+        engine.submit(model, jobs[model.name], done)
+    assert finished.wait(120)
+    prefills = engine.scheduler.prefills
+    assert (3 * len(ANIMALS), 3) in prefills, prefills  # one prefill: 24 rows of 3 different models
+    assert [r.text for r in jobs["ft:sounds"]] == single["ft:sounds"]
+    assert [r.text for r in jobs["ft:colors"]] == single["ft:colors"]
+    assert [r.text[: len(s)] for r, s in zip(jobs[BASE], single[BASE], strict=True)] == single[BASE]
+    assert all(r.finish_reason == "stop" for r in jobs["ft:sounds"] + jobs["ft:colors"])
+
+
+def test_slot_lora_matches_peft(engine: InferenceEngine, adapters_dir: Path, bases_dir: Path) -> None:
+    """The server's own multi-adapter LoRA layers compute what PEFT computes for the same adapter."""
+    model, tok = load_base(Settings(data_dir=adapters_dir, bases_dir=bases_dir), BASE, torch.device("cpu"))
+    peft = PeftModel.from_pretrained(model, str(adapters_dir / "jobs" / "ftjob-colors" / "final"))
+    ids = tok([prompt(a) for a in ANIMALS[:1]], return_tensors="pt")
+    with torch.inference_mode():
+        expected = peft(**ids).logits[0, -1]
+    row = Row(ids["input_ids"][0].tolist(), None, Sampling(max_tokens=1, temperature=0, logprobs=5))
+    engine.run(COLORS_MODEL, [row])
+    top = torch.log_softmax(expected.float(), -1).topk(5)
+    got = row.top_logprobs[0]
+    assert list(got) == top.indices.tolist()
+    assert torch.allclose(torch.tensor(list(got.values())), top.values, atol=1e-4)
+
+
+@pytest.mark.parametrize("limits", [{"adapter_cache_size": 1}, {"adapter_cache_bytes": 1}])
+def test_lru_evicts_and_reloads(adapters_dir: Path, bases_dir: Path, limits: dict[str, int]) -> None:
+    with _engine(adapters_dir, bases_dir, **limits) as engine:
+        evictions, loads = _metric("ftserve_adapter_evictions_total"), _metric("ftserve_adapter_loads_total")
+        for model in (SOUNDS_MODEL, COLORS_MODEL, SOUNDS_MODEL, COLORS_MODEL):
+            expected = SOUNDS if model is SOUNDS_MODEL else COLORS
+            assert _texts(engine, model) == [f" {expected[a]}" for a in ANIMALS]
+        assert _metric("ftserve_adapter_loads_total") - loads == 4
+        assert _metric("ftserve_adapter_evictions_total") - evictions == 3
+        assert len(engine.resident(BASE).adapters.entries) == 1
+
+
+def test_unload_then_serve_again(engine: InferenceEngine) -> None:
+    assert _texts(engine, SOUNDS_MODEL)[0] == " meow"
+    cache = engine.resident(BASE).adapters
+    assert set(cache.entries) == {"ftjob-sounds-final"}
+    engine.unload(SOUNDS_MODEL)
+    assert _texts(engine, BASE_MODEL)  # the unload is processed before this request
+    assert not cache.entries
+    assert all(not layer.present for layer in cache.table.layers.values())
+
+
+def test_corrupt_adapter_fails_only_its_requests(adapters_dir: Path, bases_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for job in ("ftjob-sounds", "ftjob-colors"):
+        shutil.copytree(adapters_dir / "jobs" / job, data / "jobs" / job)
+    (data / "jobs" / "ftjob-colors" / "final" / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with _engine(data, bases_dir, batch_window_ms=200) as engine:
+        results: dict[str, BaseException | None] = {}
+        both = threading.Event()
+        good, bad = _rows(engine), _rows(engine)
+
+        def record(name: str, error: BaseException | None) -> None:
+            results[name] = error
+            if len(results) == 2:
+                both.set()
+
+        engine.submit(COLORS_MODEL, bad, partial(record, "colors"))
+        engine.submit(SOUNDS_MODEL, good, partial(record, "sounds"))
+        assert both.wait(120)
+        assert results["sounds"] is None
+        assert [r.text for r in good] == [f" {SOUNDS[a]}" for a in ANIMALS]
+        error = results["colors"]
+        assert isinstance(error, APIError) and error.code == "adapter_load_failed"
+        assert "ft:colors" in error.message
+        with pytest.raises(APIError):  # a later request tries again and fails the same way
+            engine.run(COLORS_MODEL, _rows(engine))

@@ -1,0 +1,91 @@
+"""The worker's pipeline run in-process on a real SQLite DB and storage: truncation counts in the job's events,
+and the same job with the same seed gives the same loss curve and the same adapter bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db.models import Job, JobEvent
+from app.db.session import session_scope
+from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
+from app.services.files import create_upload
+from app.services.jobs import create_job
+from app.storage import Storage
+from worker.training.pipeline import run_job
+
+ORG = "personal"
+
+
+def _upload(settings: Settings, rows: list[dict[str, str]]) -> str:
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    async def go() -> str:
+        with session_scope() as s:
+            return (await create_upload(s, settings, ORG, "train.jsonl", "fine-tune", chunks())).id
+
+    return asyncio.run(go())
+
+
+def _run(settings: Settings, file_id: str, seed: int, **ext: Any) -> tuple[Job, list[JobEvent]]:
+    req = JobCreate(
+        model="ftserve-tiny",
+        training_file=file_id,
+        seed=seed,
+        hyperparameters=Hyperparameters(n_epochs=2, batch_size=4),
+        extensions=FtserveExtensions(**ext) if ext else None,
+    )
+    with session_scope() as s:
+        job_id = create_job(s, settings, ORG, req).id
+    run_job(job_id)
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+        s.expunge_all()
+    return job, events
+
+
+ANIMALS = ["cat meow", "dog woof", "cow moo", "sheep baa", "lion roar", "bird tweet", "owl hoot", "duck quack"]
+
+
+def _rows() -> list[dict[str, str]]:
+    rows = [{"prompt": f"The {a.split()[0]} says:", "completion": f" {a.split()[1]}"} for a in ANIMALS]
+    # 40 tokens budget (set below): one with a long completion is truncated, one with a long prompt is dropped.
+    rows.append({"prompt": "Answer:", "completion": " one two three four five six seven eight nine ten" * 8})
+    rows.append({"prompt": "red green blue yellow orange purple black white " * 8, "completion": " Paris"})
+    return rows
+
+
+def test_truncation_counts_are_in_the_events(settings: Settings) -> None:
+    settings.base_models["ftserve-tiny"].max_seq_len = 40
+    job, events = _run(settings, _upload(settings, _rows()), seed=3)
+    assert job.status == "succeeded", job.error
+    tokenized = next(e for e in events if e.message.startswith("Tokenized"))
+    assert tokenized.data is not None
+    assert (tokenized.data["examples"], tokenized.data["truncated"], tokenized.data["dropped"]) == (10, 1, 1)
+    assert tokenized.data["dropped_lines"] == [10]
+    assert "1 truncated to 40 tokens, 1 dropped" in tokenized.message
+
+
+def test_same_job_and_seed_give_the_same_curve_and_adapter(settings: Settings) -> None:
+    file_id = _upload(settings, _rows())
+    runs = [_run(settings, file_id, seed=11, prompt_loss_weight=0.1) for _ in range(2)]
+    other = _run(settings, file_id, seed=12, prompt_loss_weight=0.1)
+    curves = [[e.data["train_loss"] for e in ev if e.type == "metrics" and e.data] for _, ev in (*runs, other)]
+    assert len(curves[0]) == 6  # 9 kept examples / batch 4 = 3 steps per epoch, 2 epochs
+    assert curves[0] == curves[1]
+    assert curves[2] != curves[0]
+    storage = Storage(settings)
+    blobs = [(storage.adapter_dir(job.id, None) / "adapter_model.safetensors").read_bytes() for job, _ in runs]
+    assert blobs[0] == blobs[1]
+    other_blob = (storage.adapter_dir(other[0].id, None) / "adapter_model.safetensors").read_bytes()
+    assert other_blob != blobs[0]

@@ -1,0 +1,36 @@
+"""Insert job rows straight into the test DB, for tests of the state machine, claim and reaper."""
+
+from __future__ import annotations
+
+from app.db.models import Job
+from app.db.session import session_scope
+from app.ids import new_id, now
+
+
+def make_job(status: str, org: str = "personal", **fields: object) -> str:
+    """A job in `status` (other columns defaulted or given); returns its id."""
+    job_id = new_id("ftjob-")
+    with session_scope() as s:
+        s.add(
+            Job(
+                id=job_id,
+                org_id=org,
+                model="ftserve-tiny",
+                training_file="file-x",
+                seed=1,
+                status=status,
+                hyperparameters={},
+                extensions={},
+                result_files=[],
+                created_at=now(),
+                **fields,
+            )
+        )
+    return job_id
+
+
+def job_row(job_id: str) -> Job:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job

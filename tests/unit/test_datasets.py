@@ -1,0 +1,82 @@
+"""Line-by-line validation: each failure has a stable code and names its line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.datasets.formats import Chat, DatasetError, PromptCompletion
+from app.datasets.validate import iter_examples, validate_file
+
+GOOD_PC = json.dumps({"prompt": "a", "completion": " b"})
+GOOD_CHAT = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+
+
+def _write(tmp_path: Path, data: bytes) -> Path:
+    p = tmp_path / "f.jsonl"
+    p.write_bytes(data)
+    return p
+
+
+def _lines(*lines: str) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "line"),
+    [
+        (b"", "empty_file", 1),
+        (b"\n\n", "empty_file", 1),
+        (_lines(GOOD_PC, "{not json"), "invalid_json", 2),
+        (_lines(GOOD_PC, "[1, 2]"), "invalid_example", 2),
+        (_lines(json.dumps({"prompt": "a"})), "missing_key", 1),
+        (_lines(json.dumps({"prompt": 1, "completion": "b"})), "invalid_type", 1),
+        (_lines(json.dumps({"prompt": "a", "completion": ""})), "empty_completion", 1),
+        (_lines(json.dumps({"text": "a"})), "unknown_format", 1),
+        (_lines(GOOD_PC, GOOD_CHAT), "mixed_formats", 2),
+        (_lines(json.dumps({"messages": []})), "invalid_messages", 1),
+        (_lines(json.dumps({"messages": [{"role": "robot", "content": "x"}]})), "invalid_role", 1),
+        (_lines(json.dumps({"messages": [{"role": "user", "content": 3}]})), "invalid_message", 1),
+        (_lines(json.dumps({"messages": [{"role": "user", "content": "only a question"}]})), "no_assistant_message", 1),
+        (
+            _lines(
+                json.dumps(
+                    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]}
+                )
+            ),
+            "invalid_weight",
+            1,
+        ),
+        (_lines(GOOD_PC) + b"\xff\xfe bad utf8\n", "invalid_encoding", 2),
+        ('{"prompt": "a", "completion": "b"}\n'.encode("utf-16"), "invalid_encoding", 1),
+    ],
+)
+def test_bad_files_have_code_and_line(tmp_path: Path, data: bytes, code: str, line: int) -> None:
+    with pytest.raises(DatasetError) as err:
+        validate_file(_write(tmp_path, data), max_line_bytes=1 << 20, min_examples=1)
+    assert (err.value.code, err.value.line) == (code, line)
+    assert f"line {line}" in err.value.describe()
+
+
+def test_too_few_examples(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as err:
+        validate_file(_write(tmp_path, _lines(GOOD_PC, GOOD_PC)), max_line_bytes=1 << 20, min_examples=10)
+    assert err.value.code == "too_few_examples"
+
+
+def test_line_too_long(tmp_path: Path) -> None:
+    long = json.dumps({"prompt": "x" * 5000, "completion": "y"})
+    with pytest.raises(DatasetError) as err:
+        validate_file(_write(tmp_path, _lines(GOOD_PC, long)), max_line_bytes=1000, min_examples=1)
+    assert (err.value.code, err.value.line) == ("line_too_long", 2)
+
+
+def test_good_files_parse(tmp_path: Path) -> None:
+    summary = validate_file(_write(tmp_path, b"\xef\xbb\xbf" + _lines(GOOD_PC, "", GOOD_PC)), 1 << 20, 2)
+    assert (summary.format, summary.n_examples) == ("prompt_completion", 2)
+    examples = list(iter_examples(_write(tmp_path, _lines(GOOD_CHAT)), 1 << 20))
+    assert examples[0][1] == "chat" and isinstance(examples[0][2], Chat)
+    pc = next(iter(iter_examples(_write(tmp_path, _lines(GOOD_PC)), 1 << 20)))[2]
+    assert pc == PromptCompletion("a", " b")

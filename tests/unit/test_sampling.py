@@ -1,0 +1,28 @@
+"""Logits shaping follows OpenAI's documented formulas for logit_bias and the two penalties."""
+
+from __future__ import annotations
+
+import torch
+
+from worker.inference.sampling import Sampling, sample, shape_logits
+
+
+def test_no_shaping_returns_the_same_logits() -> None:
+    logits = torch.randn(10)
+    assert shape_logits(logits, Sampling(), [1, 2]) is logits
+
+
+def test_bias_and_penalties_match_openai_formula() -> None:
+    logits = torch.zeros(6)
+    s = Sampling(logit_bias=((1, 5.0), (4, -100.0)), frequency_penalty=0.5, presence_penalty=1.5)
+    out = shape_logits(logits, s, [2, 2, 2, 3])
+    # token 2 seen 3×: -(3 * 0.5 + 1.5); token 3 seen once: -(0.5 + 1.5)
+    assert out.tolist() == [0.0, 5.0, -3.0, -2.0, -100.0, 0.0]
+    assert logits.tolist() == [0.0] * 6  # the model's logits (used for logprobs) stay untouched
+
+
+def test_negative_penalty_encourages_repetition_and_greedy_follows_the_shaped_logits() -> None:
+    logits = torch.tensor([1.0, 0.9, 0.0])
+    s = Sampling(temperature=0, presence_penalty=-2.0)
+    assert sample(shape_logits(logits, s, [1]), s, None) == 1
+    assert sample(shape_logits(logits, Sampling(temperature=0), [1]), s, None) == 0

@@ -1,0 +1,29 @@
+"""The documented "auto" rules (docs/training.md) and the options reported in a job's events."""
+
+from __future__ import annotations
+
+from app.config import Settings
+from worker.training.hyperparams import auto_batch_size, auto_epochs, options, resolve
+
+
+def test_auto_epochs() -> None:
+    assert auto_epochs(10) == 10  # at least ~100 example visits
+    assert auto_epochs(3) == 25  # capped
+    assert auto_epochs(1000) == 3  # never fewer than 3 while it fits the visit cap
+    assert auto_epochs(20_000) == 2 and auto_epochs(60_000) == 1  # at most ~50k visits
+
+
+def test_auto_batch_size() -> None:
+    assert [auto_batch_size(n) for n in (10, 500, 1000, 4000, 100_000)] == [1, 1, 2, 8, 32]
+
+
+def test_resolve_keeps_explicit_values_and_caps_batch_at_the_data() -> None:
+    hp = resolve({"n_epochs": 2, "batch_size": 64, "learning_rate_multiplier": "auto"}, 12)
+    assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (2, 12, 1.0)
+
+
+def test_options_take_extensions_over_settings() -> None:
+    s = Settings(lora_rank=8, warmup_ratio=0.0, lr_scheduler="linear")
+    opts = options(s, {"lora_rank": 16, "lr_scheduler": "cosine"}, 0.01)
+    assert opts["lora_rank"] == 16 and opts["lr_scheduler"] == "cosine" and opts["warmup_ratio"] == 0.0
+    assert opts["prompt_loss_weight"] == 0.01 and opts["lora_alpha"] == 16.0

@@ -1,0 +1,1 @@
+"""ftserve GPU side: the Celery worker that trains, and the inference server."""

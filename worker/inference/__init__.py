@@ -1,0 +1,1 @@
+"""Inference role: resident bases, adapter cache, batched generation, HTTP endpoints."""

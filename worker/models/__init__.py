@@ -1,0 +1,1 @@
+"""Base models: building, preparing and loading them without a model hub."""

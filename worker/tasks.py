@@ -1,0 +1,13 @@
+"""Thin Celery tasks: they carry ids only and hand the work to the training pipeline."""
+
+from __future__ import annotations
+
+from worker.celery_app import RUN_JOB, celery
+
+
+@celery.task(name=RUN_JOB)
+def run_job(job_id: str) -> None:
+    """Train one fine-tuning job; a duplicate delivery of a job already taken is a no-op."""
+    from worker.training.pipeline import run_job as run
+
+    run(job_id)

@@ -1,0 +1,1 @@
+"""Training pipeline stages: tokenize, batch, train, checkpoint, export."""
