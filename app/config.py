@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     max_job_attempts: int = 3
     # A job still queued this long after it was sent is sent again (the broker may have lost it).
     requeue_after_seconds: float = 600.0
+    # An Idempotency-Key replays its first response for this long (Stripe keeps keys 24 h); a key whose
+    # request never finished (the process died mid-request) is released after the second limit.
+    idempotency_ttl_seconds: float = 86400.0
+    idempotency_in_progress_seconds: float = 3600.0
 
     # Training refuses to start with less free disk than this in the data dir.
     min_free_disk_bytes: int = 1 << 30

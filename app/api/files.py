@@ -34,7 +34,7 @@ async def create_file(
     purpose: Annotated[str, Form()],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
-    with idempotency.once(session, org, idempotency_key, "/v1/files") as slot:
+    with idempotency.once(session, settings, org, idempotency_key, "/v1/files") as slot:
         if slot.stored is not None:
             return slot.stored
         row = await service.create_upload(session, settings, org, file.filename or "", purpose, _chunks(file))

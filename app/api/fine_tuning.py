@@ -25,7 +25,7 @@ def create_job(
     org: OrgDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
-    with idempotency.once(session, org, idempotency_key, "/v1/fine_tuning/jobs") as slot:
+    with idempotency.once(session, settings, org, idempotency_key, "/v1/fine_tuning/jobs") as slot:
         if slot.stored is not None:
             return slot.stored
         slot.result = service.job_to_wire(service.create_job(session, settings, org, body))

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db.models import IdempotencyKey
 from app.errors import APIError
 from app.ids import now
@@ -22,7 +24,14 @@ MAX_KEY_LENGTH = 256
 IN_PROGRESS = 0
 
 
-def _lookup(session: Session, org: str, key: str, path: str) -> IdempotencyKey | None:
+def expired(row: IdempotencyKey, settings: Settings, at: int) -> bool:
+    """Past its time to live: a finished key after idempotency_ttl_seconds, an unfinished one sooner."""
+    unfinished = row.status_code == IN_PROGRESS
+    ttl = settings.idempotency_in_progress_seconds if unfinished else settings.idempotency_ttl_seconds
+    return row.created_at + ttl < at
+
+
+def _lookup(session: Session, settings: Settings, org: str, key: str, path: str) -> IdempotencyKey | None:
     if len(key) > MAX_KEY_LENGTH:
         raise APIError(
             400,
@@ -31,6 +40,10 @@ def _lookup(session: Session, org: str, key: str, path: str) -> IdempotencyKey |
             code="invalid_idempotency_key",
         )
     row = session.get(IdempotencyKey, (org, key))
+    if row is not None and expired(row, settings, now()):
+        session.delete(row)  # an old key starts afresh
+        session.commit()
+        return None
     if row is None:
         return None
     if row.path != path:
@@ -52,7 +65,7 @@ def _lookup(session: Session, org: str, key: str, path: str) -> IdempotencyKey |
     return row
 
 
-def begin(session: Session, org: str, key: str | None, path: str) -> dict[str, Any] | None:
+def begin(session: Session, settings: Settings, org: str, key: str | None, path: str) -> dict[str, Any] | None:
     """The stored result for a repeated key, else reserve the key (None) so the request can run.
 
     The key is reserved before the work starts: a retry that arrives while the first request still
@@ -60,7 +73,7 @@ def begin(session: Session, org: str, key: str | None, path: str) -> dict[str, A
     """
     if not key:
         return None
-    row = _lookup(session, org, key, path)
+    row = _lookup(session, settings, org, key, path)
     if row is not None:
         return dict(json.loads(row.body))
     session.add(IdempotencyKey(org_id=org, key=key, path=path, status_code=IN_PROGRESS, body="", created_at=now()))
@@ -68,7 +81,7 @@ def begin(session: Session, org: str, key: str | None, path: str) -> dict[str, A
         session.commit()
     except IntegrityError:
         session.rollback()
-        row = _lookup(session, org, key, path)
+        row = _lookup(session, settings, org, key, path)
         assert row is not None
         return dict(json.loads(row.body))
     return None
@@ -83,9 +96,9 @@ class Once:
 
 
 @contextmanager
-def once(session: Session, org: str, key: str | None, path: str) -> Iterator[Once]:
+def once(session: Session, settings: Settings, org: str, key: str | None, path: str) -> Iterator[Once]:
     """begin → the caller's work → finish, or abandon if the work raised; no key: just the work."""
-    slot = Once(stored=begin(session, org, key, path))
+    slot = Once(stored=begin(session, settings, org, key, path))
     if slot.stored is not None:
         yield slot
         return
@@ -117,3 +130,14 @@ def abandon(session: Session, org: str, key: str | None) -> None:
     if row is not None and row.status_code == IN_PROGRESS:
         session.delete(row)
         session.commit()
+
+
+def purge_expired(session: Session, settings: Settings, at: int) -> int:
+    """Delete keys past their time to live; the number deleted."""
+    oldest = at - min(settings.idempotency_ttl_seconds, settings.idempotency_in_progress_seconds)
+    rows = session.scalars(select(IdempotencyKey).where(IdempotencyKey.created_at < oldest))
+    gone = [r for r in rows if expired(r, settings, at)]
+    for row in gone:
+        session.delete(row)
+    session.commit()
+    return len(gone)

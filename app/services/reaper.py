@@ -1,5 +1,6 @@
 """The reaper: requeue jobs whose worker vanished (lease expired), fail them after the attempt limit,
-and re-send queued jobs the broker may have lost. Safe to run in several processes at once."""
+re-send queued jobs the broker may have lost, and purge expired Idempotency-Keys. Safe to run in
+several processes at once."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.models import Job
 from app.db.session import session_scope
-from app.services import job_state
+from app.services import idempotency, job_state
 from app.services.queue import enqueue_training
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class ReapReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    keys_purged: int = 0
 
 
 def _expired(session: Session, now: float) -> list[Job]:
@@ -82,6 +84,8 @@ def reap_once(settings: Settings, now: float | None = None) -> ReapReport:
         for job_id in list(stale):
             s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=now))
             report.resent.append(job_id)
+    with session_scope() as s:
+        report.keys_purged = idempotency.purge_expired(s, settings, int(now))
     # Enqueue only after the commit, so a worker never sees a job the DB does not yet show as queued.
     for job_id in report.requeued + report.resent:
         enqueue_training(job_id)

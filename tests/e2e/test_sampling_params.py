@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -99,3 +100,21 @@ def test_chat_logprobs_match_the_sdk_type_and_the_text(client: OpenAI) -> None:
     assert plain.choices[0].logprobs is None
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=BASE, messages=messages, top_logprobs=2)  # type: ignore[arg-type]
+
+
+def test_each_streamed_choice_finishes_when_it_ends(client: OpenAI) -> None:
+    """With n=2, the choice that stops early gets its finish_reason chunk while the other still streams."""
+    kw: dict[str, Any] = {"model": BASE, "prompt": "The", "n": 2, "temperature": 1.0, "max_tokens": 16}
+    seed = next(
+        s
+        for s in range(64)
+        if [c.finish_reason for c in client.completions.create(seed=s, **kw).choices] == ["stop", "length"]
+    )
+    whole = client.completions.create(seed=seed, **kw)
+    chunks = [c for c in client.completions.create(seed=seed, stream=True, **kw) if c.choices]
+    events = [(c.choices[0].index, c.choices[0].text, c.choices[0].finish_reason) for c in chunks]
+    for i, choice in enumerate(whole.choices):
+        assert "".join(text for index, text, _ in events if index == i) == choice.text
+        assert [f for index, _, f in events if index == i and f] == [choice.finish_reason]
+    stopped_at = events.index((0, "", "stop"))
+    assert any(index == 1 and text for index, text, _ in events[stopped_at + 1 :])

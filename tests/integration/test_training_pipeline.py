@@ -8,6 +8,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+import torch
+from safetensors.torch import load_file
 from sqlalchemy import select
 
 from app.config import Settings
@@ -17,6 +20,7 @@ from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
 from app.services.files import create_upload
 from app.services.jobs import create_job
 from app.storage import Storage
+from worker.training import pipeline
 from worker.training.pipeline import run_job
 
 ORG = "personal"
@@ -89,3 +93,16 @@ def test_same_job_and_seed_give_the_same_curve_and_adapter(settings: Settings) -
     assert blobs[0] == blobs[1]
     other_blob = (storage.adapter_dir(other[0].id, None) / "adapter_model.safetensors").read_bytes()
     assert other_blob != blobs[0]
+
+
+def test_a_bf16_base_trains_and_saves_fp32_master_weights(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "_BASES", {})  # load a bf16 copy, not the cached fp32 base
+    settings.base_models["ftserve-tiny"].dtype = "bfloat16"
+    job, events = _run(settings, _upload(settings, _rows()), seed=11)
+    assert job.status == "succeeded", job.error
+    curve = [e.data["train_loss"] for e in events if e.type == "metrics" and e.data]
+    assert curve[-1] < curve[0]
+    tensors = load_file(str(Storage(settings).adapter_dir(job.id, None) / "adapter_model.safetensors"))
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
+    # The masters' precision, not bf16 values widened to fp32.
+    assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in tensors.values())

@@ -52,3 +52,30 @@ def test_same_seed_same_curve_and_weights_and_checkpointing_changes_nothing(base
         torch.testing.assert_close(ckpt_weights[k], weights[k], atol=1e-5, rtol=0)
     other, _ = _run(bases_dir, seed=6, checkpointing=False)
     assert other != losses
+
+
+def test_bf16_base_computes_lora_in_bf16_and_keeps_fp32_masters(bases_dir: Path) -> None:
+    path = base_path(Settings(data_dir=bases_dir, bases_dir=bases_dir), "ftserve-tiny")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    base = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    pairs = [("The cat says:", " meow"), ("Translate to French: dog ->", " chien"), ("one two", " three four")]
+    examples = [tokenize_example(tok, PromptCompletion(p, c), 0.0) for p, c in pairs]
+    # One micro-batch per example: gradients are summed across them in fp32.
+    batches = [mb for ex in examples for mb in padded_microbatches([ex], 0, 4096)]
+    trainer = LoraTrainer(model, torch.device("cpu"), lr=1e-2, total_steps=4)
+    assert trainer.mixed and {p.dtype for p in trainer.live} == {torch.bfloat16}
+    assert {m.dtype for m in trainer.params} == {torch.float32}
+    losses = [trainer.step(batches).loss for _ in range(4)]
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(trainer.live, trainer.params, strict=True))
+    # Updates smaller than bf16's resolution still accumulate in the masters.
+    assert any(not torch.equal(m, m.to(torch.bfloat16).float()) for m in trainer.params)
+    with trainer.full_precision():
+        saved = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+        assert {v.dtype for v in saved.values()} == {torch.float32}
+    assert {p.dtype for p in trainer.live} == {torch.bfloat16}
+    trainer.close()
+    assert all(p.dtype == torch.float32 and p is not m for p, m in zip(trainer.live, trainer.params, strict=True))
+    assert all(torch.equal(p, m) for p, m in zip(trainer.live, trainer.params, strict=True))

@@ -26,6 +26,7 @@ class Row:
     adapter: str | None
     sampling: Sampling
     on_text: Callable[[str], None] | None = None
+    on_finish: Callable[[], None] | None = None  # called once the row's finish_reason is final
     cancelled: Callable[[], bool] | None = None
     # Filled while generating:
     token_ids: list[int] = field(default_factory=list)
@@ -43,6 +44,8 @@ class Row:
 
 def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
     """Decode the row's tokens, cut at a stop string, and send the new text (holding back a possible stop prefix)."""
+    if not final and row.on_text is None and not row.sampling.stop:
+        return  # no listener and no stop string to find: decoding once at the end is enough
     text = decode_reply(tok, row.prompt_ids, row.token_ids)
     for stop in row.sampling.stop:
         cut = text.find(stop)
@@ -62,9 +65,12 @@ def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
         row.text = text
 
 
-def advance(row: Row, logits: torch.Tensor, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
-    """Sample the row's next token from its logits; True when the row has finished."""
-    token = sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row._gen)
+def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
+    """Sample the row's next token from its logits (`greedy`: their argmax); True when the row has finished."""
+    if row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
+        token = greedy  # one argmax over the whole batch beats one per row
+    else:
+        token = sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row._gen)
     if row.sampling.logprobs is not None:
         lp = torch.log_softmax(logits.float(), -1)
         top = lp.topk(max(row.sampling.logprobs, 1))
@@ -129,7 +135,8 @@ class DecodeBatch:
         cache = DynamicCache()
         out = self._forward(ids, mask, pos, cache, [r._slot for r in rows])
         logits = out.logits[:, -1, :].float().cpu()
-        done = [r for i, r in enumerate(rows) if advance(r, logits[i], self.tok, self.stop_ids)]
+        greedy = logits.argmax(-1).tolist()
+        done = [r for i, r in enumerate(rows) if advance(r, logits[i], greedy[i], self.tok, self.stop_ids)]
         self._merge(rows, cache, mask, pos[:, -1:] + 1)
         self._drop(done)
         return done
@@ -167,7 +174,8 @@ class DecodeBatch:
         out = self._forward(ids, self.mask, self.positions, self.cache, [r._slot for r in self.rows])
         self.positions = self.positions + 1
         logits = out.logits[:, -1, :].float().cpu()
-        done = [r for i, r in enumerate(self.rows) if advance(r, logits[i], self.tok, self.stop_ids)]
+        greedy = logits.argmax(-1).tolist()
+        done = [r for i, r in enumerate(self.rows) if advance(r, logits[i], greedy[i], self.tok, self.stop_ids)]
         self._drop(done)
         return cancelled + done
 

@@ -278,6 +278,8 @@ class Scheduler:
         for row in rows:
             job: Job = row.job
             metrics.ROWS_FINISHED.labels("cancelled" if row.was_cancelled else row.finish_reason or "stop").inc()
+            if row.on_finish is not None:
+                row.on_finish()
             if job.adapter is not None:
                 res.adapters.unpin(job.adapter)
             job.remaining -= 1

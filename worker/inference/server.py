@@ -97,6 +97,7 @@ async def _stream(
     disconnected = threading.Event()
     for i, row in enumerate(rows):
         row.on_text = partial(_relay, loop, queue, i)
+        row.on_finish = partial(_relay, loop, queue, i, None)  # text None: choice i has finished
         row.cancelled = disconnected.is_set
 
     def done(error: BaseException | None) -> None:
@@ -112,13 +113,13 @@ async def _stream(
         item = first
         try:
             while item[0] is not _DONE:
-                yield json.dumps(chunk(item[0], item[1], None))
+                i, text = item
+                # Each choice's finish_reason chunk goes out when that choice ends, as OpenAI's streams do.
+                yield json.dumps(chunk(i, "", rows[i].finish_reason) if text is None else chunk(i, text, None))
                 item = await queue.get()
             if item[1] is not None:  # a failed forward pass after the stream began
                 yield json.dumps(_error_body(item[1]))
                 return
-            for i, row in enumerate(rows):
-                yield json.dumps(chunk(i, "", row.finish_reason))
             tail = final()
             if tail is not None:
                 yield json.dumps(tail)
@@ -136,7 +137,7 @@ def _error_body(error: BaseException) -> dict[str, Any]:
     return {"error": {"message": str(error), "type": "server_error", "param": None, "code": None}}
 
 
-def _relay(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], i: int, text: str) -> None:
+def _relay(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], i: int, text: str | None) -> None:
     loop.call_soon_threadsafe(queue.put_nowait, (i, text))
 
 

@@ -23,11 +23,11 @@ from app.storage import Storage
 from worker.models.bases import load_base, pick_device
 from worker.models.families import choose_target_modules
 from worker.training import faults, hyperparams, publish, resume
-from worker.training.batching import MicroBatch, step_groups
+from worker.training.batching import step_groups
 from worker.training.dataset import load_tokenized
 from worker.training.errors import TrainingError, classify
 from worker.training.export import save_adapter
-from worker.training.planner import CPU_PACKED_ROW_TOKENS, CostModel, plan_step
+from worker.training.planner import Layout
 from worker.training.reporter import JobStopped, Reporter, lease_seconds, worker_id
 from worker.training.tokenize import TokenizedExample
 from worker.training.trainer import LoraTrainer
@@ -256,9 +256,9 @@ def _fit(
                 except JobStopped as stop:
                     if str(stop) == "paused":
                         here = resume.Progress(step, epoch, i, trained_tokens, rows)
-                        save_adapter(
-                            model, resume.pause_dir(Storage(settings), spec.id), resume.trainer_state(trainer, here)
-                        )
+                        with trainer.full_precision():
+                            state = resume.trainer_state(trainer, here)
+                            save_adapter(model, resume.pause_dir(Storage(settings), spec.id), state)
                     raise
                 faults.maybe_inject(settings, spec.suffix, step + 1)
                 result = trainer.step(layout.plan([train[j] for j in group]))
@@ -285,29 +285,11 @@ def _fit(
                     trained_tokens=trained_tokens,
                 )
             state = resume.trainer_state(trainer, resume.Progress(step, epoch + 1, 0, trained_tokens, rows))
-            publish.checkpoint(spec.id, spec.org, spec.base, settings, model, final_name, step, rows[-1], state)
+            with trainer.full_precision():
+                publish.checkpoint(spec.id, spec.org, spec.base, settings, model, final_name, step, rows[-1], state)
         rep.check()
-        publish.finish(spec.id, spec.org, spec.base, settings, model, final_name, trained_tokens, rows)
+        with trainer.full_precision():
+            publish.finish(spec.id, spec.org, spec.base, settings, model, final_name, trained_tokens, rows)
         shutil.rmtree(resume.pause_dir(Storage(settings), spec.id), ignore_errors=True)
     finally:
         trainer.close()
-
-
-class Layout:
-    """Lays out each step's examples as padded micro-batches or packed rows, whichever costs less."""
-
-    def __init__(self, settings: Settings, cost: CostModel, pad: int, row_cap: int) -> None:
-        self.settings, self.cost, self.pad, self.row_cap = settings, cost, pad, row_cap
-
-    @classmethod
-    def for_run(cls, settings: Settings, model: PeftModel, pad: int, device: torch.device) -> Layout:
-        """The layout for this model and device (packed rows capped at 1024 tokens on CPU by default)."""
-        cap = settings.packed_row_tokens or (
-            settings.batch_token_budget if device.type == "cuda" else CPU_PACKED_ROW_TOKENS
-        )
-        return cls(settings, CostModel.for_model(model.get_base_model()), pad, cap)
-
-    def plan(self, examples: list[TokenizedExample]) -> list[MicroBatch]:
-        """Micro-batches for one step's examples (plan_step under the worker's settings)."""
-        budget = self.settings.batch_token_budget
-        return plan_step(examples, self.pad, budget, self.cost, self.settings.packing, self.row_cap).micro_batches

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
+from app.config import Settings
 from worker.training.batching import MicroBatch, pack, pack_rows, padded_groups
 from worker.training.tokenize import TokenizedExample
 
@@ -122,3 +124,23 @@ def plan_step(
 def _kept_columns(mb: MicroBatch) -> int:
     """Columns of a padded micro-batch that go through the LM head (any row carries loss there)."""
     return int((mb.weights[:, 1:].sum(0) > 0).sum())
+
+
+class Layout:
+    """Lays out each step's examples as padded micro-batches or packed rows, whichever costs less."""
+
+    def __init__(self, settings: Settings, cost: CostModel, pad: int, row_cap: int) -> None:
+        self.settings, self.cost, self.pad, self.row_cap = settings, cost, pad, row_cap
+
+    @classmethod
+    def for_run(cls, settings: Settings, model: Any, pad: int, device: torch.device) -> Layout:
+        """The layout for this model and device (packed rows capped at 1024 tokens on CPU by default)."""
+        cap = settings.packed_row_tokens or (
+            settings.batch_token_budget if device.type == "cuda" else CPU_PACKED_ROW_TOKENS
+        )
+        return cls(settings, CostModel.for_model(model.get_base_model()), pad, cap)
+
+    def plan(self, examples: list[TokenizedExample]) -> list[MicroBatch]:
+        """Micro-batches for one step's examples (plan_step under the worker's settings)."""
+        budget = self.settings.batch_token_budget
+        return plan_step(examples, self.pad, budget, self.cost, self.settings.packing, self.row_cap).micro_batches

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +90,18 @@ class LoraTrainer:
             # Frozen embeddings give no input that requires grad; checkpointed blocks need one to backprop.
             model.enable_input_require_grads()  # type: ignore[operator]
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Mixed precision: peft keeps LoRA weights in fp32, so every adapted layer would cast its bf16 input
+        # up and its output back (a fifth of a CPU step). The live LoRA weights compute in the base's
+        # dtype instead; fp32 master copies take the gradients and the optimizer's updates.
+        self.live = [p for p in model.parameters() if p.requires_grad]
+        compute = next((p.dtype for p in model.parameters() if not p.requires_grad), torch.float32)
+        self.mixed = compute in (torch.bfloat16, torch.float16) and any(p.dtype == torch.float32 for p in self.live)
+        if self.mixed:
+            self.params = [nn.Parameter(p.detach().float().clone()) for p in self.live]
+            for p in self.live:
+                p.data = p.data.to(compute)
+        else:
+            self.params = self.live
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         warmup = math.ceil(total_steps * warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -99,6 +112,9 @@ class LoraTrainer:
 
     def close(self) -> None:
         """Undo what __init__ changed on the model, so a cached base serves the next job as it was."""
+        if self.mixed:
+            for p, master in zip(self.live, self.params, strict=True):
+                p.data = master.data
         if self.gradient_checkpointing:
             self.model.gradient_checkpointing_disable()  # type: ignore[operator]
             self.model.disable_input_require_grads()  # type: ignore[operator]
@@ -116,12 +132,17 @@ class LoraTrainer:
             sums = loss_sums(self.model, mb, self.device)
             loss = sums.weighted_ce / total_weight
             loss.backward()
+            self._accumulate_master_grads()
             loss_total += float(loss.detach())
             correct += sums.correct
             completion += sums.completion_tokens
         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if self.mixed:
+            with torch.no_grad():
+                for p, master in zip(self.live, self.params, strict=True):
+                    p.copy_(master)
         loss_tokens = int(sum(int((mb.weights[:, 1:] > 0).sum()) for mb in micro_batches))
         return StepResult(
             loss_total,
@@ -129,6 +150,32 @@ class LoraTrainer:
             sum(mb.real_tokens for mb in micro_batches),
             loss_tokens,
         )
+
+    def _accumulate_master_grads(self) -> None:
+        """Move this micro-batch's low-precision gradients into the fp32 masters (summing there, not in bf16)."""
+        if not self.mixed:
+            return
+        for p, master in zip(self.live, self.params, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad.float()
+            master.grad = g if master.grad is None else master.grad.add_(g)
+            p.grad = None
+
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """While inside, the model's trainable weights are the fp32 masters: what checkpoints must save."""
+        if not self.mixed:
+            yield
+            return
+        compute = [p.data for p in self.live]
+        for p, master in zip(self.live, self.params, strict=True):
+            p.data = master.data
+        try:
+            yield
+        finally:
+            for p, data in zip(self.live, compute, strict=True):
+                p.data = data
 
     @torch.no_grad()
     def evaluate(self, micro_batches: list[MicroBatch]) -> tuple[float, float | None]:
