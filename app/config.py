@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     packed_row_tokens: int | None = None
     # Recompute activations in the backward pass: less memory, about a third more compute.
     gradient_checkpointing: bool = False
+    # The training model's attention kernel. "auto": flash_attention_2 on CUDA when the flash-attn package
+    # is installed (packed rows then run as varlen attention, no T² mask), else sdpa.
+    train_attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     # Learning-rate schedule (per job: the extensions block): warmup fraction, then this decay.
     warmup_ratio: float = 0.0
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"

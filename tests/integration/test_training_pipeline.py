@@ -106,3 +106,27 @@ def test_a_bf16_base_trains_and_saves_fp32_master_weights(settings: Settings, mo
     assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
     # The masters' precision, not bf16 values widened to fp32.
     assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in tensors.values())
+
+
+def test_the_attention_kernel_is_a_setting_and_packed_rows_agree_across_kernels(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.packing = "on"  # packed rows: the kernel must keep examples apart from position_ids alone
+    file_id = _upload(settings, _rows())
+    curves = {}
+    for kernel in ("sdpa", "eager"):
+        monkeypatch.setattr(pipeline, "_BASES", {})
+        settings.train_attn_implementation = kernel  # type: ignore[assignment]
+        job, events = _run(settings, file_id, seed=11)
+        assert job.status == "succeeded", job.error
+        assert pipeline._BASES["ftserve-tiny"][0].config._attn_implementation == kernel
+        curves[kernel] = [e.data["train_loss"] for e in events if e.type == "metrics" and e.data]
+    assert curves["eager"] == pytest.approx(curves["sdpa"], abs=1e-4)
+
+
+def test_auto_attention_is_sdpa_without_cuda_and_flash_attn() -> None:
+    from worker.models.bases import training_attention
+
+    assert training_attention("auto", torch.device("cpu")) == "sdpa"
+    assert training_attention("eager", torch.device("cpu")) == "eager"
+    assert training_attention("flash_attention_2", torch.device("cuda")) == "flash_attention_2"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -159,15 +160,28 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def training_attention(setting: str, device: torch.device) -> str:
+    """The attention kernel to train with: the setting, or for "auto" varlen flash attention where it runs."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_base(
-    settings: Settings, name: str, device: torch.device | None = None, progress: Progress = log.info
+    settings: Settings,
+    name: str,
+    device: torch.device | None = None,
+    progress: Progress = log.info,
+    attn_implementation: str = "sdpa",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a prepared base model and its tokenizer onto the device in its resolved dtype."""
     path = prepare_base(settings, name, progress)
     device = device or pick_device()
     dtype = resolve_dtype(settings.base_models[name], device)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     model.to(device)  # type: ignore[arg-type]
     if tokenizer.pad_token_id is None:

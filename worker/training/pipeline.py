@@ -20,7 +20,7 @@ from app.ids import fine_tuned_model_name, now
 from app.services import job_state
 from app.services import models as model_service
 from app.storage import Storage
-from worker.models.bases import load_base, pick_device
+from worker.models.bases import load_base, pick_device, training_attention
 from worker.models.families import choose_target_modules
 from worker.training import faults, hyperparams, publish, resume
 from worker.training.batching import step_groups
@@ -60,7 +60,8 @@ def _base(settings: Settings, name: str, device: torch.device) -> tuple[PreTrain
     if name not in _BASES:
         _BASES.clear()
         gc.collect()
-        _BASES[name] = load_base(settings, name, device)
+        attention = training_attention(settings.train_attn_implementation, device)
+        _BASES[name] = load_base(settings, name, device, attn_implementation=attention)
     return _BASES[name]
 
 
