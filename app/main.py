@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import metrics
 from app.api import files, fine_tuning, models, proxy
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit
+from app.api.request_ids import RequestId
 from app.config import Settings, get_settings
-from app.ids import new_id
 from app.web import install_dashboard
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,7 @@ def create_app(settings: Settings | None = None, roles: frozenset[str] | set[str
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     metrics.install(app)
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or new_id("req_", 24)
-        response = await call_next(request)
-        response.headers["x-request-id"] = rid
-        return response
+    app.add_middleware(RequestId)
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, object]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
@@ -56,10 +55,30 @@ def install(app: FastAPI) -> None:
         body, content_type = render()
         return Response(body, media_type=content_type)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        endpoint = ENDPOINTS.get(request.url.path) if request.method == "POST" else None
-        response = await call_next(request)
-        if endpoint is not None:
-            REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests)
+
+
+class CountRequests:
+    """Count completion requests by endpoint and status code (served here or proxied)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        is_post = scope["type"] == "http" and scope["method"] == "POST"
+        endpoint = ENDPOINTS.get(scope["path"]) if is_post else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if the app raises before responding
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            REQUESTS.labels(endpoint, str(status)).inc()

@@ -270,6 +270,12 @@ def test_error_envelope_status_codes_and_request_ids(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client.fine_tuning.jobs.retrieve("ftjob-missing")
     assert err.value.response.headers["x-request-id"]
+    # A caller's own request id comes back, on successes and on streamed responses alike.
+    mine = _raw(client, "GET", "/models", headers={"x-request-id": "req-from-client"})
+    assert mine.status_code == 200 and mine.headers["x-request-id"] == "req-from-client"
+    body = {"model": "ftserve-tiny", "prompt": "x", "max_tokens": 2, "stream": True}
+    streamed = _raw(client, "POST", "/completions", json=body, headers={"x-request-id": "req-stream"})
+    assert streamed.headers["x-request-id"] == "req-stream" and streamed.text.rstrip().endswith("data: [DONE]")
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="ftserve-tiny", prompt="x", temperature=5)
 
