@@ -147,6 +147,15 @@ def _usage(prompt_tokens: list[int], rows: list[Row]) -> Usage:
     return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 
 
+def _usage_chunk(
+    req: CompletionRequest | ChatCompletionRequest, envelope: dict[str, Any], prompt_tokens: list[int], rows: list[Row]
+) -> dict[str, Any] | None:
+    """The stream's last chunk when stream_options.include_usage asks for it: no choices, the usage."""
+    if not (req.stream_options and req.stream_options.include_usage):
+        return None
+    return {**envelope, "choices": [], "usage": _usage(prompt_tokens, rows).model_dump()}
+
+
 @router.post("/v1/completions", response_model=Completion)
 async def completions(
     req: CompletionRequest, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
@@ -180,26 +189,10 @@ async def completions(
             if req.echo and i not in echoed:
                 echoed.add(i)
                 text = prompts[i // req.n] + text
-            return {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": req.model,
-                "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}],
-            }
+            return {**envelope, "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}
 
-        def final() -> dict[str, Any] | None:
-            if not (req.stream_options and req.stream_options.include_usage):
-                return None
-            return {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": req.model,
-                "choices": [],
-                "usage": _usage(prompt_lens * req.n, rows).model_dump(),
-            }
-
+        envelope = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
+        final = partial(_usage_chunk, req, envelope, prompt_lens * req.n, rows)
         return await _stream(engine, resolved, rows, chunk, final)
     await _run(engine, resolved, rows)
     choices = []
@@ -255,26 +248,10 @@ async def chat_completions(
             if i not in started and not finish:
                 delta["role"] = "assistant"
                 started.add(i)
-            return {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": req.model,
-                "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
+            return {**envelope, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        def final() -> dict[str, Any] | None:
-            if not (req.stream_options and req.stream_options.include_usage):
-                return None
-            return {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": req.model,
-                "choices": [],
-                "usage": _usage([len(ids)] * req.n, rows).model_dump(),
-            }
-
+        envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
+        final = partial(_usage_chunk, req, envelope, [len(ids)] * req.n, rows)
         return await _stream(engine, resolved, rows, chunk, final)
     await _run(engine, resolved, rows)
     choices = [
