@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Requests arriving within this window share one prefill; later ones join the running batch.
     batch_window_ms: float = 10.0
     max_batch_rows: int = 64  # rows decoded together per base
+    # An inference role running apart from the api checks this often for resident adapters whose model
+    # was deleted (the api role cannot reach its memory) and unloads them.
+    adapter_sweep_seconds: float = 10.0
     max_new_tokens_limit: int = 2048
 
     def resolved_data_dir(self) -> Path:

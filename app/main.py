@@ -38,6 +38,18 @@ def _document_errors_not_422(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+async def _sweep_deleted_adapters(app: FastAPI, interval: float) -> None:
+    """An inference role without the api role: unload adapters whose model was deleted elsewhere."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            unloaded = await asyncio.to_thread(app.state.engine.unload_deleted)
+            if unloaded:
+                log.info("unloaded %d adapters of deleted models", unloaded)
+        except Exception:
+            log.exception("adapter sweep failed")
+
+
 def create_app(settings: Settings | None = None, roles: frozenset[str] | set[str] = ROLES) -> FastAPI:
     """Build the app for the given roles; the inference role (and torch) is imported only when asked for."""
     settings = settings or get_settings()
@@ -47,14 +59,16 @@ def create_app(settings: Settings | None = None, roles: frozenset[str] | set[str
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reaper = None
+        loops = []
         if "api" in roles:
             from app.services.reaper import run_forever
 
-            reaper = asyncio.create_task(run_forever(settings))
+            loops.append(asyncio.create_task(run_forever(settings)))
+        elif "inference" in roles:
+            loops.append(asyncio.create_task(_sweep_deleted_adapters(app, settings.adapter_sweep_seconds)))
         yield
-        if reaper is not None:
-            reaper.cancel()
+        for loop in loops:
+            loop.cancel()
         engine = getattr(app.state, "engine", None)
         if engine is not None:
             engine.close()

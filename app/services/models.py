@@ -68,6 +68,18 @@ def register(session: Session, name: str, org: str, base: str, job_id: str, step
     return row
 
 
+def servable_adapters(session: Session, adapters: set[tuple[str, int | None]]) -> set[tuple[str, int | None]]:
+    """Those (job id, step) adapters that still back a model nobody deleted."""
+    if not adapters:
+        return set()
+    rows = session.execute(
+        select(FineTunedModel.job_id, FineTunedModel.step).where(
+            FineTunedModel.job_id.in_({job for job, _ in adapters}), FineTunedModel.deleted_at.is_(None)
+        )
+    )
+    return {(job, step) for job, step in rows} & adapters
+
+
 def delete_checkpoints(session: Session, settings: Settings, checkpoints: list[Checkpoint]) -> int:
     """Delete checkpoints: their rows, the servable models they registered, and their adapter files."""
     storage = Storage(settings)

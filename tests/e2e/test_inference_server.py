@@ -170,7 +170,8 @@ def test_api_role_proxies_to_inference_role(server: Service) -> None:
     data = server.settings.resolved_data_dir()  # type: ignore[attr-defined]
     env = dict(server.env)
     inf_port, api_port = free_port(), free_port()
-    inference = Proc([*FTSERVE, "inference", "--port", str(inf_port)], env, data / "inference.log")
+    inf_env = {**env, "FTSERVE_ADAPTER_SWEEP_SECONDS": "0.2"}
+    inference = Proc([*FTSERVE, "inference", "--port", str(inf_port)], inf_env, data / "inference.log")
     api_env = {**env, "FTSERVE_INFERENCE_URL": f"http://127.0.0.1:{inf_port}"}
     api = Proc([*FTSERVE, "api", "--port", str(api_port)], api_env, data / "api.log")
     try:
@@ -191,6 +192,22 @@ def test_api_role_proxies_to_inference_role(server: Service) -> None:
         with pytest.raises(openai.NotFoundError) as err:  # errors pass through in the same envelope
             client.completions.create(model="ft:nope", prompt="x")
         assert err.value.code == "model_not_found"
+
+        # A model deleted through the api role leaves the inference process's memory too.
+        jobs = data / "jobs"
+        shutil.copytree(jobs / "ftjob-sounds" / "final", jobs / "ftjob-sounds" / "ckpt-step-7", dirs_exist_ok=True)
+        ckpt = register(server.settings, "ftjob-sounds", "sounds", step=7)  # type: ignore[attr-defined]
+        client.completions.create(model=ckpt, prompt=prompt("lion"), max_tokens=2, temperature=0)
+        inf = Service(f"http://127.0.0.1:{inf_port}", [], env)
+        before = _metrics(inf)
+        client.models.delete(ckpt)
+        deadline = time.monotonic() + 30
+        while _metrics(inf).get("ftserve_adapter_unloads_total", 0) == before.get("ftserve_adapter_unloads_total", 0):
+            assert time.monotonic() < deadline, "the deleted checkpoint's adapter stayed resident"
+            time.sleep(0.2)
+        assert _metrics(inf)["ftserve_adapters_resident"] == before["ftserve_adapters_resident"] - 1
+        reply = client.completions.create(model=server.sounds, prompt=prompt("lion"), max_tokens=8, temperature=0)  # type: ignore[attr-defined]
+        assert reply.choices[0].text == " roar"  # the final model of the same job stays
     finally:
         api.stop()
         inference.stop()

@@ -9,6 +9,8 @@ import threading
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.config import Settings
+from app.db.session import session_scope
+from app.services import models as model_service
 from app.services.models import ResolvedModel
 from app.storage import Storage
 from worker.inference.adapters import AdapterCache, AdapterLoadError
@@ -24,6 +26,12 @@ __all__ = ["AdapterLoadError", "InferenceEngine", "adapter_name", "stop_token_id
 
 def adapter_name(resolved: ResolvedModel) -> str:
     return f"{resolved.job_id}-{'final' if resolved.step is None else resolved.step}"
+
+
+def parse_adapter_name(name: str) -> tuple[str, int | None]:
+    """(job id, step or None for the final adapter): adapter_name read back."""
+    job_id, _, step = name.rpartition("-")
+    return job_id, None if step == "final" else int(step)
 
 
 def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> set[int]:
@@ -119,6 +127,22 @@ class InferenceEngine:
         """Drop a (deleted) model's adapter from memory, now or when its running rows finish."""
         if not resolved.is_base and resolved.base in self._bases:
             self.scheduler.unload(resolved.base, adapter_name(resolved))
+
+    def unload_deleted(self) -> int:
+        """Unload resident adapters whose model no longer exists or was deleted; how many were unloaded.
+
+        A separate inference process never hears of a deletion made through the api role: requests for
+        the model already get 404 (resolution reads the DB), and this frees the memory too.
+        """
+        if self._scheduler is None:
+            return 0
+        resident = self._scheduler.resident_adapters()
+        with session_scope() as session:
+            servable = model_service.servable_adapters(session, {parse_adapter_name(n) for _, n in resident})
+        gone = [(base, name) for base, name in resident if parse_adapter_name(name) not in servable]
+        for base, name in gone:
+            self._scheduler.unload(base, name)
+        return len(gone)
 
     def close(self) -> None:
         if self._scheduler is not None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,12 @@ class Scheduler:
     def unload(self, base: str, adapter: str) -> None:
         self.inbox.put(("unload", (base, adapter)))
 
+    def resident_adapters(self, timeout: float = 30.0) -> list[tuple[str, str]]:
+        """(base, adapter name) of every resident adapter, read by the scheduler thread itself."""
+        answer: Future[list[tuple[str, str]]] = Future()
+        self.inbox.put(("resident", answer))
+        return answer.result(timeout)
+
     def stop(self) -> None:
         self.inbox.put(("stop", None))
         self.thread.join(timeout=30)
@@ -142,6 +148,8 @@ class Scheduler:
                 self._fail_waiting(key, result)
             else:
                 self.loaded[key] = result
+        elif kind == "resident":
+            payload.set_result([(base, name) for base, r in self.residents.items() for name in r.adapters.entries])
         elif kind == "unload":
             base, name = payload
             self.loaded.pop((base, name), None)
