@@ -118,3 +118,25 @@ def test_each_streamed_choice_finishes_when_it_ends(client: OpenAI) -> None:
         assert [f for index, _, f in events if index == i and f] == [choice.finish_reason]
     stopped_at = events.index((0, "", "stop"))
     assert any(index == 1 and text for index, text, _ in events[stopped_at + 1 :])
+
+
+def test_best_of_returns_the_most_likely_candidates(client: OpenAI, tok: PreTrainedTokenizerBase) -> None:
+    ban = {str(t): -100 for t in _stop_ids(tok)}  # every candidate runs max_tokens: all scores are visible
+    kw: dict[str, Any] = {"model": BASE, "prompt": ["The", "A"], "temperature": 1.0, "seed": 3, "max_tokens": 6}
+    every = client.completions.create(n=4, best_of=4, logprobs=0, logit_bias=ban, **kw)
+
+    def mean(choice: Any) -> float:
+        return sum(choice.logprobs.token_logprobs) / len(choice.logprobs.token_logprobs)
+
+    best = client.completions.create(n=2, best_of=4, logit_bias=ban, **kw)
+    assert [c.index for c in best.choices] == [0, 1, 2, 3]
+    for p in range(2):
+        candidates = sorted(every.choices[4 * p : 4 * p + 4], key=mean, reverse=True)
+        assert [c.text for c in best.choices[2 * p : 2 * p + 2]] == [c.text for c in candidates[:2]]
+    assert best.choices[0].logprobs is None  # ranked by logprobs, returned only when asked for
+    assert best.usage is not None and best.usage.completion_tokens == 2 * 4 * 6  # every candidate counts
+
+    for bad in ({"n": 3, "best_of": 2}, {"n": 1, "best_of": 2, "stream": True}, {"suffix": " end"}):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=BASE, prompt="The", **bad)
+        assert err.value.param in {"best_of", "suffix"}

@@ -167,6 +167,9 @@ async def completions(
     prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
     limit = settings.base_models[resolved.base].max_seq_len
     max_tokens = min(req.max_tokens or 16, settings.max_new_tokens_limit)
+    best_of = _check_best_of(req)
+    # Ranking candidates needs each sampled token's logprob, whether or not the client asked for them.
+    scored = req.logprobs if req.logprobs is not None or best_of == req.n else 0
     rows: list[Row] = []
     prompt_lens: list[int] = []
     for prompt in prompts:
@@ -175,8 +178,8 @@ async def completions(
             raise bad_request("The prompt is empty", param="prompt")
         _check_length(len(ids), max_tokens, limit)
         prompt_lens.append(len(ids))
-        for c in range(req.n):
-            rows.append(Row(list(ids), None, _sampling(req, max_tokens, req.logprobs, c, len(tok))))
+        for c in range(best_of):
+            rows.append(Row(list(ids), None, _sampling(req, max_tokens, scored, c, len(tok))))
     cid, created = new_id("cmpl-"), now()
 
     def choice_text(i: int, text: str) -> str:
@@ -196,7 +199,7 @@ async def completions(
         return await _stream(engine, resolved, rows, chunk, final)
     await _run(engine, resolved, rows)
     choices = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(_best(rows, best_of, req.n)):
         lp = None
         if req.logprobs is not None:
             lp = completion_logprobs(tok, row)
@@ -213,8 +216,32 @@ async def completions(
         created=created,
         model=req.model,
         choices=choices,
-        usage=_usage([prompt_lens[i // req.n] for i in range(len(rows))], rows),
+        usage=_usage([prompt_lens[i // best_of] for i in range(len(rows))], rows),  # every candidate counts
     )
+
+
+def _check_best_of(req: CompletionRequest) -> int:
+    """How many candidates to generate per prompt (best_of, default n); 400 for what cannot be served."""
+    if req.suffix:
+        raise bad_request("suffix (text insertion) is not supported by these models", param="suffix")
+    best_of = req.best_of or req.n
+    if best_of < req.n:
+        raise bad_request(f"best_of ({best_of}) must be at least n ({req.n})", param="best_of")
+    if req.stream and best_of > req.n:
+        raise bad_request("best_of larger than n cannot be streamed", param="best_of")
+    return best_of
+
+
+def _best(rows: list[Row], best_of: int, n: int) -> list[Row]:
+    """Per prompt, the n candidates with the highest mean logprob per sampled token (OpenAI's best_of)."""
+    if best_of == n:
+        return rows
+
+    def score(row: Row) -> float:
+        return sum(row.sampled_logprobs) / max(len(row.sampled_logprobs), 1)
+
+    groups = [rows[i : i + best_of] for i in range(0, len(rows), best_of)]
+    return [row for group in groups for row in sorted(group, key=score, reverse=True)[:n]]
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
