@@ -151,3 +151,26 @@ def test_best_of_returns_the_most_likely_candidates(client: OpenAI, tok: PreTrai
         with pytest.raises(openai.BadRequestError) as err:
             client.completions.create(model=BASE, prompt="The", **bad)
         assert err.value.param in {"best_of", "suffix"}
+
+
+def test_streamed_logprobs_add_up_to_the_whole_ones(client: OpenAI) -> None:
+    kw: dict[str, Any] = {"model": BASE, "prompt": "The", "temperature": 0, "max_tokens": 12, "logprobs": 2}
+    whole = client.completions.create(**kw).choices[0].logprobs
+    assert whole is not None and whole.tokens
+    parts = [c.choices[0].logprobs for c in client.completions.create(stream=True, **kw) if c.choices]
+    assert all(p is not None for p in parts)
+    assert [t for p in parts for t in p.tokens or []] == whole.tokens  # type: ignore[union-attr]
+    assert [o for p in parts for o in p.text_offset or []] == whole.text_offset  # type: ignore[union-attr]
+    streamed = [v for p in parts for v in p.token_logprobs or []]  # type: ignore[union-attr]
+    assert streamed == pytest.approx(whole.token_logprobs, abs=1e-5)
+
+    messages = [{"role": "user", "content": "Name an animal."}]
+    chat: dict[str, Any] = {"model": BASE, "messages": messages, "temperature": 0, "max_tokens": 8}
+    full = client.chat.completions.create(logprobs=True, top_logprobs=2, **chat).choices[0].logprobs
+    assert full is not None and full.content
+    chunks = list(client.chat.completions.create(logprobs=True, top_logprobs=2, stream=True, **chat))
+    per_chunk = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    tokens = [t.token for lp in per_chunk for t in lp.content or []]  # type: ignore[union-attr]
+    assert tokens == [t.token for t in full.content]
+    plain = list(client.chat.completions.create(stream=True, **chat))
+    assert all(c.choices[0].logprobs is None for c in plain if c.choices)

@@ -31,7 +31,7 @@ from app.services import models as model_service
 from app.services.models import ResolvedModel
 from worker.inference.engine import InferenceEngine
 from worker.inference.generation import Row
-from worker.inference.logprobs import chat_logprobs, completion_logprobs
+from worker.inference.logprobs import StreamCursor, chat_logprobs, completion_logprobs
 from worker.inference.sampling import Sampling
 from worker.training.tokenize import render_chat
 
@@ -187,12 +187,14 @@ async def completions(
 
     if req.stream:
         echoed: set[int] = set()
+        cursor = StreamCursor(rows)
 
         def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
             if req.echo and i not in echoed:
                 echoed.add(i)
                 text = prompts[i // req.n] + text
-            return {**envelope, "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}
+            lp = None if req.logprobs is None else cursor.completion(tok, i).model_dump()
+            return {**envelope, "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]}
 
         envelope = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
         final = partial(_usage_chunk, req, envelope, prompt_lens * req.n, rows)
@@ -269,13 +271,15 @@ async def chat_completions(
     cid, created = new_id("chatcmpl-"), now()
     if req.stream:
         started: set[int] = set()
+        cursor = StreamCursor(rows)
 
         def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
             delta: dict[str, Any] = {} if finish else {"content": text}
             if i not in started and not finish:
                 delta["role"] = "assistant"
                 started.add(i)
-            return {**envelope, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            lp = None if top is None else cursor.chat(tok, i, top).model_dump()
+            return {**envelope, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
 
         envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
         final = partial(_usage_chunk, req, envelope, [len(ids)] * req.n, rows)
