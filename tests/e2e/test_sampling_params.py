@@ -174,3 +174,21 @@ def test_streamed_logprobs_add_up_to_the_whole_ones(client: OpenAI) -> None:
     assert tokens == [t.token for t in full.content]
     plain = list(client.chat.completions.create(stream=True, **chat))
     assert all(c.choices[0].logprobs is None for c in plain if c.choices)
+
+
+def test_a_chat_choice_that_ends_at_once_still_streams_its_role(client: OpenAI, tok: PreTrainedTokenizerBase) -> None:
+    end_now = {str(t): 100 for t in _stop_ids(tok)}
+    messages = [{"role": "user", "content": "hi"}]
+    chunks = [
+        c
+        for c in client.chat.completions.create(
+            model=BASE,
+            messages=messages,
+            logit_bias=end_now,
+            stream=True,  # type: ignore[arg-type]
+        )
+        if c.choices
+    ]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]

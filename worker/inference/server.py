@@ -275,8 +275,8 @@ async def chat_completions(
 
         def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
             delta: dict[str, Any] = {} if finish else {"content": text}
-            if i not in started and not finish:
-                delta["role"] = "assistant"
+            if i not in started:  # every choice's first chunk names the role, even one that ends at once
+                delta = {"role": "assistant", "content": text}
                 started.add(i)
             lp = None if top is None else cursor.chat(tok, i, top).model_dump()
             return {**envelope, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
