@@ -33,8 +33,7 @@ class Row:
     text: str = ""
     finish_reason: str | None = None
     token_logprobs: list[float] = field(default_factory=list)
-    # Logprob of every sampled token, the end-of-text one included: what best_of ranks candidates by.
-    sampled_logprobs: list[float] = field(default_factory=list)
+    stop_logprob: float | None = None  # of the end-of-text token that ended the row, when logprobs are on
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
     was_cancelled: bool = False
     job: Any = None  # the scheduler's request this row belongs to
@@ -76,8 +75,9 @@ def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenize
     if row.sampling.logprobs is not None:
         lp = torch.log_softmax(logits.float(), -1)
         top = lp.topk(max(row.sampling.logprobs, 1))
-        row.sampled_logprobs.append(float(lp[token]))
-        if token not in stop_ids:
+        if token in stop_ids:
+            row.stop_logprob = float(lp[token])
+        else:
             row.token_logprobs.append(float(lp[token]))
             row.top_logprobs.append({int(t): float(v) for v, t in zip(top.values, top.indices, strict=True)})
     if token in stop_ids:

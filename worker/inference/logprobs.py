@@ -54,8 +54,8 @@ class StreamCursor:
         row = self.rows[i]
         # token_logprobs grows before token_ids: count only tokens whose every list is filled.
         end = min(len(row.token_ids), len(row.token_logprobs), len(row.top_logprobs))
-        start, self.sent[i] = self.sent[i], max(end, self.sent[i])
-        return start, self.sent[i]
+        start, self.sent[i] = self.sent[i], end
+        return start, end
 
     def completion(self, tok: Any, i: int) -> CompletionLogprobs:
         start, end = self.take(i)

@@ -188,6 +188,7 @@ async def completions(
     if req.stream:
         echoed: set[int] = set()
         cursor = StreamCursor(rows)
+        envelope = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
 
         def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
             if req.echo and i not in echoed:
@@ -196,7 +197,6 @@ async def completions(
             lp = None if req.logprobs is None else cursor.completion(tok, i).model_dump()
             return {**envelope, "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]}
 
-        envelope = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
         final = partial(_usage_chunk, req, envelope, prompt_lens * req.n, rows)
         return await _stream(engine, resolved, rows, chunk, final)
     await _run(engine, resolved, rows)
@@ -240,7 +240,9 @@ def _best(rows: list[Row], best_of: int, n: int) -> list[Row]:
         return rows
 
     def score(row: Row) -> float:
-        return sum(row.sampled_logprobs) / max(len(row.sampled_logprobs), 1)
+        # Every sampled token counts, the end-of-text one included.
+        sampled = row.token_logprobs + ([] if row.stop_logprob is None else [row.stop_logprob])
+        return sum(sampled) / max(len(sampled), 1)
 
     groups = [rows[i : i + best_of] for i in range(0, len(rows), best_of)]
     return [row for group in groups for row in sorted(group, key=score, reverse=True)[:n]]
@@ -272,6 +274,7 @@ async def chat_completions(
     if req.stream:
         started: set[int] = set()
         cursor = StreamCursor(rows)
+        envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
 
         def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
             delta: dict[str, Any] = {} if finish else {"content": text}
@@ -281,7 +284,6 @@ async def chat_completions(
             lp = None if top is None else cursor.chat(tok, i, top).model_dump()
             return {**envelope, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
 
-        envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
         final = partial(_usage_chunk, req, envelope, [len(ids)] * req.n, rows)
         return await _stream(engine, resolved, rows, chunk, final)
     await _run(engine, resolved, rows)

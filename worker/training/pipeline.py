@@ -257,8 +257,8 @@ def _fit(
                 except JobStopped as stop:
                     if str(stop) == "paused":
                         here = resume.Progress(step, epoch, i, trained_tokens, rows)
+                        state = resume.trainer_state(trainer, here)
                         with trainer.full_precision():
-                            state = resume.trainer_state(trainer, here)
                             save_adapter(model, resume.pause_dir(Storage(settings), spec.id), state)
                     raise
                 faults.maybe_inject(settings, spec.suffix, step + 1)
