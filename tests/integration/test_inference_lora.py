@@ -1,4 +1,5 @@
-"""The multi-adapter LoRA layer: every path (single adapter, masked GEMMs, per-row gather) equals W x + B A x."""
+"""The multi-adapter LoRA layer: every layout (one slot, slot-major batched matmuls, stacked with a row mask)
+equals W x + B A x for every row, whatever the passes before it."""
 
 from __future__ import annotations
 
@@ -23,31 +24,78 @@ def _adapter(seed: int, rank: int) -> LoadedAdapter:
     return LoadedAdapter({"proj": (torch.randn(rank, 64, generator=g), torch.randn(48, rank, generator=g))}, 0)
 
 
-@pytest.mark.parametrize("adapters", [1, 3, 20])  # 20 × rank 8 > 2 × 64 columns: the per-row gather path
-def test_every_row_gets_its_own_adapter(adapters: int) -> None:
-    torch.manual_seed(0)
-    model = _Tiny()
-    base = model.proj.weight.detach().clone()
-    ctx = LoraContext(torch.float32)
-    table = SlotTable(model, ctx)
-    loaded = [_adapter(i, rank=4 + 4 * (i % 2)) for i in range(adapters)]  # mixed ranks share padded stacks
-    slots = [table.attach(a) for a in loaded]
-    rows = [BASE_SLOT, *slots, *slots]
-    x = torch.randn(len(rows), 3, 64)  # 3 positions per row, as in a prefill
+def _layout(ctx: LoraContext) -> str:
+    if ctx.single is not None:
+        return "single"
+    return "slot-major" if ctx.rows is not None else "stacked" if ctx.active is not None else "base"
+
+
+def _check(model: _Tiny, loaded: dict[int, LoadedAdapter], rows: list[int], tokens: int = 3) -> str:
+    """Run one pass over `rows` (each `tokens` positions, as in a prefill); returns the layout it used."""
+    base = model.proj.base.weight.detach()  # type: ignore[union-attr]
+    x = torch.randn(len(rows), tokens, 64).to(base.dtype)
+    ctx = model.proj.ctx  # type: ignore[union-attr]
     ctx.set(rows, torch.device("cpu"))
     with torch.inference_mode():
         y = model(x)
+    exact = base.dtype == torch.float32  # bf16: one rounding of each product and of the sum
     for i, slot in enumerate(rows):
-        expected = x[i] @ base.T
+        xi = x[i].float()
+        expected = xi @ base.float().T
         if slot != BASE_SLOT:
-            a, b = loaded[slots.index(slot)].modules["proj"]
-            expected = expected + (x[i] @ a.T) @ b.T
-        torch.testing.assert_close(y[i], expected, rtol=1e-4, atol=1e-4)
+            a, b = (t.to(base.dtype).float() for t in loaded[slot].modules["proj"])
+            expected = expected + (xi @ a.T) @ b.T
+        tol = 1e-4 if exact else 2e-2 * float(expected.abs().max())
+        torch.testing.assert_close(y[i].float(), expected, rtol=0, atol=tol)
+    return _layout(ctx)
+
+
+def _table(adapters: int, dtype: torch.dtype = torch.float32) -> tuple[_Tiny, dict[int, LoadedAdapter]]:
+    torch.manual_seed(0)
+    model = _Tiny().to(dtype)
+    table = SlotTable(model, LoraContext(dtype, torch.device("cpu")))
+    loaded = [_adapter(i, rank=4 + 4 * (i % 2)) for i in range(adapters)]  # mixed ranks share padded stacks
+    return model, {table.attach(a): a for a in loaded}
+
+
+def _rows(slots: list[int], spread: str) -> list[int]:
+    if spread == "one":
+        return [slots[0]] * 3
+    if spread == "even":  # every slot (the base's too) holds about as many rows
+        return [BASE_SLOT, *slots, *slots, BASE_SLOT]
+    return [slots[0]] * 30 + slots[1:] + [BASE_SLOT]  # skewed: slot-major would be mostly padding
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: stacks kept in bf16, computed in fp32
+@pytest.mark.parametrize(
+    ("adapters", "spread", "layout"),
+    [
+        (1, "one", "single"),
+        (3, "even", "stacked"),  # few adapters: the stacked GEMMs are the cheaper layout
+        (20, "even", "slot-major"),
+        (20, "skewed", "stacked"),
+    ],
+)
+def test_every_row_gets_its_own_adapter(adapters: int, spread: str, layout: str, dtype: torch.dtype) -> None:
+    model, loaded = _table(adapters, dtype)
+    rows = _rows(list(loaded), spread)
+    assert _check(model, loaded, rows) == layout
+    assert _check(model, loaded, rows, tokens=1) == layout  # a decode step
+
+
+def test_layouts_follow_each_other_without_stale_state() -> None:
+    """Each pass sets its own layout: a batch seen before still gets its adapters after other layouts ran."""
+    model, loaded = _table(20)
+    slots = list(loaded)
+    skewed = _rows(slots, "skewed")
+    sequence = (skewed, [BASE_SLOT] * 4, skewed, _rows(slots, "one"), skewed, _rows(slots, "even"), skewed)
+    seen = [_check(model, loaded, rows) for rows in sequence]
+    assert seen == ["stacked", "base", "stacked", "single", "stacked", "slot-major", "stacked"]
 
 
 def test_detached_slot_is_reused_clean() -> None:
     model = _Tiny()
-    ctx = LoraContext(torch.float32)
+    ctx = LoraContext(torch.float32, torch.device("cpu"))
     table = SlotTable(model, ctx)
     first = table.attach(_adapter(1, rank=8))
     table.detach(first)

@@ -72,7 +72,7 @@ class InferenceEngine:
                 model, tok = load_base(self.settings, base, self.device)
                 model.eval()
                 model.requires_grad_(False)
-                ctx = LoraContext(model.dtype)
+                ctx = LoraContext(model.dtype, self.device)
                 s = self.settings
                 self._bases[base] = Resident(
                     model,
