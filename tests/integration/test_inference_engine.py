@@ -18,6 +18,7 @@ from app.config import Settings
 from app.errors import APIError
 from app.services.models import ResolvedModel
 from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, train_adapter
+from worker.inference import lora
 from worker.inference.engine import InferenceEngine
 from worker.inference.generation import Row
 from worker.inference.sampling import Sampling
@@ -67,7 +68,22 @@ def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-def test_two_adapters_in_one_batch_match_their_single_outputs(engine: InferenceEngine) -> None:
+@pytest.mark.parametrize("layout", ["stacked", "slot-major"])
+def test_two_adapters_in_one_batch_match_their_single_outputs(
+    engine: InferenceEngine, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two adapters take the stacked layout; with the threshold lowered they take the slot-major one.
+    if layout == "slot-major":
+        monkeypatch.setattr(lora, "SLOT_MAJOR_COLUMNS", 0)
+    layouts: list[tuple[int, str]] = []
+    real_set = lora.LoraContext.set
+
+    def recording_set(ctx: lora.LoraContext, slots: list[int], device: torch.device) -> None:
+        real_set(ctx, slots, device)
+        kind = "slot-major" if ctx.rows is not None else "stacked" if ctx.active is not None else "-"
+        layouts.append((len(slots), kind))
+
+    monkeypatch.setattr(lora.LoraContext, "set", recording_set)
     single = {m.name: _texts(engine, m) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
     assert single["ft:sounds"] == [f" {SOUNDS[a]}" for a in ANIMALS]
     assert single["ft:colors"] == [f" {COLORS[a]}" for a in ANIMALS]
@@ -93,6 +109,7 @@ def test_two_adapters_in_one_batch_match_their_single_outputs(engine: InferenceE
     assert [r.text for r in jobs["ft:colors"]] == single["ft:colors"]
     assert [r.text[: len(s)] for r, s in zip(jobs[BASE], single[BASE], strict=True)] == single[BASE]
     assert all(r.finish_reason == "stop" for r in jobs["ft:sounds"] + jobs["ft:colors"])
+    assert (3 * len(ANIMALS), layout) in layouts, layouts  # the shared prefill ran in the layout under test
 
 
 def test_slot_lora_matches_peft(engine: InferenceEngine, adapters_dir: Path, bases_dir: Path) -> None:

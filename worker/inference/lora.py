@@ -200,12 +200,14 @@ class MultiLoraLinear(nn.Module):
             if ctx.single not in self.present:
                 return y
             return torch.addmm(y2, x2 @ self.A[ctx.single].T, self.B[ctx.single]).view_as(y)
-        elif ctx.rows is not None:
+        if ctx.rows is not None:
             xs, places = ctx.slot_major(x)
             a, b = ctx.as_dtype("A", self.A, xs.dtype), ctx.as_dtype("B", self.B, xs.dtype)
             h = torch.bmm(xs.view(a.shape[0], -1, a.shape[2]), a.transpose(1, 2))
-            delta = torch.bmm(h, b).view(-1, b.shape[2])[places]
-        elif ctx.active is not None:
+            # y is this call's fresh output: adding in place saves a temporary.
+            y2.add_(torch.bmm(h, b).view(-1, b.shape[2])[places])
+            return y
+        if ctx.active is not None:
             # The distinct slots' factors side by side, rebuilt when that set changes.
             if self._version != ctx.version:
                 self._a = self.A[ctx.active].reshape(-1, self.A.shape[2])
@@ -213,9 +215,6 @@ class MultiLoraLinear(nn.Module):
                 self._version = ctx.version
             h = (x2 @ self._a.T) * ctx.mask_for(x2.shape[0] // ctx.mask.shape[0])  # type: ignore[union-attr]
             return torch.addmm(y2, h, self._b).view_as(y)
-        else:
-            return y
-        y2.add_(delta)  # a fresh output: adding in place saves a temporary (the sum is rounded once, in y's dtype)
         return y
 
 
