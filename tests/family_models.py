@@ -2,7 +2,7 @@
 
 Each has the architecture of its family (from transformers' own config class) and a small BPE tokenizer
 (byte-level, or SentencePiece-style for Phi-3) trained on a fixed corpus, with that family's special-token
-quirks: no pad token (GPT-2, Phi-2, Pythia), BOS added to every prompt (Llama 3), a chat end-of-turn token
+quirks: no pad token (GPT-2, Phi-2, Pythia), BOS added to every prompt (Llama 3, OPT), a chat end-of-turn token
 that is not EOS (ChatML <|im_end|>, Phi-3 <|end|>, Llama 3 <|eot_id|>) and may be missing from the
 generation config (Phi-3 here), or no chat template at all (Phi-2, GPT-2, Pythia, StarCoder).
 """
@@ -24,6 +24,7 @@ from transformers import (
     GPTBigCodeConfig,
     GPTNeoXConfig,
     LlamaConfig,
+    OPTConfig,
     Phi3Config,
     PhiConfig,
     PretrainedConfig,
@@ -208,6 +209,29 @@ FAMILIES: list[Family] = [
         ["<|endoftext|>", "<|padding|>"],  # Pythia has a <|padding|> token but no pad_token set
         eos="<|endoftext|>",
         bos="<|endoftext|>",
+    ),
+    # OPT: BOS = EOS = </s>, added to every prompt; learned positions; its MLP flattens batch and sequence,
+    # so the server's LoRA layers see [batch·seq, hidden] there. Not in the target-module table (fallback).
+    Family(
+        "tiny-opt",
+        "opt",
+        lambda v, i: OPTConfig(
+            **_ids(v, i),
+            init_std=0.2,
+            max_position_embeddings=256,
+            hidden_size=64,
+            word_embed_proj_dim=64,
+            ffn_dim=128,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            dropout=0.0,
+            attention_dropout=0.0,
+        ),
+        ["</s>", "<pad>"],
+        eos="</s>",
+        bos="</s>",
+        add_bos=True,
+        pad="<pad>",
     ),
     # Not in ftserve's target-module table (StarCoder's architecture): exercises the every-linear-layer fallback.
     Family(

@@ -105,9 +105,15 @@ def _train(stack: FamilyStack, family: Family, training_file: str, suffix: str, 
     return done
 
 
+# Architectures deliberately absent from the table, and every linear layer but the head they fall back to.
+_FALLBACK = {
+    "gpt_bigcode": ("c_attn", "c_proj", "c_fc"),
+    "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+}
+
+
 def _expected_targets(family: Family) -> set[str]:
-    # gpt_bigcode is deliberately absent from the table: every linear layer but the head.
-    return set(TARGET_MODULES.get(family.model_type, ("c_attn", "c_proj", "c_fc")))
+    return set(TARGET_MODULES.get(family.model_type) or _FALLBACK[family.model_type])
 
 
 def _trained_spans(ex_ids: list[int], weights: list[float]) -> list[list[int]]:

@@ -11,11 +11,14 @@ from worker.inference.lora import BASE_SLOT, LoadedAdapter, LoraContext, SlotTab
 
 
 class _Tiny(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, flatten: bool = False) -> None:
         super().__init__()
         self.proj = nn.Linear(64, 48, bias=False)
+        self.flatten = flatten  # as OPT's MLP does: the layer sees [batch·sequence, hidden]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flatten:
+            return self.proj(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)  # type: ignore[no-any-return]
         return self.proj(x)  # type: ignore[no-any-return]
 
 
@@ -50,9 +53,11 @@ def _check(model: _Tiny, loaded: dict[int, LoadedAdapter], rows: list[int], toke
     return _layout(ctx)
 
 
-def _table(adapters: int, dtype: torch.dtype = torch.float32) -> tuple[_Tiny, dict[int, LoadedAdapter]]:
+def _table(
+    adapters: int, dtype: torch.dtype = torch.float32, flatten: bool = False
+) -> tuple[_Tiny, dict[int, LoadedAdapter]]:
     torch.manual_seed(0)
-    model = _Tiny().to(dtype)
+    model = _Tiny(flatten).to(dtype)
     table = SlotTable(model, LoraContext(dtype, torch.device("cpu")))
     loaded = [_adapter(i, rank=4 + 4 * (i % 2)) for i in range(adapters)]  # mixed ranks share padded stacks
     return model, {table.attach(a): a for a in loaded}
@@ -76,8 +81,11 @@ def _rows(slots: list[int], spread: str) -> list[int]:
         (20, "skewed", "stacked"),
     ],
 )
-def test_every_row_gets_its_own_adapter(adapters: int, spread: str, layout: str, dtype: torch.dtype) -> None:
-    model, loaded = _table(adapters, dtype)
+@pytest.mark.parametrize("flatten", [False, True], ids=["3d", "flattened"])
+def test_every_row_gets_its_own_adapter(
+    adapters: int, spread: str, layout: str, dtype: torch.dtype, flatten: bool
+) -> None:
+    model, loaded = _table(adapters, dtype, flatten)
     rows = _rows(list(loaded), spread)
     assert _check(model, loaded, rows) == layout
     assert _check(model, loaded, rows, tokens=1) == layout  # a decode step
