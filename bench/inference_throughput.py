@@ -7,7 +7,8 @@ adapters, every mode answers the same greedy requests (32 new tokens at most, EO
   (b) serial:  one resident PeftModel holding every adapter, set_adapter per request, one request at a time
   (c) ftserve: 64 concurrent HTTP requests to a real `ftserve inference` process (continuous batching,
                adapters mixed in one batch)
-  (d) base:    the same 64 requests to the base model through ftserve, to show the LoRA overhead
+  (d) base:    the same 64 requests to the base model through ftserve, right before each (c), to show the
+               LoRA overhead
 
 (a) and (b) serve one request at a time, so they run fewer requests (--naive-requests, --serial-requests);
 their throughput is measured, and their p50/p95 latency is what 64 requests arriving together would see
@@ -286,14 +287,16 @@ def main() -> None:
         ratios = []
         try:
             for base in args.bases:
-                d = served(url, proc.pid, "(d) ftserve, base model only", [base], args.requests, args.tokens)
                 for count in args.adapters:
                     chosen = models[base][:count]
                     gc.collect()  # the HTTP client must not pause to collect (a)/(b)'s models mid-run
+                    # (d) right before (c), on the same server: the overhead compares neighbours in time, not
+                    # figures minutes apart (the same server's throughput drifts by ±5 % over a run).
+                    d = served(url, proc.pid, "(d) ftserve, base model only", [base], args.requests, args.tokens)
                     c = served(url, proc.pid, "(c) ftserve, batched multi-adapter", chosen, args.requests, args.tokens)
                     a = naive(settings, base, chosen, args.naive_requests, args.tokens, args.requests)
                     b = serial(settings, base, chosen, args.serial_requests, args.tokens, args.requests)
-                    lines += [r.row(base, count) for r in (a, b, c)]
+                    lines += [r.row(base, count) for r in (a, b, c, d)]
                     ratios.append(
                         f"| {base} | {count} | {c.tokens_per_s / a.tokens_per_s:.1f}× | "
                         f"{c.tokens_per_s / b.tokens_per_s:.1f}× | {d.tokens_per_s / c.tokens_per_s:.2f}× | "
@@ -301,8 +304,7 @@ def main() -> None:
                         f"{c.tokens_per_cpu_s / b.tokens_per_cpu_s:.1f}× | "
                         f"{d.tokens_per_cpu_s / c.tokens_per_cpu_s:.2f}× |"
                     )
-                    print(lines[-3], lines[-2], lines[-1], sep="\n", file=sys.stderr)
-                lines.append(d.row(base, 0))
+                    print(*lines[-4:], sep="\n", file=sys.stderr)
         finally:
             proc.terminate()
             proc.wait(30)
