@@ -120,9 +120,12 @@ class DecodeBatch:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, slots: list[int]):  # type: ignore[no-untyped-def]
         self.ctx.set(slots, self.device)
-        return self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
-        )
+        try:
+            return self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
+            )
+        finally:
+            self.ctx.release()
 
     def admit(self, rows: list[Row]) -> list[Row]:
         """Prefill new rows together, sample their first tokens, merge them in; returns rows already finished."""

@@ -39,9 +39,10 @@ class LoraContext:
 
     A pass runs one of three ways: every row on one slot (two thin matmuls); many adapters with rows
     spread evenly over the slots (rows gathered slot-major, then two batched matmuls against the slot
-    stacks in place: the cost grows with rows, not with adapters, and no weights are copied when the
-    batch's adapters change); or else the distinct slots' factors side by side with a row mask (two
-    GEMMs whose width grows with the number of adapters: cheapest for a few)."""
+    stacks in place: FLOPs grow with rows, not with adapters, every resident slot's weights are read,
+    and none are re-gathered when the batch's adapters change); or else the distinct slots' factors
+    side by side with a row mask (two GEMMs whose width grows with the number of adapters: cheapest for
+    a few)."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.dtype = dtype  # the base's, which slot stacks are kept in
@@ -64,7 +65,7 @@ class LoraContext:
     def set(self, slots: list[int], device: torch.device) -> None:
         """Prepare one forward pass from each row's slot."""
         self.single = self.rows = self.places = self.active = self.mask = None
-        self._per_tokens, self._gathered = {}, None
+        self.release()
         distinct = sorted(set(slots))
         if distinct == [BASE_SLOT] or self.rank == 0:
             return
@@ -133,6 +134,10 @@ class LoraContext:
         if tokens not in self._per_tokens:
             self._per_tokens[tokens] = (self.mask.repeat_interleave(tokens, dim=0),)
         return self._per_tokens[tokens][0]
+
+    def release(self) -> None:
+        """End the pass: drop its gathered input and per-token indices (a prefill's can be large)."""
+        self._per_tokens, self._gathered = {}, None
 
     def changed(self) -> None:
         self.version += 1
