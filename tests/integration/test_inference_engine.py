@@ -78,8 +78,8 @@ def test_two_adapters_in_one_batch_match_their_single_outputs(
     layouts: list[tuple[int, str]] = []
     real_set = lora.LoraContext.set
 
-    def recording_set(ctx: lora.LoraContext, slots: list[int], device: torch.device) -> None:
-        real_set(ctx, slots, device)
+    def recording_set(ctx: lora.LoraContext, slots: list[int]) -> None:
+        real_set(ctx, slots)
         kind = "slot-major" if ctx.rows is not None else "stacked" if ctx.active is not None else "-"
         layouts.append((len(slots), kind))
 

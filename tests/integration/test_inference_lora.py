@@ -51,7 +51,7 @@ def _check(model: _Tiny, loaded: dict[int, LoadedAdapter], rows: list[int], toke
     x = torch.randn(len(rows), tokens, 64).to(proj.weight.dtype)
     assert isinstance(model.proj, MultiLoraLinear)
     ctx = model.proj.ctx
-    ctx.set(rows, torch.device("cpu"))
+    ctx.set(rows)
     with torch.inference_mode():
         y = model(x)
     layout = _layout(ctx)

@@ -119,7 +119,7 @@ class DecodeBatch:
         return len(self.rows)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, slots: list[int]):  # type: ignore[no-untyped-def]
-        self.ctx.set(slots, self.device)
+        self.ctx.set(slots)
         try:
             return self.model(
                 input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1

@@ -46,6 +46,7 @@ class LoraContext:
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.dtype = dtype  # the base's, which slot stacks are kept in
+        self.device = device
         # Decode steps' batched matmuls run in fp32 on CPU: for their few rows per slot torch's CPU bf16 bmm
         # is about 2× slower than fp32. A prefill's many rows per slot run fastest in the base's dtype.
         self.decode_dtype = torch.float32 if device.type == "cpu" else dtype
@@ -62,7 +63,7 @@ class LoraContext:
         self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
         self._scratch: dict[tuple[str, int], torch.Tensor] = {}
 
-    def set(self, slots: list[int], device: torch.device) -> None:
+    def set(self, slots: list[int]) -> None:
         """Prepare one forward pass from each row's slot."""
         self.single = self.rows = self.places = self.active = self.mask = None
         self.release()
@@ -84,19 +85,19 @@ class LoraContext:
                 for j, row in enumerate(ms):
                     rows[s * width + j] = row
                     places[row] = s * width + j
-            self.rows = torch.tensor(rows, dtype=torch.long, device=device)
-            self.places = torch.tensor(places, dtype=torch.long, device=device)
+            self.rows = torch.tensor(rows, dtype=torch.long, device=self.device)
+            self.places = torch.tensor(places, dtype=torch.long, device=self.device)
             return
         key = tuple(active)
         if key != self._key:
             self._key, self.version = key, self.version + 1
-        self.active = torch.tensor(active, dtype=torch.long, device=device)
+        self.active = torch.tensor(active, dtype=torch.long, device=self.device)
         column = {s: i for i, s in enumerate(active)}
         mask = torch.zeros((len(slots), len(active), self.rank), dtype=self.dtype)
         for row, s in enumerate(slots):
             if s != BASE_SLOT:
                 mask[row, column[s]] = 1
-        self.mask = mask.view(len(slots), -1).to(device)
+        self.mask = mask.view(len(slots), -1).to(self.device)
 
     def slot_major(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x's token rows gathered slot-major in the dtype to compute in, each token row's place among them).
@@ -108,7 +109,7 @@ class LoraContext:
         x2 = x.reshape(-1, x.shape[-1])
         tokens = x2.shape[0] // self.places.shape[0]
         if tokens not in self._per_tokens:  # a prefill: each row's `tokens` positions
-            t = torch.arange(tokens, device=self.rows.device)
+            t = torch.arange(tokens, device=self.device)
             self._per_tokens[tokens] = (
                 (self.rows[:, None] * tokens + t).reshape(-1),
                 (self.places[:, None] * tokens + t).reshape(-1),
