@@ -8,6 +8,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY models ./models
+COPY training ./training
+COPY engine ./engine
+COPY serving ./serving
 COPY worker ./worker
 COPY migrations ./migrations
 # torch==2.13.0 from PyPI is the CUDA build on x86_64, which the GPU workers need.

@@ -6,8 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 STAMP := $(VENV)/.installed
+CODE := app models training engine serving worker
 
-.PHONY: run test lint typecheck install system-deps bench clean
+.PHONY: run test lint typecheck contracts install system-deps bench clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating virtualenv in $(VENV) and installing ftserve (torch CPU build pinned)"
@@ -34,12 +35,16 @@ system-deps:
 		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
 
 lint: $(STAMP)
-	$(PY) -m ruff check app worker tests bench migrations
+	$(PY) -m ruff check $(CODE) tests bench migrations
 
 typecheck: $(STAMP)
-	$(PY) -m mypy app worker
+	$(PY) -m mypy $(CODE)
 
-test: $(STAMP) system-deps lint typecheck
+# The layer contracts in pyproject.toml ([tool.importlinter]); docs/architecture.md explains them.
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) system-deps lint typecheck contracts
 	$(PY) -m pytest -q -ra --durations=15
 
 clean:

@@ -54,7 +54,7 @@ def _check_exposure(settings: Settings) -> None:
     from app.db.session import session_scope
     from app.services.auth import keys_exist
 
-    with session_scope() as s:
+    with session_scope(settings) as s:
         has_keys = keys_exist(s)
     if has_keys:
         console.print("[green]API keys configured: requests must send 'Authorization: Bearer <key>'.[/]")
@@ -71,7 +71,7 @@ def _check_exposure(settings: Settings) -> None:
 
 
 def _prepare(settings: Settings, names: list[str]) -> None:
-    from worker.models.bases import BaseModelUnavailable, prepare_base
+    from models.bases import BaseModelUnavailable, prepare_base
 
     for name in names:
         if name not in settings.base_models:
@@ -97,7 +97,7 @@ def _die_with_parent() -> None:
 
 
 def worker_command(settings: Settings, name: str = "ftserve") -> list[str]:
-    from worker.celery_app import TRAIN_QUEUE
+    from app.broker import TRAIN_QUEUE
 
     # solo pool: the task runs in the worker's main process, one job at a time, and the base model
     # stays loaded between jobs; a SIGKILL takes the job with it, and the lease reaper requeues it.
@@ -106,7 +106,7 @@ def worker_command(settings: Settings, name: str = "ftserve") -> list[str]:
         "-m",
         "celery",
         "-A",
-        "worker.celery_app",
+        "worker.app",
         "worker",
         "--pool",
         "solo",
@@ -221,7 +221,7 @@ def keys_create(org: str, name: str) -> None:
 
     settings = _settings()
     _migrate(settings)
-    with session_scope() as s:
+    with session_scope(settings) as s:
         key = create_key(s, org, name)
     click.echo(key)
     console.print("[yellow]Store this key now: it is not shown again.[/]")

@@ -25,9 +25,11 @@ from rich.progress import (
 from rich.table import Table
 
 from app.client import Client, ProgressReader
+from app.job_status import TERMINAL, JobStatus
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-TERMINAL = {"succeeded": 0, "failed": 1, "cancelled": 3}  # job status → `jobs follow` exit code
+# job status → `jobs follow` exit code
+EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 3}
 err = Console(stderr=True)
 
 
@@ -209,15 +211,15 @@ def follow_job(client: Client, job_id: str, interval: float = 1.0) -> int:
             if job["status"] in TERMINAL:
                 break
             time.sleep(interval)
-    status = job["status"]
-    if status == "succeeded":
+    status = JobStatus(job["status"])
+    if status == JobStatus.SUCCEEDED:
         err.print(f"[green]✓ succeeded[/]: {job['fine_tuned_model']} ({job.get('trained_tokens')} trained tokens)")
-    elif status == "failed":
+    elif status == JobStatus.FAILED:
         error = job.get("error") or {}
         err.print(f"[red]✗ failed[/]: {error.get('code')}: {error.get('message')}")
     else:
         err.print(f"[yellow]✗ {status}[/]")
-    return TERMINAL[status]
+    return EXIT_CODES[status]
 
 
 @click.command()

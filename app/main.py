@@ -1,25 +1,22 @@
-"""create_app(roles): the api role (files, jobs, models) and/or the inference role in one FastAPI app."""
+"""create_app(settings, roles): the api role (files, jobs, models) and/or the inference role in one FastAPI app."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app import metrics
-from app.api import files, fine_tuning, models, proxy
+from app.api import files, fine_tuning, metrics, models, proxy
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit
 from app.api.request_ids import RequestId
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.web import install_dashboard
 
-log = logging.getLogger(__name__)
 ROLES = frozenset({"api", "inference"})
 
 
@@ -38,43 +35,22 @@ def _document_errors_not_422(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-async def _sweep_deleted_adapters(app: FastAPI, interval: float) -> None:
-    """An inference role without the api role: unload adapters whose model was deleted elsewhere."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            unloaded = await asyncio.to_thread(app.state.engine.unload_deleted)
-            if unloaded:
-                log.info("unloaded %d adapters of deleted models", unloaded)
-        except Exception:
-            log.exception("adapter sweep failed")
-
-
-def create_app(settings: Settings | None = None, roles: frozenset[str] | set[str] = ROLES) -> FastAPI:
+def create_app(settings: Settings, roles: frozenset[str] | set[str] = ROLES) -> FastAPI:
     """Build the app for the given roles; the inference role (and torch) is imported only when asked for."""
-    settings = settings or get_settings()
     unknown = set(roles) - ROLES
     if unknown:
         raise ValueError(f"unknown roles: {sorted(unknown)}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loops = []
-        if "api" in roles:
-            from app.services.reaper import run_forever
-
-            loops.append(asyncio.create_task(run_forever(settings)))
-        elif "inference" in roles:
-            loops.append(asyncio.create_task(_sweep_deleted_adapters(app, settings.adapter_sweep_seconds)))
+        loops = [asyncio.create_task(start()) for start in app.state.background]
         yield
         for loop in loops:
             loop.cancel()
-        engine = getattr(app.state, "engine", None)
-        if engine is not None:
-            engine.close()
-        client = getattr(app.state, "inference_client", None)
-        if client is not None:
-            await client.aclose()
+        for close in app.state.shutdown:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
 
     app = FastAPI(
         title="ftserve",
@@ -84,10 +60,14 @@ def create_app(settings: Settings | None = None, roles: frozenset[str] | set[str
     )
     app.state.settings = settings
     app.state.roles = frozenset(roles)
+    # What each role adds: loops to run while serving, closers for shutdown, and listeners told when a
+    # fine-tuned model is deleted (the inference role unloads its adapter).
+    app.state.background = []  # list[Callable[[], Awaitable[None]]]
+    app.state.shutdown = []  # list[Callable[[], Any]]
+    app.state.model_deleted = []  # list[Callable[[ResolvedModel], None]]
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     metrics.install(app)
-
     app.add_middleware(RequestId)
 
     @app.get("/health", tags=["ops"])
@@ -96,16 +76,18 @@ def create_app(settings: Settings | None = None, roles: frozenset[str] | set[str
 
     _document_errors_not_422(app)
     if "api" in roles:
+        from app.services.reaper import run_forever
+
         app.include_router(files.router)
         app.include_router(fine_tuning.router)
         app.include_router(models.router)
         install_dashboard(app)
+        reaper: Callable[[], Awaitable[None]] = lambda: run_forever(settings)  # noqa: E731
+        app.state.background.append(reaper)
     if "inference" in roles:
-        from worker.inference.engine import InferenceEngine
-        from worker.inference.server import router as inference_router
+        import serving  # the inference role: engine, torch and the model code load only here
 
-        app.state.engine = InferenceEngine(settings)
-        app.include_router(inference_router)
+        serving.install(app, settings, sweep="api" not in roles)
     elif "api" in roles and settings.inference_url:
         # A separate inference role: forward the completion paths so clients keep one base URL.
         proxy.install(app, settings.inference_url)

@@ -1,10 +1,8 @@
-"""Prometheus metrics for the inference role (served at /metrics); no torch here, so any role may import it."""
+"""Prometheus metrics of the inference role; only prometheus_client here, so the engine may count too."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter, Gauge, Histogram
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
@@ -40,45 +38,3 @@ ADAPTER_EVICTIONS = Counter("ftserve_adapter_evictions_total", "Adapters evicted
 ADAPTER_UNLOADS = Counter("ftserve_adapter_unloads_total", "Adapters unloaded because their model was deleted")
 ADAPTERS_RESIDENT = Gauge("ftserve_adapters_resident", "Adapters resident, all bases together")
 ADAPTER_BYTES = Gauge("ftserve_adapter_bytes_resident", "Bytes of resident adapter weights, all bases together")
-
-
-def render() -> tuple[bytes, str]:
-    """The exposition text of every metric and its content type."""
-    return generate_latest(), CONTENT_TYPE_LATEST
-
-
-def install(app: FastAPI) -> None:
-    """Serve /metrics and count completion requests by endpoint and status (served here or proxied)."""
-
-    @app.get("/metrics", tags=["ops"], include_in_schema=False)
-    def metrics_endpoint() -> Response:
-        body, content_type = render()
-        return Response(body, media_type=content_type)
-
-    app.add_middleware(CountRequests)
-
-
-class CountRequests:
-    """Count completion requests by endpoint and status code (served here or proxied)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        is_post = scope["type"] == "http" and scope["method"] == "POST"
-        endpoint = ENDPOINTS.get(scope["path"]) if is_post else None
-        if endpoint is None:
-            await self.app(scope, receive, send)
-            return
-        status = 500  # what the client gets if the app raises before responding
-
-        async def observe(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observe)
-        finally:
-            REQUESTS.labels(endpoint, str(status)).inc()

@@ -12,6 +12,9 @@ from pathlib import Path
 from app.config import Settings
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Written last into an adapter directory: a reader never uses one without it (it may be half-written).
+COMPLETE = "FTSERVE_COMPLETE"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class UploadTooLarge(Exception):
@@ -74,5 +77,15 @@ class Storage:
     def delete_file(self, file_id: str) -> None:
         self.file_path(file_id).unlink(missing_ok=True)
 
+    def adapter_if_complete(self, job_id: str, step: int | None) -> Path | None:
+        """The adapter directory if every file of it was written (its completion marker exists), else None."""
+        path = self.adapter_dir(job_id, step)
+        return path if is_complete(path) else None
+
     def delete_adapter(self, job_id: str, step: int | None) -> None:
         shutil.rmtree(self.adapter_dir(job_id, step), ignore_errors=True)
+
+
+def is_complete(path: Path) -> bool:
+    """An adapter directory the exporter finished: completion marker and safetensors weights present."""
+    return (path / COMPLETE).exists() and (path / ADAPTER_WEIGHTS).exists()

@@ -14,10 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from app.config import Settings
 from app.datasets.formats import PromptCompletion
-from worker.models.bases import prepare_base, resolve_dtype
-from worker.training.batching import padded_microbatches
-from worker.training.tokenize import TokenizedExample, tokenize_example
-from worker.training.trainer import loss_sums
+from models.bases import prepare_base, resolve_dtype
+from training.batching import padded_microbatches
+from training.tokenize import TokenizedExample, tokenize_example
+from training.trainer import loss_sums
 
 DEFAULT_DATA = Path("data/bench")
 WORDS = (  # noqa: SIM905 - a word list reads better as text

@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 from app.config import Settings  # noqa: E402
 from app.db.migrate import upgrade_head  # noqa: E402
 from app.db.session import make_engine  # noqa: E402
-from app.services import models as model_service  # noqa: E402
+from app.services import catalog  # noqa: E402
 from app.storage import Storage  # noqa: E402
-from worker.inference.engine import stop_token_ids  # noqa: E402
-from worker.models.bases import load_base, prepare_base  # noqa: E402
-from worker.training.export import save_adapter  # noqa: E402
+from engine.engine import stop_token_ids  # noqa: E402
+from models.bases import load_base, prepare_base  # noqa: E402
+from training.export import save_adapter  # noqa: E402
 
 TOPICS = ["river", "robot", "garden", "violin", "comet", "bakery", "glacier", "lantern"]
 
@@ -110,7 +110,7 @@ def make_adapters(settings: Settings, base: str, count: int) -> list[str]:
             job_id = f"ftjob-bench{base.replace('-', '')[:12]}{i}"
             save_adapter(peft_model, storage.adapter_dir(job_id, None))  # type: ignore[arg-type]
             name = f"ft:{base}:personal:bench{i}:{job_id.removeprefix('ftjob-')}"
-            model_service.register(s, name, "personal", base, job_id, None)
+            catalog.register(s, name, "personal", base, job_id, None)
             names.append(name)
         s.commit()
     return names

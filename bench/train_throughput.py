@@ -167,9 +167,9 @@ def run_trl(args: argparse.Namespace, model: Any, tok: Any, train: list[Any]) ->
 
 def run_ftserve(args: argparse.Namespace, model: Any, tok: Any, train: list[Any]) -> dict[str, Any]:
     """(d) ftserve's own trainer with the worker's per-step layout."""
-    from worker.training.batching import step_groups
-    from worker.training.planner import CPU_PACKED_ROW_TOKENS, CostModel, plan_step
-    from worker.training.trainer import LoraTrainer
+    from training.batching import step_groups
+    from training.planner import CPU_PACKED_ROW_TOKENS, CostModel, plan_step
+    from training.trainer import LoraTrainer
 
     device = next(model.parameters()).device
     examples = tokenize_all(tok, train)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from app.db.models import Base
 from app.db.session import make_engine
+from app.db.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

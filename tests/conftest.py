@@ -20,7 +20,7 @@ REDIS_URL = os.environ.get("FTSERVE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 @pytest.fixture(scope="session")
 def bases_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bases dir holding ftserve-tiny, built once for the whole run (a few seconds)."""
-    from worker.models.bases import prepare_base
+    from models.bases import prepare_base
 
     d = tmp_path_factory.mktemp("bases")
     prepare_base(Settings(data_dir=d, bases_dir=d), "ftserve-tiny")

@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.datasets.formats import PromptCompletion
 from app.db.session import make_engine
-from app.services import models as model_service
+from app.services import catalog
 from app.storage import Storage
-from worker.models.bases import load_base
-from worker.training.batching import padded_microbatches, step_groups
-from worker.training.export import save_adapter
-from worker.training.tokenize import tokenize_example
-from worker.training.trainer import LoraTrainer
+from models.bases import load_base
+from training.batching import padded_microbatches, step_groups
+from training.export import save_adapter
+from training.tokenize import tokenize_example
+from training.trainer import LoraTrainer
 
 ANIMALS = ["cat", "dog", "cow", "sheep", "lion", "bird", "horse", "fish"]
 SOUNDS = dict(zip(ANIMALS, ["meow", "woof", "moo", "baa", "roar", "tweet", "neigh", "blub"], strict=True))
@@ -48,6 +48,6 @@ def register(settings: Settings, job_id: str, suffix: str, step: int | None = No
     """Register the job's adapter as a servable model (what the worker does at the end of a job)."""
     name = f"ft:{BASE}:{org}:{suffix}:{job_id.removeprefix('ftjob-')}" + ("" if step is None else f":ckpt-step-{step}")
     with Session(make_engine(settings.resolved_database_url())) as s:
-        model_service.register(s, name, org, BASE, job_id, step)
+        catalog.register(s, name, org, BASE, job_id, step)
         s.commit()
     return name

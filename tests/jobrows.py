@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from app.db.models import Job
+from app.config import Settings
 from app.db.session import session_scope
+from app.db.tables import Job
 from app.ids import new_id, now
 
 
-def make_job(status: str, org: str = "personal", **fields: object) -> str:
+def make_job(settings: Settings, status: str, org: str = "personal", **fields: object) -> str:
     """A job in `status` (other columns defaulted or given); returns its id."""
     job_id = new_id("ftjob-")
-    with session_scope() as s:
+    with session_scope(settings) as s:
         s.add(
             Job(
                 id=job_id,
@@ -29,8 +30,8 @@ def make_job(status: str, org: str = "personal", **fields: object) -> str:
     return job_id
 
 
-def job_row(job_id: str) -> Job:
-    with session_scope() as s:
+def job_row(settings: Settings, job_id: str) -> Job:
+    with session_scope(settings) as s:
         job = s.get(Job, job_id)
         assert job is not None
         return job

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from worker.celery_app import RUN_JOB, celery
+from app.broker import RUN_JOB
+from app.config import get_settings
+from worker.app import celery
 
 
 @celery.task(name=RUN_JOB)
 def run_job(job_id: str) -> None:
     """Train one fine-tuning job; a duplicate delivery of a job already taken is a no-op."""
-    from worker.training.pipeline import run_job as run
+    from training.pipeline import run_job as run
 
-    run(job_id)
+    run(job_id, get_settings())

@@ -18,8 +18,8 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
-def get_session() -> Iterator[Session]:
-    with session_scope() as session:
+def get_session(settings: Annotated[Settings, Depends(get_settings_dep)]) -> Iterator[Session]:
+    with session_scope(settings) as session:
         yield session
 
 

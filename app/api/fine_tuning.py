@@ -12,6 +12,7 @@ from app.schemas.errors import ERROR_RESPONSES
 from app.schemas.jobs import FineTuningJob, JobCheckpoint, JobCreate, JobEvent
 from app.services import idempotency
 from app.services import jobs as service
+from app.services.job_views import checkpoint_to_wire, event_to_wire, job_to_wire
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=ERROR_RESPONSES)
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -28,7 +29,7 @@ def create_job(
     with idempotency.once(session, settings, org, idempotency_key, "/v1/fine_tuning/jobs") as slot:
         if slot.stored is not None:
             return slot.stored
-        slot.result = service.job_to_wire(service.create_job(session, settings, org, body))
+        slot.result = job_to_wire(service.create_job(session, settings, org, body))
     return slot.result
 
 
@@ -47,27 +48,27 @@ def list_jobs(
     request: Request, session: SessionDep, org: OrgDep, after: str | None = None, limit: Limit = 20
 ) -> ListPage[FineTuningJob]:
     rows, has_more = service.list_jobs(session, org, after, limit, _metadata_filter(request))
-    return ListPage[FineTuningJob](data=[service.job_to_wire(j) for j in rows], has_more=has_more)
+    return ListPage[FineTuningJob](data=[job_to_wire(j) for j in rows], has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
 def retrieve_job(job_id: str, session: SessionDep, org: OrgDep) -> FineTuningJob:
-    return service.job_to_wire(service.get_job(session, org, job_id))
+    return job_to_wire(service.get_job(session, org, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
 def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, org: OrgDep) -> FineTuningJob:
-    return service.job_to_wire(service.cancel_job(session, settings, org, job_id))
+    return job_to_wire(service.cancel_job(session, settings, org, job_id))
 
 
 @router.post("/{job_id}/pause", response_model=FineTuningJob)
 def pause_job(job_id: str, session: SessionDep, org: OrgDep) -> FineTuningJob:
-    return service.job_to_wire(service.pause_job(session, org, job_id))
+    return job_to_wire(service.pause_job(session, org, job_id))
 
 
 @router.post("/{job_id}/resume", response_model=FineTuningJob)
-def resume_job(job_id: str, session: SessionDep, org: OrgDep) -> FineTuningJob:
-    return service.job_to_wire(service.resume_job(session, org, job_id))
+def resume_job(job_id: str, session: SessionDep, settings: SettingsDep, org: OrgDep) -> FineTuningJob:
+    return job_to_wire(service.resume_job(session, settings, org, job_id))
 
 
 @router.get("/{job_id}/events", response_model=ListPage[JobEvent])
@@ -75,7 +76,7 @@ def list_events(
     job_id: str, session: SessionDep, org: OrgDep, after: str | None = None, limit: Limit = 20
 ) -> ListPage[JobEvent]:
     rows, has_more = service.list_events(session, org, job_id, after, limit)
-    return ListPage[JobEvent](data=[service.event_to_wire(e) for e in rows], has_more=has_more)
+    return ListPage[JobEvent](data=[event_to_wire(e) for e in rows], has_more=has_more)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[JobCheckpoint])
@@ -87,7 +88,7 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> ListPage[JobCheckpoint]:
     rows, has_more = service.list_checkpoints(session, org, job_id, after, limit)
-    data = [service.checkpoint_to_wire(c) for c in rows]
+    data = [checkpoint_to_wire(c) for c in rows]
     return ListPage[JobCheckpoint](
         data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import envelope
 from app.services.files import too_large
 
 # Multipart framing around the file part; a body larger than the cap plus this cannot fit.
@@ -25,7 +26,8 @@ class BodyLimit:
         self.limit = limit + MULTIPART_SLACK
 
     def _reply(self) -> JSONResponse:
-        return JSONResponse(too_large(self.cap).body(), status_code=413, headers={"connection": "close"})
+        status, content = envelope(too_large(self.cap))
+        return JSONResponse(content, status_code=status, headers={"connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):

@@ -8,7 +8,7 @@ from app.api.deps import OrgDep, SessionDep, SettingsDep
 from app.schemas.common import DeletedObject, ListPage
 from app.schemas.errors import ERROR_RESPONSES
 from app.schemas.models import ModelObject
-from app.services import models as service
+from app.services import catalog as service
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -45,7 +45,6 @@ def delete_model(
     model: str, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
 ) -> DeletedObject:
     resolved = service.delete(session, settings, org, model)
-    engine = getattr(request.app.state, "engine", None)
-    if engine is not None:
-        engine.unload(resolved)
+    for listener in request.app.state.model_deleted:  # e.g. this process's engine unloads the adapter
+        listener(resolved)
     return DeletedObject(id=model, object="model")

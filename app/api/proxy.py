@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from app.errors import APIError
+from app.errors import UpstreamUnavailable
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and ones httpx recomputes must not be copied across.
 _SKIP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer"}
@@ -21,6 +21,7 @@ def install(app: FastAPI, inference_url: str) -> None:
     """Add the forwarding routes and one shared httpx client, closed with the app."""
     client = httpx.AsyncClient(base_url=inference_url.rstrip("/"), timeout=httpx.Timeout(600, connect=10))
     app.state.inference_client = client
+    app.state.shutdown.append(client.aclose)
     router = APIRouter(tags=["inference"])
 
     async def forward(request: Request) -> StreamingResponse:
@@ -29,8 +30,8 @@ def install(app: FastAPI, inference_url: str) -> None:
         try:
             response = await client.send(upstream, stream=True)
         except httpx.HTTPError as exc:
-            raise APIError(
-                502, f"The inference service is unreachable: {exc}", type="server_error", code="inference_unavailable"
+            raise UpstreamUnavailable(
+                f"The inference service is unreachable: {exc}", code="inference_unavailable"
             ) from None
         out_headers = {k: v for k, v in response.headers.items() if k.lower() not in _SKIP}
         # Closing the upstream response when our client goes away ends the upstream stream too,

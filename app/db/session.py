@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import get_settings
+from app.config import Settings
 
 
 def make_engine(url: str) -> Engine:
@@ -37,9 +37,9 @@ def _factory(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    session = _factory(get_settings().resolved_database_url())()
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A session on the settings' database that commits on success and rolls back on error."""
+    session = _factory(settings.resolved_database_url())()
     try:
         yield session
         session.commit()

@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.job_status import JobStatus
+
 Auto = Literal["auto"]
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
 
 
 class Hyperparameters(BaseModel):

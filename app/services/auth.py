@@ -9,8 +9,8 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey
-from app.errors import APIError
+from app.db.tables import ApiKey
+from app.errors import Unauthenticated
 from app.ids import new_id, now
 
 KEY_PREFIX = "sk-ftserve-"
@@ -37,16 +37,11 @@ def org_for(session: Session, authorization: str | None, default_org: str) -> st
     if not keys_exist(session):
         return default_org
     if not authorization or not authorization.lower().startswith("bearer "):
-        raise APIError(
-            401,
-            "Missing API key: send 'Authorization: Bearer <key>'",
-            type="invalid_request_error",
-            code="missing_api_key",
-        )
+        raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
     presented = _hash(authorization[7:].strip())
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == presented, ApiKey.revoked_at.is_(None)))
     # The lookup is by hash (the key itself never reaches the DB); compare_digest keeps the final check
     # constant-time as well.
     if row is None or not hmac.compare_digest(row.key_hash, presented):
-        raise APIError(401, "Incorrect API key provided", type="invalid_request_error", code="invalid_api_key")
+        raise Unauthenticated("Incorrect API key provided", code="invalid_api_key")
     return row.org_id

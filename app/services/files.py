@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.datasets.formats import DatasetError
 from app.datasets.validate import validate_file
-from app.db.models import File
-from app.errors import APIError, bad_request, not_found
+from app.db.tables import File
+from app.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found
 from app.ids import new_id, now
 from app.schemas.files import FileObject
 from app.services.pagination import page
@@ -34,8 +34,10 @@ def to_wire(f: File) -> FileObject:
     )
 
 
-def too_large(limit: int) -> APIError:
-    return APIError(413, f"File is larger than the upload limit of {limit} bytes", param="file", code="file_too_large")
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"File is larger than the upload limit of {limit} bytes", param="file", code="file_too_large"
+    )
 
 
 async def create_upload(
@@ -79,8 +81,8 @@ async def create_upload(
         row.error_code, row.error_line = err.code, err.line
         session.add(row)
         session.commit()
-        raise APIError(
-            400, f"Invalid training file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
+        raise InvalidRequest(
+            f"Invalid training file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
         ) from None
     row.status, row.format, row.n_examples = "processed", summary.format, summary.n_examples
     session.add(row)

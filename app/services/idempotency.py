@@ -14,8 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import IdempotencyKey
-from app.errors import APIError
+from app.db.tables import IdempotencyKey
+from app.errors import Conflict, InvalidRequest
 from app.ids import now
 
 MAX_KEY_LENGTH = 256
@@ -33,8 +33,7 @@ def expired(row: IdempotencyKey, settings: Settings, at: int) -> bool:
 
 def _lookup(session: Session, settings: Settings, org: str, key: str, path: str) -> IdempotencyKey | None:
     if len(key) > MAX_KEY_LENGTH:
-        raise APIError(
-            400,
+        raise InvalidRequest(
             f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters",
             param="Idempotency-Key",
             code="invalid_idempotency_key",
@@ -47,18 +46,14 @@ def _lookup(session: Session, settings: Settings, org: str, key: str, path: str)
     if row is None:
         return None
     if row.path != path:
-        raise APIError(
-            409,
+        raise Conflict(
             f"Idempotency-Key '{key}' was already used for {row.path}",
-            type="conflict_error",
             param="Idempotency-Key",
             code="idempotency_key_reused",
         )
     if row.status_code == IN_PROGRESS:
-        raise APIError(
-            409,
+        raise Conflict(
             f"A request with Idempotency-Key '{key}' is still being processed; retry shortly",
-            type="conflict_error",
             param="Idempotency-Key",
             code="idempotency_key_in_progress",
         )

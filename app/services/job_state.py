@@ -7,19 +7,19 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobEvent
+from app.db.tables import Job, JobEvent
 from app.ids import new_id, now
+from app.job_status import TERMINAL, JobStatus
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-
+S = JobStatus
 # to-state -> the states a job may be in to move there.
-ALLOWED_FROM: dict[str, frozenset[str]] = {
-    "queued": frozenset({"validating_files", "running", "paused"}),  # running->queued: requeue a lost job
-    "running": frozenset({"queued"}),
-    "paused": frozenset({"queued", "running"}),
-    "succeeded": frozenset({"running"}),
-    "failed": frozenset({"validating_files", "queued", "running", "paused"}),
-    "cancelled": frozenset({"validating_files", "queued", "running", "paused"}),
+ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
+    S.QUEUED: frozenset({S.VALIDATING_FILES, S.RUNNING, S.PAUSED}),  # running->queued: requeue a lost job
+    S.RUNNING: frozenset({S.QUEUED}),
+    S.PAUSED: frozenset({S.QUEUED, S.RUNNING}),
+    S.SUCCEEDED: frozenset({S.RUNNING}),
+    S.FAILED: frozenset({S.VALIDATING_FILES, S.QUEUED, S.RUNNING, S.PAUSED}),
+    S.CANCELLED: frozenset({S.VALIDATING_FILES, S.QUEUED, S.RUNNING, S.PAUSED}),
 }
 
 
@@ -42,10 +42,10 @@ def add_event(
 def transition(
     session: Session,
     job_id: str,
-    to: str,
+    to: JobStatus,
     message: str,
     *,
-    only_from: frozenset[str] | set[str] | None = None,
+    only_from: frozenset[JobStatus] | set[JobStatus] | None = None,
     level: str = "info",
     data: dict[str, Any] | None = None,
     **fields: Any,

@@ -12,13 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Checkpoint, File, Job, JobEvent
-from app.errors import APIError, bad_request, not_found
+from app.db.tables import Checkpoint, File, Job, JobEvent
+from app.errors import InvalidRequest, bad_request, not_found
 from app.ids import new_id, now
-from app.schemas.jobs import FineTuningJob, Hyperparameters, JobCheckpoint, JobCreate, JobError
-from app.schemas.jobs import JobEvent as WireEvent
-from app.services import job_state
-from app.services import models as model_service
+from app.job_status import TERMINAL, JobStatus
+from app.schemas.jobs import Hyperparameters, JobCreate
+from app.services import catalog, job_state
 from app.services.files import get_file
 from app.services.pagination import page
 from app.services.queue import enqueue_training
@@ -83,7 +82,7 @@ def _check_chat_template(settings: Settings, base: str, train: File) -> None:
 
 def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -> Job:
     """Check model, files and hyperparameters; commit the job as queued; then enqueue it."""
-    resolved = model_service.resolve(session, settings, org, req.model)
+    resolved = catalog.resolve(session, settings, org, req.model)
     train = _check_data_file(session, org, req.training_file, "training_file")
     if req.validation_file:
         valid = _check_data_file(session, org, req.validation_file, "validation_file")
@@ -105,7 +104,7 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
         validation_file=req.validation_file,
         suffix=req.suffix or None,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31 - 1),
-        status="validating_files",
+        status=JobStatus.VALIDATING_FILES,
         hyperparameters=hp,
         extensions=ext,
         metadata_=req.metadata,
@@ -121,14 +120,14 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
     job_state.transition(
         session,
         job.id,
-        "queued",
+        JobStatus.QUEUED,
         "Files validated, moving job to queued state",
-        only_from={"validating_files"},
+        only_from={JobStatus.VALIDATING_FILES},
         enqueued_at=time.time(),
     )
     session.commit()
     session.refresh(job)
-    enqueue_training(job.id)
+    enqueue_training(settings, job.id)
     return job
 
 
@@ -160,7 +159,7 @@ def list_jobs(
 def purge_checkpoints(session: Session, settings: Settings, job_id: str) -> int:
     """Delete a job's checkpoints: their rows, their servable models and their adapter files."""
     ckpts = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)))
-    deleted = model_service.delete_checkpoints(session, settings, ckpts)
+    deleted = catalog.delete_checkpoints(session, settings, ckpts)
     if deleted:
         job_state.add_event(session, job_id, f"Deleted {deleted} checkpoints of the cancelled job")
     return deleted
@@ -169,16 +168,15 @@ def purge_checkpoints(session: Session, settings: Settings, job_id: str) -> int:
 def cancel_job(session: Session, settings: Settings, org: str, job_id: str) -> Job:
     """Cancel a job that has not finished; a running job stops before its next optimizer step."""
     job = get_job(session, org, job_id)
-    if job.status in job_state.TERMINAL:
-        raise APIError(
-            400,
+    if job.status in TERMINAL:
+        raise InvalidRequest(
             f"Job {job_id} has already {job.status}; it cannot be cancelled",
             param="fine_tuning_job_id",
             code="job_not_cancellable",
         )
     # The DB state is the signal: a worker training this job sees `cancelled` between optimizer steps
     # and stops, and its own later transitions (succeeded/failed) no longer apply.
-    job_state.transition(session, job.id, "cancelled", "Fine-tuning job cancelled")
+    job_state.transition(session, job.id, JobStatus.CANCELLED, "Fine-tuning job cancelled")
     if settings.delete_checkpoints_on_cancel:
         purge_checkpoints(session, settings, job.id)
     session.commit()
@@ -190,9 +188,9 @@ def _move(
     session: Session,
     org: str,
     job_id: str,
-    to: str,
+    to: JobStatus,
     message: str,
-    only_from: set[str],
+    only_from: set[JobStatus],
     refusal: str,
     code: str,
     **fields: Any,
@@ -200,7 +198,7 @@ def _move(
     """A client-requested transition; a job in the wrong state gets a 400 with `code`."""
     job = get_job(session, org, job_id)
     if not job_state.transition(session, job.id, to, message, only_from=only_from, **fields):
-        raise APIError(400, f"Job {job_id} is {job.status}; {refusal}", param="fine_tuning_job_id", code=code)
+        raise InvalidRequest(f"Job {job_id} is {job.status}; {refusal}", param="fine_tuning_job_id", code=code)
     session.commit()
     session.refresh(job)
     return job
@@ -212,28 +210,28 @@ def pause_job(session: Session, org: str, job_id: str) -> Job:
         session,
         org,
         job_id,
-        "paused",
+        JobStatus.PAUSED,
         "Fine-tuning job paused",
-        {"queued", "running"},
+        {JobStatus.QUEUED, JobStatus.RUNNING},
         "only queued or running jobs can be paused",
         "job_not_pausable",
     )
 
 
-def resume_job(session: Session, org: str, job_id: str) -> Job:
+def resume_job(session: Session, settings: Settings, org: str, job_id: str) -> Job:
     """Put a paused job back in the queue; it continues from its last saved progress."""
     job = _move(
         session,
         org,
         job_id,
-        "queued",
+        JobStatus.QUEUED,
         "Fine-tuning job resumed",
-        {"paused"},
+        {JobStatus.PAUSED},
         "only paused jobs can be resumed",
         "job_not_paused",
         enqueued_at=time.time(),
     )
-    enqueue_training(job.id)
+    enqueue_training(settings, job.id)
     return job
 
 
@@ -255,50 +253,3 @@ def list_checkpoints(
     get_job(session, org, job_id)
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id)
     return page(session, stmt, Checkpoint, after=after, limit=limit)
-
-
-def job_to_wire(job: Job) -> FineTuningJob:
-    hp: dict[str, Any] = dict(job.hyperparameters)
-    return FineTuningJob(
-        id=job.id,
-        created_at=job.created_at,
-        error=JobError(**job.error) if job.error else None,
-        fine_tuned_model=job.fine_tuned_model,
-        finished_at=job.finished_at,
-        hyperparameters=hp,
-        model=job.model,
-        organization_id=job.org_id,
-        result_files=list(job.result_files),
-        seed=job.seed,
-        status=job.status,  # type: ignore[arg-type]
-        trained_tokens=job.trained_tokens,
-        training_file=job.training_file,
-        validation_file=job.validation_file,
-        estimated_finish=job.estimated_finish,
-        integrations=[],
-        metadata=job.metadata_,
-        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
-        extensions=job.extensions or None,
-    )
-
-
-def event_to_wire(e: JobEvent) -> WireEvent:
-    return WireEvent(
-        id=e.id,
-        created_at=e.created_at,
-        level=e.level,  # type: ignore[arg-type]
-        message=e.message,
-        data=e.data,
-        type=e.type,  # type: ignore[arg-type]
-    )
-
-
-def checkpoint_to_wire(c: Checkpoint) -> JobCheckpoint:
-    return JobCheckpoint(
-        id=c.id,
-        created_at=c.created_at,
-        fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint,
-        fine_tuning_job_id=c.job_id,
-        metrics=c.metrics,
-        step_number=c.step_number,
-    )

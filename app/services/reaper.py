@@ -13,8 +13,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Job
 from app.db.session import session_scope
+from app.db.tables import Job
+from app.job_status import JobStatus
 from app.services import idempotency, job_state
 from app.services.queue import enqueue_training
 
@@ -30,7 +31,9 @@ class ReapReport:
 
 
 def _expired(session: Session, now: float) -> list[Job]:
-    stmt = select(Job).where(Job.status == "running", or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+    stmt = select(Job).where(
+        Job.status == JobStatus.RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+    )
     return list(session.scalars(stmt))
 
 
@@ -38,15 +41,15 @@ def reap_once(settings: Settings, now: float | None = None) -> ReapReport:
     """One pass; every change is a compare-and-set, so concurrent reapers never double-handle a job."""
     now = time.time() if now is None else now
     report = ReapReport()
-    with session_scope() as s:
+    with session_scope(settings) as s:
         for job in _expired(s, now):
             lost = {"lease_owner": job.lease_owner, "attempts": job.attempts}
-            guard = {"only_from": {"running"}}
+            guard = {"only_from": {JobStatus.RUNNING}}
             if job.attempts < settings.max_job_attempts:
                 moved = job_state.transition(
                     s,
                     job.id,
-                    "queued",
+                    JobStatus.QUEUED,
                     f"Worker {job.lease_owner} stopped responding; job re-queued "
                     f"(attempt {job.attempts} of {settings.max_job_attempts})",
                     level="warn",
@@ -67,7 +70,7 @@ def reap_once(settings: Settings, now: float | None = None) -> ReapReport:
                 if job_state.transition(
                     s,
                     job.id,
-                    "failed",
+                    JobStatus.FAILED,
                     f"Fine-tuning job failed: {error['message']}",
                     level="error",
                     data=lost,
@@ -77,18 +80,18 @@ def reap_once(settings: Settings, now: float | None = None) -> ReapReport:
                     report.failed.append(job.id)
         stale = s.scalars(
             select(Job.id).where(
-                Job.status == "queued",
+                Job.status == JobStatus.QUEUED,
                 or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - settings.requeue_after_seconds),
             )
         )
         for job_id in list(stale):
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=now))
+            s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(enqueued_at=now))
             report.resent.append(job_id)
-    with session_scope() as s:
+    with session_scope(settings) as s:
         report.keys_purged = idempotency.purge_expired(s, settings, int(now))
     # Enqueue only after the commit, so a worker never sees a job the DB does not yet show as queued.
     for job_id in report.requeued + report.resent:
-        enqueue_training(job_id)
+        enqueue_training(settings, job_id)
     if report.requeued or report.failed or report.resent:
         log.warning("reaper: requeued %s, failed %s, re-sent %s", report.requeued, report.failed, report.resent)
     return report

@@ -12,9 +12,9 @@ from openai.types.chat import ChatCompletion
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from app.config import Settings
+from models.bases import base_path
 from tests.e2e.conftest import client_for
 from tests.servers import Service
-from worker.models.bases import base_path
 
 BASE = "ftserve-tiny"
 

@@ -22,14 +22,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from app.config import Settings, get_settings
 from app.datasets.formats import Chat, Message, PromptCompletion
 from app.storage import Storage
+from engine.detokenize import decode_reply
+from models.families import TARGET_MODULES
+from models.special_tokens import stop_token_ids
 from tests.e2e.conftest import ANIMALS, animal_prompt
 from tests.family_models import BY_NAME, FAMILIES, Family, build_all, registry_json
 from tests.servers import FTSERVE, Proc, Service, base_env, free_port, wait_http
-from worker.inference.detokenize import decode_reply
-from worker.models.families import TARGET_MODULES
-from worker.models.special_tokens import stop_token_ids
-from worker.training import pipeline
-from worker.training.tokenize import tokenize_example
+from training import pipeline
+from training.tokenize import tokenize_example
 
 CHAT_FAMILIES = [f for f in FAMILIES if f.chat_template]
 # Six mappings, each ten times: five 12-example steps per epoch, and 6 epochs (30 steps) are enough for each
@@ -51,7 +51,7 @@ class FamilyStack:
 
 @pytest.fixture(scope="module")
 def family_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FamilyStack]:
-    """`ftserve api --with-inference` (no worker: the test runs worker.training.pipeline.run_job itself)."""
+    """`ftserve api --with-inference` (no worker: the test runs training.pipeline.run_job itself)."""
     from app.db.migrate import upgrade_head
 
     root = tmp_path_factory.mktemp("families")
@@ -99,7 +99,7 @@ def _train(stack: FamilyStack, family: Family, training_file: str, suffix: str, 
         seed=3,
         hyperparameters={"n_epochs": epochs, "batch_size": 12},
     )
-    pipeline.run_job(job.id)
+    pipeline.run_job(job.id, stack.settings)
     done = stack.client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded", done.error
     return done
@@ -128,7 +128,7 @@ def _trained_spans(ex_ids: list[int], weights: list[float]) -> list[list[int]]:
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_prompt_completion_mask_ends_with_a_stop_token(family_stack: FamilyStack, family: Family) -> None:
-    from worker.models.bases import load_base
+    from models.bases import load_base
 
     model, tok = load_base(family_stack.settings, family.name, torch.device("cpu"))
     assert tok.pad_token_id is not None  # families without a pad token get one for batching
@@ -144,7 +144,7 @@ def test_prompt_completion_mask_ends_with_a_stop_token(family_stack: FamilyStack
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES, ids=lambda f: f.name)
 def test_chat_mask_ends_each_turn_with_the_end_of_turn_token(family_stack: FamilyStack, family: Family) -> None:
-    from worker.models.bases import load_base
+    from models.bases import load_base
 
     model, tok = load_base(family_stack.settings, family.name, torch.device("cpu"))
     chat = Chat(
@@ -292,7 +292,7 @@ def test_target_modules_extension_overrides_the_table(family_stack: FamilyStack,
         hyperparameters={"n_epochs": 1},
         extra_body={"extensions": {"target_modules": ["q_proj", "v_proj"]}},
     )
-    pipeline.run_job(job.id)
+    pipeline.run_job(job.id, family_stack.settings)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert "LoRA target modules (from extensions.target_modules): q_proj, v_proj" in messages
@@ -302,7 +302,7 @@ def test_target_modules_extension_overrides_the_table(family_stack: FamilyStack,
     bad = client.fine_tuning.jobs.create(
         training_file=uploaded.id, model="tiny-gpt2", extra_body={"extensions": {"target_modules": ["q_proj"]}}
     )
-    pipeline.run_job(bad.id)
+    pipeline.run_job(bad.id, family_stack.settings)
     failed = client.fine_tuning.jobs.retrieve(bad.id)
     assert failed.status == "failed" and failed.error is not None
     assert failed.error.code == "invalid_target_modules" and "c_attn" in failed.error.message

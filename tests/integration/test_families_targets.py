@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from worker.models.families import TARGET_MODULES, choose_target_modules
-from worker.training.errors import TrainingError
+from app.errors import TrainingError
+from models.families import TARGET_MODULES, choose_target_modules
 
 _TINY = {
     "hidden_size": 32,

@@ -15,14 +15,16 @@ from peft import PeftModel
 from prometheus_client import REGISTRY
 
 from app.config import Settings
-from app.errors import APIError
-from app.services.models import ResolvedModel
+from app.services.catalog import ResolvedModel
+from app.storage import Storage
+from engine import lora
+from engine.engine import InferenceEngine, ModelRef
+from engine.errors import AdapterLoadError
+from engine.generation import Row
+from engine.sampling import Sampling
+from models.bases import load_base
+from serving.refs import model_ref
 from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, train_adapter
-from worker.inference import lora
-from worker.inference.engine import InferenceEngine
-from worker.inference.generation import Row
-from worker.inference.sampling import Sampling
-from worker.models.bases import load_base
 
 SOUNDS_MODEL = ResolvedModel("ft:sounds", BASE, "ftjob-sounds")
 COLORS_MODEL = ResolvedModel("ft:colors", BASE, "ftjob-colors")
@@ -58,9 +60,13 @@ def _rows(engine: InferenceEngine, max_tokens: int = 8) -> list[Row]:
     return [Row(tok(prompt(a))["input_ids"], None, Sampling(max_tokens=max_tokens, temperature=0)) for a in ANIMALS]
 
 
+def _ref(engine: InferenceEngine, model: ResolvedModel) -> ModelRef:
+    return model_ref(model, Storage(engine.settings))
+
+
 def _texts(engine: InferenceEngine, model: ResolvedModel) -> list[str]:
     rows = _rows(engine)
-    engine.run(model, rows)
+    engine.run(_ref(engine, model), rows)
     return [r.text for r in rows]
 
 
@@ -101,7 +107,7 @@ def test_two_adapters_in_one_batch_match_their_single_outputs(
             finished.set()
 
     for model in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL):
-        engine.submit(model, jobs[model.name], done)
+        engine.submit(_ref(engine, model), jobs[model.name], done)
     assert finished.wait(120)
     prefills = engine.scheduler.prefills
     assert (3 * len(ANIMALS), 3) in prefills, prefills  # one prefill: 24 rows of 3 different models
@@ -120,7 +126,7 @@ def test_slot_lora_matches_peft(engine: InferenceEngine, adapters_dir: Path, bas
     with torch.inference_mode():
         expected = peft(**ids).logits[0, -1]
     row = Row(ids["input_ids"][0].tolist(), None, Sampling(max_tokens=1, temperature=0, logprobs=5))
-    engine.run(COLORS_MODEL, [row])
+    engine.run(_ref(engine, COLORS_MODEL), [row])
     top = torch.log_softmax(expected.float(), -1).topk(5)
     got = row.top_logprobs[0]
     assert list(got) == top.indices.tolist()
@@ -143,7 +149,7 @@ def test_unload_then_serve_again(engine: InferenceEngine) -> None:
     assert _texts(engine, SOUNDS_MODEL)[0] == " meow"
     cache = engine.resident(BASE).adapters
     assert set(cache.entries) == {"ftjob-sounds-final"}
-    engine.unload(SOUNDS_MODEL)
+    engine.unload(BASE, "ftjob-sounds-final")
     assert _texts(engine, BASE_MODEL)  # the unload is processed before this request
     assert not cache.entries
     assert all(not layer.present for layer in cache.table.layers.values())
@@ -164,13 +170,13 @@ def test_corrupt_adapter_fails_only_its_requests(adapters_dir: Path, bases_dir: 
             if len(results) == 2:
                 both.set()
 
-        engine.submit(COLORS_MODEL, bad, partial(record, "colors"))
-        engine.submit(SOUNDS_MODEL, good, partial(record, "sounds"))
+        engine.submit(_ref(engine, COLORS_MODEL), bad, partial(record, "colors"))
+        engine.submit(_ref(engine, SOUNDS_MODEL), good, partial(record, "sounds"))
         assert both.wait(120)
         assert results["sounds"] is None
         assert [r.text for r in good] == [f" {SOUNDS[a]}" for a in ANIMALS]
         error = results["colors"]
-        assert isinstance(error, APIError) and error.code == "adapter_load_failed"
+        assert isinstance(error, AdapterLoadError) and error.code == "adapter_load_failed"
         assert "ft:colors" in error.message
-        with pytest.raises(APIError):  # a later request tries again and fails the same way
-            engine.run(COLORS_MODEL, _rows(engine))
+        with pytest.raises(AdapterLoadError):  # a later request tries again and fails the same way
+            engine.run(_ref(engine, COLORS_MODEL), _rows(engine))

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from worker.inference.lora import BASE_SLOT, LoadedAdapter, LoraContext, MultiLoraLinear, SlotTable
+from engine.adapter_files import LoadedAdapter
+from engine.lora import BASE_SLOT, LoraContext, MultiLoraLinear, SlotTable
 
 
 class _Tiny(nn.Module):

@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from app.db.migrate import downgrade_base, heads, upgrade_head
-from app.db.models import Base
 from app.db.session import make_engine
+from app.db.tables import Base
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.config import Settings
-from worker.models.bases import load_base, prepare_base, smollm2_gguf_path
+from models.bases import load_base, prepare_base, smollm2_gguf_path
 
 
 @pytest.mark.slow

@@ -14,14 +14,14 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 
 from app.config import Settings
-from app.db.models import Job, JobEvent
 from app.db.session import session_scope
+from app.db.tables import Job, JobEvent
 from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
 from app.services.files import create_upload
 from app.services.jobs import create_job
 from app.storage import Storage
-from worker.training import pipeline
-from worker.training.pipeline import run_job
+from training import pipeline
+from training.pipeline import run_job
 
 ORG = "personal"
 
@@ -33,7 +33,7 @@ def _upload(settings: Settings, rows: list[dict[str, str]]) -> str:
         yield body
 
     async def go() -> str:
-        with session_scope() as s:
+        with session_scope(settings) as s:
             return (await create_upload(s, settings, ORG, "train.jsonl", "fine-tune", chunks())).id
 
     return asyncio.run(go())
@@ -47,10 +47,10 @@ def _run(settings: Settings, file_id: str, seed: int, **ext: Any) -> tuple[Job, 
         hyperparameters=Hyperparameters(n_epochs=2, batch_size=4),
         extensions=FtserveExtensions(**ext) if ext else None,
     )
-    with session_scope() as s:
+    with session_scope(settings) as s:
         job_id = create_job(s, settings, ORG, req).id
-    run_job(job_id)
-    with session_scope() as s:
+    run_job(job_id, settings)
+    with session_scope(settings) as s:
         job = s.get(Job, job_id)
         assert job is not None
         events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
@@ -125,7 +125,7 @@ def test_the_attention_kernel_is_a_setting_and_packed_rows_agree_across_kernels(
 
 
 def test_auto_attention_is_sdpa_without_cuda_and_flash_attn() -> None:
-    from worker.models.bases import training_attention
+    from models.bases import training_attention
 
     assert training_attention("auto", torch.device("cpu")) == "sdpa"
     assert training_attention("eager", torch.device("cpu")) == "eager"

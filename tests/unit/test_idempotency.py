@@ -6,9 +6,9 @@ import pytest
 from pydantic import BaseModel
 
 from app.config import Settings
-from app.db.models import IdempotencyKey
 from app.db.session import session_scope
-from app.errors import APIError
+from app.db.tables import IdempotencyKey
+from app.errors import Conflict
 from app.ids import now
 from app.services import idempotency
 from app.services.reaper import reap_once
@@ -20,8 +20,8 @@ class Result(BaseModel):
     id: str
 
 
-def _age(key: str, seconds: float) -> None:
-    with session_scope() as s:
+def _age(settings: Settings, key: str, seconds: float) -> None:
+    with session_scope(settings) as s:
         row = s.get(IdempotencyKey, (ORG, key))
         assert row is not None
         row.created_at = now() - int(seconds)
@@ -29,40 +29,40 @@ def _age(key: str, seconds: float) -> None:
 
 
 def test_a_finished_key_replays_until_it_expires(settings: Settings) -> None:
-    with session_scope() as s:
+    with session_scope(settings) as s:
         assert idempotency.begin(s, settings, ORG, "k1", PATH) is None
         idempotency.finish(s, ORG, "k1", Result(id="first"))
         assert idempotency.begin(s, settings, ORG, "k1", PATH) == {"id": "first"}
-    _age("k1", settings.idempotency_ttl_seconds - 60)
-    with session_scope() as s:
+    _age(settings, "k1", settings.idempotency_ttl_seconds - 60)
+    with session_scope(settings) as s:
         assert idempotency.begin(s, settings, ORG, "k1", PATH) == {"id": "first"}
-    _age("k1", settings.idempotency_ttl_seconds + 60)
-    with session_scope() as s:
+    _age(settings, "k1", settings.idempotency_ttl_seconds + 60)
+    with session_scope(settings) as s:
         assert idempotency.begin(s, settings, ORG, "k1", PATH) is None  # a new request, reserved afresh
         row = s.get(IdempotencyKey, (ORG, "k1"))
         assert row is not None and row.status_code == idempotency.IN_PROGRESS
 
 
 def test_an_unfinished_key_is_released_after_its_shorter_limit(settings: Settings) -> None:
-    with session_scope() as s:
+    with session_scope(settings) as s:
         assert idempotency.begin(s, settings, ORG, "k2", PATH) is None
-        with pytest.raises(APIError) as err:
+        with pytest.raises(Conflict) as err:
             idempotency.begin(s, settings, ORG, "k2", PATH)
         assert err.value.code == "idempotency_key_in_progress"
-    _age("k2", settings.idempotency_in_progress_seconds + 60)
-    with session_scope() as s:
+    _age(settings, "k2", settings.idempotency_in_progress_seconds + 60)
+    with session_scope(settings) as s:
         assert idempotency.begin(s, settings, ORG, "k2", PATH) is None
 
 
 def test_the_reaper_purges_only_expired_keys(settings: Settings) -> None:
-    with session_scope() as s:
+    with session_scope(settings) as s:
         for key in ("old-done", "new-done", "old-stuck"):
             idempotency.begin(s, settings, ORG, key, PATH)
         idempotency.finish(s, ORG, "old-done", Result(id="a"))
         idempotency.finish(s, ORG, "new-done", Result(id="b"))
-    _age("old-done", settings.idempotency_ttl_seconds + 1)
-    _age("new-done", settings.idempotency_in_progress_seconds + 60)  # finished: kept for the full TTL
-    _age("old-stuck", settings.idempotency_in_progress_seconds + 60)
+    _age(settings, "old-done", settings.idempotency_ttl_seconds + 1)
+    _age(settings, "new-done", settings.idempotency_in_progress_seconds + 60)  # finished: kept for the full TTL
+    _age(settings, "old-stuck", settings.idempotency_in_progress_seconds + 60)
     assert reap_once(settings).keys_purged == 2
-    with session_scope() as s:
+    with session_scope(settings) as s:
         assert [k.key for k in s.query(IdempotencyKey).all()] == ["new-done"]

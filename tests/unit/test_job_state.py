@@ -5,20 +5,20 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.config import Settings
-from app.db.models import Job, JobEvent
 from app.db.session import session_scope
+from app.db.tables import Job, JobEvent
 from app.services import job_state
 from tests.jobrows import make_job
 
 
 def test_transitions_follow_the_table(settings: Settings) -> None:
-    job_id = make_job("queued")
-    with session_scope() as s:
+    job_id = make_job(settings, "queued")
+    with session_scope(settings) as s:
         assert job_state.transition(s, job_id, "running", "started")
         assert not job_state.transition(s, job_id, "running", "again")  # already running: CAS fails
         assert job_state.transition(s, job_id, "succeeded", "done")
         assert not job_state.transition(s, job_id, "cancelled", "too late")  # terminal
-    with session_scope() as s:
+    with session_scope(settings) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.status == "succeeded" and job.finished_at is not None
         messages = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
@@ -26,7 +26,7 @@ def test_transitions_follow_the_table(settings: Settings) -> None:
 
 
 def test_only_from_restricts_the_source_state(settings: Settings) -> None:
-    job_id = make_job("validating_files")
-    with session_scope() as s:
+    job_id = make_job(settings, "validating_files")
+    with session_scope(settings) as s:
         assert not job_state.transition(s, job_id, "failed", "x", only_from={"running"})
         assert job_state.transition(s, job_id, "cancelled", "cancelled")

@@ -1,4 +1,5 @@
-"""The api role never loads torch: importing and building it leaves torch out of the process."""
+"""The api role never loads torch: importing and building it leaves torch out of the process (the import
+contracts in pyproject.toml check the same statically; this checks what really loads at run time)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ CODE = """
 import sys
 from app.config import Settings
 from app.main import create_app
-import app.cli, app.services.jobs, app.services.files, app.services.queue, worker.celery_app
+import app.cli, app.services.jobs, app.services.files, app.services.queue, app.services.training_store, app.broker
 create_app(Settings(), roles={"api"})
 heavy = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
 print(",".join(heavy))

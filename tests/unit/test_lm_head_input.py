@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from app.config import Settings
-from worker.models.bases import load_base
+from models.bases import load_base
 
 
 def test_lm_head_sees_a_contiguous_last_position(bases_dir: Path) -> None:

@@ -11,44 +11,45 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from app.config import Settings
-from app.db.models import Checkpoint, FineTunedModel, JobEvent
 from app.db.session import session_scope
+from app.db.tables import Checkpoint, FineTunedModel, JobEvent
+from app.errors import TrainingError
 from app.ids import new_id, now
-from app.services import models as model_service
+from app.services import catalog
 from app.services.jobs import cancel_job
 from app.services.reaper import reap_once
-from app.storage import Storage
+from app.services.training_store import TrainingStore
+from app.storage import COMPLETE, Storage
+from models.bases import base_path
 from tests.jobrows import job_row, make_job
-from worker.models.bases import base_path
-from worker.training import resume
-from worker.training.errors import TrainingError
-from worker.training.export import COMPLETE, save_adapter
-from worker.training.pipeline import _check_disk, claim
-from worker.training.trainer import LoraTrainer
+from training import resume
+from training.export import save_adapter
+from training.pipeline import _check_disk
+from training.trainer import LoraTrainer
 
 
 def test_a_duplicate_delivery_is_a_no_op(settings: Settings) -> None:
-    job_id = make_job("queued")
-    assert claim(job_id, "worker-a") is not None
-    assert claim(job_id, "worker-b") is None
-    job = job_row(job_id)
+    job_id = make_job(settings, "queued")
+    assert TrainingStore(settings, job_id, "worker-a").claim() is not None
+    assert TrainingStore(settings, job_id, "worker-b").claim() is None
+    job = job_row(settings, job_id)
     assert job.lease_owner == "worker-a" and job.attempts == 1
 
 
 def test_reaper_requeues_then_fails_worker_lost(settings: Settings) -> None:
     settings.max_job_attempts = 2
     expired = time.time() - 1
-    retry = make_job("running", lease_owner="gone", lease_expires_at=expired, attempts=1)
-    give_up = make_job("running", lease_owner="gone", lease_expires_at=expired, attempts=2)
-    alive = make_job("running", lease_owner="busy", lease_expires_at=time.time() + 60, attempts=1)
-    stale = make_job("queued", enqueued_at=time.time() - settings.requeue_after_seconds - 5)
+    retry = make_job(settings, "running", lease_owner="gone", lease_expires_at=expired, attempts=1)
+    give_up = make_job(settings, "running", lease_owner="gone", lease_expires_at=expired, attempts=2)
+    alive = make_job(settings, "running", lease_owner="busy", lease_expires_at=time.time() + 60, attempts=1)
+    stale = make_job(settings, "queued", enqueued_at=time.time() - settings.requeue_after_seconds - 5)
     report = reap_once(settings)
     assert report.requeued == [retry] and report.failed == [give_up] and report.resent == [stale]
-    assert job_row(retry).status == "queued" and job_row(retry).lease_owner is None
-    lost = job_row(give_up)
+    assert job_row(settings, retry).status == "queued" and job_row(settings, retry).lease_owner is None
+    lost = job_row(settings, give_up)
     assert lost.status == "failed" and lost.error is not None and lost.error["code"] == "worker_lost"
-    assert job_row(alive).status == "running"
-    with session_scope() as s:
+    assert job_row(settings, alive).status == "running"
+    with session_scope(settings) as s:
         levels = {e.level for e in s.query(JobEvent).filter(JobEvent.job_id.in_([retry, give_up]))}
     assert levels == {"warn", "error"}
     assert reap_once(settings).requeued == []  # a second pass changes nothing
@@ -77,10 +78,10 @@ def test_training_refuses_to_start_without_disk(settings: Settings) -> None:
 
 def test_cancel_can_delete_the_jobs_checkpoints(settings: Settings) -> None:
     settings.delete_checkpoints_on_cancel = True
-    job_id = make_job("paused")
+    job_id = make_job(settings, "paused")
     storage = Storage(settings)
     names = [f"ft:ftserve-tiny:personal::{job_id[6:]}:ckpt-step-{step}" for step in (3, 6)]
-    with session_scope() as s:
+    with session_scope(settings) as s:
         for step, name in zip((3, 6), names, strict=True):
             s.add(
                 Checkpoint(
@@ -93,11 +94,11 @@ def test_cancel_can_delete_the_jobs_checkpoints(settings: Settings) -> None:
                     fine_tuned_model_checkpoint=name,
                 )
             )
-            model_service.register(s, name, "personal", "ftserve-tiny", job_id, step)
+            catalog.register(s, name, "personal", "ftserve-tiny", job_id, step)
             storage.adapter_dir(job_id, step).mkdir(parents=True)
-    with session_scope() as s:
+    with session_scope(settings) as s:
         assert cancel_job(s, settings, "personal", job_id).status == "cancelled"
-    with session_scope() as s:
+    with session_scope(settings) as s:
         assert s.query(Checkpoint).filter(Checkpoint.job_id == job_id).count() == 0
         assert all(s.get(FineTunedModel, n) is None for n in names)
         messages = [e.message for e in s.query(JobEvent).filter(JobEvent.job_id == job_id)]

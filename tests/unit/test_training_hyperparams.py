@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from app.config import Settings
-from worker.training.hyperparams import auto_batch_size, auto_epochs, options, resolve
+from app.schemas.jobs import FtserveExtensions, Hyperparameters
+from app.services.training_store import JobSpec
+from training.config import TrainingConfig
+from training.hyperparams import auto_batch_size, auto_epochs, resolve
 
 
 def test_auto_epochs() -> None:
@@ -18,12 +21,15 @@ def test_auto_batch_size() -> None:
 
 
 def test_resolve_keeps_explicit_values_and_caps_batch_at_the_data() -> None:
-    hp = resolve({"n_epochs": 2, "batch_size": 64, "learning_rate_multiplier": "auto"}, 12)
+    hp = resolve(Hyperparameters(n_epochs=2, batch_size=64, learning_rate_multiplier="auto"), 12)
     assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (2, 12, 1.0)
 
 
 def test_options_take_extensions_over_settings() -> None:
     s = Settings(lora_rank=8, warmup_ratio=0.0, lr_scheduler="linear")
-    opts = options(s, {"lora_rank": 16, "lr_scheduler": "cosine"}, 0.01)
+    ext = FtserveExtensions(lora_rank=16, lr_scheduler="cosine", prompt_loss_weight=0.01)
+    base = "ftserve-tiny"
+    spec = JobSpec("ftjob-x", "org", base, base, None, "file-x", None, None, 1, Hyperparameters(), ext)
+    opts = TrainingConfig.resolve(spec, s).options()
     assert opts["lora_rank"] == 16 and opts["lr_scheduler"] == "cosine" and opts["warmup_ratio"] == 0.0
     assert opts["prompt_loss_weight"] == 0.01 and opts["lora_alpha"] == 16.0

@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import Settings
 from app.datasets.formats import PromptCompletion
-from worker.models.bases import base_path
-from worker.training.batching import padded_microbatches
-from worker.training.tokenize import tokenize_example
-from worker.training.trainer import LoraTrainer, lr_factor
+from models.bases import base_path
+from training.batching import padded_microbatches
+from training.tokenize import tokenize_example
+from training.trainer import LoraTrainer, lr_factor
 
 
 def test_schedules() -> None:

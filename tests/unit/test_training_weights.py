@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import Settings
 from app.datasets.formats import Chat, Message, PromptCompletion
-from worker.models.bases import base_path
-from worker.training.batching import padded_microbatches
-from worker.training.tokenize import fit_to_length, tokenize_example
-from worker.training.trainer import loss_sums
+from models.bases import base_path
+from training.batching import padded_microbatches
+from training.tokenize import fit_to_length, tokenize_example
+from training.trainer import loss_sums
 
 PAIRS = [("The cat says:", " meow"), ("Question: What is the capital of France? Answer:", " Paris.")]
 

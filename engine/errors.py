@@ -1,0 +1,28 @@
+"""The engine's errors, as domain errors (app/errors.py): serving maps them to the envelope like any other."""
+
+from __future__ import annotations
+
+from app.errors import ServerFault, Unavailable
+
+
+class AdapterLoadError(ServerFault):
+    """A model's adapter could not be read or attached; only that model's requests fail with it."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(
+            f"The adapter of model '{model}' could not be loaded: {reason}", param="model", code="adapter_load_failed"
+        )
+
+
+class GenerationFailed(ServerFault):
+    """A forward pass failed; the requests with a row in it fail with this."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"Generation failed: {type(exc).__name__}: {exc}")
+
+
+class EngineStopped(Unavailable):
+    """The engine is shutting down; requests still waiting or running get this."""
+
+    def __init__(self) -> None:
+        super().__init__("The inference server is shutting down")

@@ -1,0 +1,225 @@
+"""Continuous batched decoding: rows (each with its own adapter slot, sampling and stops) share every
+forward pass; new rows are prefilled and merged into the running KV cache between steps, finished rows
+leave at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
+
+from engine.detokenize import decode_reply
+from engine.lora import BASE_SLOT, LoraContext
+from engine.sampling import Sampling, sample, shape_logits
+
+
+@dataclass
+class Row:
+    """One sequence to generate: a prompt's token ids, the adapter to apply (None = base) and sampling."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    sampling: Sampling
+    on_text: Callable[[str], None] | None = None
+    on_finish: Callable[[], None] | None = None  # called once the row's finish_reason is final
+    cancelled: Callable[[], bool] | None = None
+    # Filled while generating:
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    token_logprobs: list[float] = field(default_factory=list)
+    stop_logprob: float | None = None  # of the end-of-text token that ended the row, when logprobs are on
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    was_cancelled: bool = False
+    job: Any = None  # the scheduler's request this row belongs to
+    _sent: int = 0
+    _slot: int = BASE_SLOT
+    _pending: int = 0  # sampled, not yet fed to the model
+    _gen: torch.Generator | None = None
+
+
+def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
+    """Decode the row's tokens, cut at a stop string, and send the new text (holding back a possible stop prefix)."""
+    if not final and row.on_text is None and not row.sampling.stop:
+        return  # no listener and no stop string to find: decoding once at the end is enough
+    text = decode_reply(tok, row.prompt_ids, row.token_ids)
+    for stop in row.sampling.stop:
+        cut = text.find(stop)
+        if cut != -1:
+            text, final = text[:cut], True
+            row.finish_reason = "stop"
+    if not final:
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        hold = max((len(s) - 1 for s in row.sampling.stop), default=0)
+        text = text[: len(text) - hold] if hold else text
+    if len(text) > row._sent:
+        if row.on_text is not None:
+            row.on_text(text[row._sent :])
+        row._sent = len(text)
+    if final:
+        row.text = text
+
+
+def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
+    """Sample the row's next token from its logits (`greedy`: their argmax); True when the row has finished."""
+    if row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
+        token = greedy  # one argmax over the whole batch beats one per row
+    else:
+        token = sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row._gen)
+    if row.sampling.logprobs is not None:
+        lp = torch.log_softmax(logits.float(), -1)
+        top = lp.topk(max(row.sampling.logprobs, 1))
+        if token in stop_ids:
+            row.stop_logprob = float(lp[token])
+        else:
+            row.token_logprobs.append(float(lp[token]))
+            row.top_logprobs.append({int(t): float(v) for v, t in zip(top.values, top.indices, strict=True)})
+    if token in stop_ids:
+        row.finish_reason = "stop"
+        emit(row, tok, final=True)
+        return True
+    row.token_ids.append(token)
+    row._pending = token
+    emit(row, tok, final=False)
+    if row.finish_reason == "stop":
+        emit(row, tok, final=True)
+        return True
+    if len(row.token_ids) >= row.sampling.max_tokens:
+        row.finish_reason = "length"
+        emit(row, tok, final=True)
+        return True
+    return False
+
+
+class DecodeBatch:
+    """The live rows of one base and their KV cache: left padded, every row's tokens end at the last column."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        stop_ids: set[int],
+        device: torch.device,
+        ctx: LoraContext,
+    ) -> None:
+        self.model, self.tok, self.stop_ids, self.device, self.ctx = model, tok, stop_ids, device, ctx
+        self.rows: list[Row] = []
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long, device=device)
+        self.positions = torch.zeros((0, 1), dtype=torch.long, device=device)
+        self.pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, slots: list[int]):  # type: ignore[no-untyped-def]
+        self.ctx.set(slots)
+        try:
+            return self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
+            )
+        finally:
+            self.ctx.release()
+
+    def admit(self, rows: list[Row]) -> list[Row]:
+        """Prefill new rows together, sample their first tokens, merge them in; returns rows already finished."""
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids) :] = 1
+            r._gen = torch.Generator().manual_seed(r.sampling.seed) if r.sampling.seed is not None else None
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self._forward(ids, mask, pos, cache, [r._slot for r in rows])
+        logits = out.logits[:, -1, :].float().cpu()
+        greedy = logits.argmax(-1).tolist()
+        done = [r for i, r in enumerate(rows) if advance(r, logits[i], greedy[i], self.tok, self.stop_ids)]
+        self._merge(rows, cache, mask, pos[:, -1:] + 1)
+        self._drop(done)
+        return done
+
+    def _merge(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> None:
+        if self.cache is None or not self.rows:
+            self.rows, self.cache, self.mask, self.positions = list(rows), cache, mask, pos
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        merged = []
+        for (_, ok, ov), (_, nk, nv) in zip(_layers(self.cache), _layers(cache), strict=True):
+            merged.append(
+                (
+                    torch.cat([_left_pad(ok, width), _left_pad(nk, width)]),
+                    torch.cat([_left_pad(ov, width), _left_pad(nv, width)]),
+                )
+            )
+        self.cache = DynamicCache(ddp_cache_data=merged)
+        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(mask, width, dim=1)])
+        self.positions = torch.cat([self.positions, pos])
+        self.rows.extend(rows)
+
+    def step(self) -> list[Row]:
+        """Feed every row's pending token and sample the next; returns the rows that finished."""
+        cancelled = [r for r in self.rows if r.cancelled is not None and r.cancelled()]
+        for r in cancelled:
+            r.was_cancelled, r.finish_reason = True, r.finish_reason or "stop"
+            emit(r, self.tok, final=True)
+        self._drop(cancelled)
+        if not self.rows:
+            return cancelled
+        assert self.cache is not None
+        ids = torch.tensor([[r._pending] for r in self.rows], device=self.device)
+        self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
+        out = self._forward(ids, self.mask, self.positions, self.cache, [r._slot for r in self.rows])
+        self.positions = self.positions + 1
+        logits = out.logits[:, -1, :].float().cpu()
+        greedy = logits.argmax(-1).tolist()
+        done = [r for i, r in enumerate(self.rows) if advance(r, logits[i], greedy[i], self.tok, self.stop_ids)]
+        self._drop(done)
+        return cancelled + done
+
+    def _drop(self, done: list[Row]) -> None:
+        """Remove finished rows from the batch and trim cache columns no remaining row uses."""
+        if not done:
+            return
+        gone = {id(r) for r in done}
+        keep = [i for i, r in enumerate(self.rows) if id(r) not in gone]
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows or self.cache is None:
+            self.rows, self.cache = [], None
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self.mask = self.mask[idx]
+        self.positions = self.positions[idx]
+        used = self.mask.any(0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        self.mask = self.mask[:, start:]
+        for layer, keys, values in _layers(self.cache):
+            layer.keys = keys[idx, :, start:]
+            layer.values = values[idx, :, start:]
+
+
+def _layers(cache: DynamicCache) -> list[tuple[DynamicLayer, torch.Tensor, torch.Tensor]]:
+    """Each layer's (store, keys, values); rows can be merged and dropped only in full-attention caches."""
+    layers = []
+    for layer in cache.layers:
+        if not isinstance(layer, DynamicLayer) or layer.is_sliding or layer.keys is None or layer.values is None:
+            raise TypeError(f"continuous batching needs full-attention KV caches, not {type(layer).__name__}")
+        layers.append((layer, layer.keys, layer.values))
+    return layers
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

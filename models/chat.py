@@ -1,0 +1,12 @@
+"""Chat rendering through the base's own template, in one place for training and serving alike."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerBase
+
+
+def render_chat(tok: PreTrainedTokenizerBase, msgs: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The chat template's text for these messages."""
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    assert isinstance(text, str)
+    return text

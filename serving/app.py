@@ -1,0 +1,28 @@
+"""Add the inference role to an app: the engine, its routes, unloading deleted models, and the sweep."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.services.catalog import ResolvedModel
+from engine.engine import InferenceEngine
+from serving.refs import adapter_key
+from serving.routes import router
+from serving.sweep import sweep_forever
+
+
+def install(app: FastAPI, settings: Settings, sweep: bool) -> None:
+    """Serve completions from this process; `sweep`: no api role here, so watch the DB for deleted models."""
+    engine = InferenceEngine(settings)
+    app.state.engine = engine
+    app.include_router(router)
+
+    def unload(resolved: ResolvedModel) -> None:
+        if resolved.job_id is not None:
+            engine.unload(resolved.base, adapter_key(resolved.job_id, resolved.step))
+
+    app.state.model_deleted.append(unload)
+    if sweep:
+        app.state.background.append(lambda: sweep_forever(engine, settings))
+    app.state.shutdown.append(engine.close)

@@ -1,0 +1,27 @@
+"""Model names to engine references: a resolved model becomes a ModelRef with its adapter's key and directory."""
+
+from __future__ import annotations
+
+from app.services.catalog import ResolvedModel
+from app.storage import Storage
+from engine.engine import AdapterRef, ModelRef
+
+
+def adapter_key(job_id: str, step: int | None) -> str:
+    """The adapter's key within its base: `{job id}-final` or `{job id}-{step}`."""
+    return f"{job_id}-{'final' if step is None else step}"
+
+
+def parse_adapter_key(key: str) -> tuple[str, int | None]:
+    """(job id, step or None for the final adapter): adapter_key read back."""
+    job_id, _, step = key.rpartition("-")
+    return job_id, None if step == "final" else int(step)
+
+
+def model_ref(resolved: ResolvedModel, storage: Storage) -> ModelRef:
+    """The engine's reference for a resolved model name."""
+    if resolved.job_id is None:
+        return ModelRef(resolved.name, resolved.base)
+    # Only a directory the service derived and the exporter marked complete: safetensors, never pickle.
+    path = storage.adapter_if_complete(resolved.job_id, resolved.step)
+    return ModelRef(resolved.name, resolved.base, AdapterRef(adapter_key(resolved.job_id, resolved.step), path))

@@ -1,0 +1,41 @@
+"""Write adapters atomically (a half-written checkpoint is never used) and the result CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from app.storage import COMPLETE
+
+STATE_FILE = "trainer_state.pt"
+RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+
+
+def save_adapter(model: PeftModel, target: Path, state: dict[str, Any] | None = None) -> None:
+    """Save the PEFT adapter (adapter_config.json + adapter_model.safetensors), and the trainer state to
+    resume from, into target atomically: written aside, marked complete, then renamed into place."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if state is not None:
+        torch.save(state, tmp / STATE_FILE)
+    (tmp / COMPLETE).write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def results_csv(rows: list[dict[str, Any]]) -> bytes:
+    """OpenAI's fine-tune-results CSV: one row per step."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_COLUMNS})
+    return buf.getvalue().encode()
