@@ -12,7 +12,7 @@ from app.config import Settings
 from app.datasets.formats import DatasetError
 from app.datasets.validate import validate_file
 from app.db.tables import File
-from app.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found
+from app.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
 from app.ids import new_id, now
 from app.schemas.files import FileObject
 from app.services.pagination import page
@@ -52,7 +52,7 @@ async def create_upload(
     answered with a 400 that names the code and line."""
     if purpose not in UPLOAD_PURPOSES:
         raise bad_request(
-            f"Invalid purpose '{purpose}'; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
+            f"Invalid purpose {quote(purpose)}; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
             param="purpose",
             code="invalid_purpose",
         )
