@@ -114,8 +114,9 @@ class Settings(BaseSettings):
 
     # Training refuses to start with less free disk than this in the data dir.
     min_free_disk_bytes: int = 1 << 30
-    # Reliability tests only: {"suffix": "...", "kind": "oom", "at_step": 2} fails matching jobs on purpose.
-    fault_injection: dict[str, Any] | None = None
+    # Reliability tests only: {"suffix": "...", "kind": "oom", "at_step": 2} fails matching jobs on purpose
+    # ("sleep" with "seconds" holds that step instead); a list holds several.
+    fault_injection: dict[str, Any] | list[dict[str, Any]] | None = None
     # Delete a cancelled job's checkpoints (they stay servable models otherwise).
     delete_checkpoints_on_cancel: bool = False
 

@@ -33,7 +33,7 @@ class Run:
     hp: Resolved
     store: TrainingStore
     storage: Storage
-    fault_injection: dict[str, Any] | None = None
+    fault_injection: dict[str, Any] | list[dict[str, Any]] | None = None
 
 
 def _trainer(run: Run, model: PeftModel, device: torch.device, total: int) -> LoraTrainer:
