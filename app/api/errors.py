@@ -122,8 +122,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         content = body(str(exc.detail), _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), None, code)
         headers = dict(getattr(exc, "headers", None) or {})
-        if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request))
+        if exc.status_code == 405 and (methods := allowed_methods(request)):
+            headers["Allow"] = ", ".join(methods)
         return JSONResponse(content, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(DBAPIError)
@@ -153,7 +153,8 @@ def _flat_routes(app: FastAPI) -> Iterable[Any]:
 def allowed_methods(request: Request) -> list[str]:
     """Every method the resource at this path supports: the routes sharing the path template of the first
     route that matches it (Starlette's 405 names only that one route's methods)."""
-    path = request.url.path
+    path, root = request.scope.get("path", ""), request.scope.get("root_path", "")
+    path = path[len(root) :] if root and path.startswith(root) else path
     routes = [r for r in _flat_routes(request.app) if getattr(r, "path_regex", None) is not None]
     first = next((r for r in routes if r.path_regex.match(path)), None)
     if first is None:

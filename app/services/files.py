@@ -79,15 +79,24 @@ async def create_upload(
     except DatasetError as err:
         row.status, row.status_details = "error", err.describe()
         row.error_code, row.error_line = err.code, err.line
-        session.add(row)
-        session.commit()
+        _commit(session, storage, row)
         raise InvalidRequest(
             f"Invalid training file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
         ) from None
     row.status, row.format, row.n_examples = "processed", summary.format, summary.n_examples
-    session.add(row)
-    session.commit()
+    _commit(session, storage, row)
     return row
+
+
+def _commit(session: Session, storage: Storage, row: File) -> None:
+    """Record the stored upload; if that fails (the database is down), remove the blob too: the client
+    gets an error and uploads again, and no file is left without a row."""
+    session.add(row)
+    try:
+        session.commit()
+    except BaseException:
+        storage.delete_file(row.id)
+        raise
 
 
 def create_result_file(session: Session, settings: Settings, org: str, filename: str, data: bytes) -> File:
