@@ -57,7 +57,8 @@ def _schemathesis(service: Service, report: Path) -> subprocess.CompletedProcess
         "--max-failures",
         "20",
     ]
-    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # Run from a scratch directory, so nothing schemathesis writes lands in the repository.
+    result = subprocess.run(command, env=env, cwd=report.parent, capture_output=True, text=True, timeout=600)
     report.write_text(result.stdout + result.stderr)
     return result
 
