@@ -96,8 +96,17 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 15.0
     reaper_interval_seconds: float = 10.0
     max_job_attempts: int = 3
-    # A job still queued this long after it was sent is sent again (the broker may have lost it).
+    # A job still queued this long after it was sent is sent again, unless the broker still holds its
+    # message (waiting in the queue, or delivered to a live worker): the broker may have lost it.
     requeue_after_seconds: float = 600.0
+    # A worker whose DB call fails because the database is unreachable retries with backoff this long
+    # before it lets the job go (the reaper requeues it once the DB is back, without counting an attempt).
+    db_retry_seconds: float = 300.0
+    # The reaper deletes what crashes leave behind (uploads with no DB row, partial uploads, staged
+    # adapter directories, adapters of finished jobs nothing refers to) once untouched this long...
+    orphan_grace_seconds: float = 3600.0
+    # ...looking this often (and when the api starts).
+    orphan_sweep_seconds: float = 600.0
     # An Idempotency-Key replays its first response for this long (Stripe keeps keys 24 h); a key whose
     # request never finished (the process died mid-request) is released after the second limit.
     idempotency_ttl_seconds: float = 86400.0
@@ -105,8 +114,9 @@ class Settings(BaseSettings):
 
     # Training refuses to start with less free disk than this in the data dir.
     min_free_disk_bytes: int = 1 << 30
-    # Reliability tests only: {"suffix": "...", "kind": "oom", "at_step": 2} fails matching jobs on purpose.
-    fault_injection: dict[str, Any] | None = None
+    # Reliability tests only: {"suffix": "...", "kind": "oom", "at_step": 2} fails matching jobs on purpose
+    # ("sleep" with "seconds" holds that step instead); a list holds several.
+    fault_injection: dict[str, Any] | list[dict[str, Any]] | None = None
     # Delete a cancelled job's checkpoints (they stay servable models otherwise).
     delete_checkpoints_on_cancel: bool = False
 

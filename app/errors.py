@@ -72,9 +72,20 @@ class TrainingError(Exception):
         self.param = param
 
 
+# The most of a client's value an error message quotes back (ids are ~30 characters; a 20 MB one is not).
+QUOTE_CHARS = 100
+
+
+def quote(value: str, limit: int = QUOTE_CHARS) -> str:
+    """value in quotes for an error message, cut to `limit` characters (saying how long it was)."""
+    if len(value) <= limit:
+        return f"'{value}'"
+    return f"'{value[:limit]}…' ({len(value)} characters)"
+
+
 def not_found(kind: str, ident: str, param: str | None = None) -> NotFound:
     """Worded the same whether the object is missing or another org's."""
-    return NotFound(f"No such {kind}: '{ident}'", param=param, code=f"{kind}_not_found".replace(" ", "_"))
+    return NotFound(f"No such {kind}: {quote(ident)}", param=param, code=f"{kind}_not_found".replace(" ", "_"))
 
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = "invalid_value") -> InvalidRequest:

@@ -18,15 +18,21 @@ STATE_FILE = "trainer_state.pt"
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 
 
+def write_adapter(model: PeftModel, folder: Path, state: dict[str, Any] | None = None) -> None:
+    """Write the PEFT adapter (adapter_config.json + adapter_model.safetensors) and the trainer state to
+    resume from into folder (a staging directory), the completion marker last."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    if state is not None:
+        torch.save(state, folder / STATE_FILE)
+    (folder / COMPLETE).write_text("ok\n")
+
+
 def save_adapter(model: PeftModel, target: Path, state: dict[str, Any] | None = None) -> None:
-    """Save the PEFT adapter (adapter_config.json + adapter_model.safetensors), and the trainer state to
-    resume from, into target atomically: written aside, marked complete, then renamed into place."""
+    """write_adapter into target atomically (written aside, then renamed into place), for adapters written
+    outside a job's lease (tests, benchmarks); a job's own adapters are promoted by its training store."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    if state is not None:
-        torch.save(state, tmp / STATE_FILE)
-    (tmp / COMPLETE).write_text("ok\n")
+    write_adapter(model, tmp, state)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 

@@ -18,7 +18,6 @@ from app.storage import Storage
 from training import faults, publish, resume
 from training.batching import step_groups
 from training.config import TrainingConfig
-from training.export import save_adapter
 from training.hyperparams import Resolved
 from training.planner import Layout
 from training.tokenize import TokenizedExample
@@ -34,7 +33,7 @@ class Run:
     hp: Resolved
     store: TrainingStore
     storage: Storage
-    fault_injection: dict[str, Any] | None = None
+    fault_injection: dict[str, Any] | list[dict[str, Any]] | None = None
 
 
 def _trainer(run: Run, model: PeftModel, device: torch.device, total: int) -> LoraTrainer:
@@ -50,14 +49,17 @@ def _trainer(run: Run, model: PeftModel, device: torch.device, total: int) -> Lo
 
 
 def _check_or_pause(run: Run, trainer: LoraTrainer, model: PeftModel, here: resume.Progress) -> None:
-    """Raise JobStopped if the job is no longer ours; a paused job first saves where it stands."""
+    """Raise JobStopped if the job is no longer ours; a paused job first saves where it stands, and goes on
+    training if it was resumed meanwhile (still under this worker's lease)."""
     try:
         run.store.check()
     except JobStopped as stop:
-        if stop.paused:
-            state = resume.trainer_state(trainer, here)
-            with trainer.full_precision():
-                save_adapter(model, resume.pause_dir(run.storage, run.spec.id), state)
+        if not stop.paused:
+            raise
+        state = resume.trainer_state(trainer, here)
+        with trainer.full_precision():
+            if publish.pause_point(run.store, run.storage, run.spec, model, here.step, state):
+                return
         raise
 
 
@@ -117,9 +119,16 @@ def fit(
             state = resume.trainer_state(trainer, resume.Progress(step, epoch + 1, 0, trained_tokens, rows))
             with trainer.full_precision():
                 publish.checkpoint(run.store, run.storage, spec, model, final_name, step, rows[-1], state)
-        run.store.check()
-        with trainer.full_precision():
-            publish.finish(run.store, run.storage, spec, model, final_name, trained_tokens, rows)
+        end = resume.Progress(step, hp.n_epochs, 0, trained_tokens, rows)
+        while True:  # a pause between the last check and the final transition saves a resume point too
+            _check_or_pause(run, trainer, model, end)
+            try:
+                with trainer.full_precision():
+                    publish.finish(run.store, run.storage, spec, model, final_name, trained_tokens, rows)
+                break
+            except JobStopped as stop:
+                if not stop.paused:
+                    raise
         shutil.rmtree(resume.pause_dir(run.storage, spec.id), ignore_errors=True)
     finally:
         trainer.close()

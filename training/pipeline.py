@@ -16,7 +16,7 @@ from app.services.training_store import JobSpec, JobStopped, TrainingStore
 from app.storage import Storage
 from models.bases import load_base, pick_device, training_attention
 from models.families import choose_target_modules
-from training import resume
+from training import publish, resume
 from training.config import TrainingConfig
 from training.dataset import load_tokenized
 from training.errors import classify
@@ -55,7 +55,10 @@ def run_job(job_id: str, settings: Settings) -> None:
     except BaseException as exc:
         failure = classify(exc)
         log.exception("job %s failed: %s", job_id, failure.code)
-        store.fail(failure.code, failure.message, failure.param)
+        try:
+            store.fail(failure.code, failure.message, failure.param)
+        except JobStopped as stop:  # the database stayed unreachable: the reaper requeues the job later
+            log.warning("job %s: could not record the failure: %s", job_id, stop)
         if not isinstance(exc, Exception):
             raise
     finally:
@@ -139,6 +142,7 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
     hp = config.hyperparameters(len(train))
     described = {**hp.as_dict(), **config.options()}
     store.resolved_hyperparameters(hp.as_dict(), f"Hyperparameters: {described}", described)
+    publish.register_found_checkpoints(store, storage, spec)
     point = resume.latest(storage, spec.id)
     if point is None:
         model = _attach_adapter(storage, spec, config, base, store)

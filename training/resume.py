@@ -8,11 +8,9 @@ from typing import Any
 
 import torch
 
-from app.storage import Storage, is_complete
+from app.storage import RESUME, Storage, is_complete
 from training.export import STATE_FILE
 from training.trainer import LoraTrainer
-
-PAUSE_DIR = "resume"
 
 
 @dataclass
@@ -56,17 +54,25 @@ def _read(path: Path) -> ResumePoint | None:
     return ResumePoint(path, progress, state["optimizer"], state["scheduler"])
 
 
-def latest(storage: Storage, job_id: str) -> ResumePoint | None:
-    """The complete resume point with the most steps (epoch checkpoint or pause point), if any."""
+def _points(storage: Storage, job_id: str, *, pause: bool) -> list[ResumePoint]:
     folder = storage.job_dir(job_id)
     if not folder.is_dir():
-        return None
+        return []
     candidates = [
-        p for p in folder.iterdir() if p.is_dir() and (p.name.startswith("ckpt-step-") or p.name == PAUSE_DIR)
+        p for p in folder.iterdir() if p.is_dir() and (p.name.startswith("ckpt-step-") or (pause and p.name == RESUME))
     ]
-    points = [point for p in candidates if (point := _read(p)) is not None]
-    return max(points, key=lambda r: r.progress.step, default=None)
+    return [point for p in candidates if (point := _read(p)) is not None]
+
+
+def latest(storage: Storage, job_id: str) -> ResumePoint | None:
+    """The complete resume point with the most steps (epoch checkpoint or pause point), if any."""
+    return max(_points(storage, job_id, pause=True), key=lambda r: r.progress.step, default=None)
+
+
+def checkpoints(storage: Storage, job_id: str) -> list[ResumePoint]:
+    """The job's complete epoch checkpoints on disk (registered or not), oldest first."""
+    return sorted(_points(storage, job_id, pause=False), key=lambda r: r.progress.step)
 
 
 def pause_dir(storage: Storage, job_id: str) -> Path:
-    return storage.job_dir(job_id) / PAUSE_DIR
+    return storage.resume_dir(job_id)

@@ -31,7 +31,8 @@ async def create_file(
     settings: SettingsDep,
     org: OrgDep,
     file: Annotated[UploadFile, File(description="The JSONL file")],
-    purpose: Annotated[str, Form()],
+    # The schema lists the purposes ftserve accepts; anything else is a 400 naming them.
+    purpose: Annotated[str, Form(json_schema_extra={"enum": list(service.UPLOAD_PURPOSES)})],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
     with idempotency.once(session, settings, org, idempotency_key, "/v1/files") as slot:

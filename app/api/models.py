@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import OrgDep, SessionDep, SettingsDep
 from app.schemas.common import DeletedObject, ListPage
-from app.schemas.errors import ERROR_RESPONSES
+from app.schemas.errors import ERROR_RESPONSES, error_doc
 from app.schemas.models import ModelObject
 from app.services import catalog as service
 
@@ -40,7 +40,11 @@ def retrieve_model(model: str, session: SessionDep, settings: SettingsDep, org: 
     raise service.model_not_found(model)
 
 
-@router.delete("/{model:path}", response_model=DeletedObject)
+@router.delete(
+    "/{model:path}",
+    response_model=DeletedObject,
+    responses={403: error_doc("A base model cannot be deleted (code model_not_deletable)")},
+)
 def delete_model(
     model: str, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
 ) -> DeletedObject:

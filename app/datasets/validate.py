@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,25 @@ class DatasetSummary:
 def _no_constants(name: str) -> None:
     # Python's json accepts NaN and Infinity; JSON (and every other client's parser) does not.
     raise ValueError(f"{name} is not valid JSON")
+
+
+# A \uXXXX escape in the surrogate range; json.loads turns a lone one into a str that is not valid Unicode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(value: object) -> bool:
+    """True if some string in the parsed JSON value cannot be encoded as UTF-8 (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
 
 
 def iter_examples(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Format, Example]]:
@@ -48,6 +68,13 @@ def iter_examples(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Format
             except (json.JSONDecodeError, RecursionError, ValueError) as exc:
                 msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc) or "nesting too deep"
                 raise DatasetError("invalid_json", f"invalid JSON: {msg}", lineno) from None
+            # Only an escape can smuggle one in (the UTF-8 decode above refuses raw surrogates): check then.
+            if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(obj):
+                raise DatasetError(
+                    "invalid_encoding",
+                    "a string contains a lone surrogate escape (e.g. \\ud800), which is not valid Unicode text",
+                    lineno,
+                )
             line_fmt, example = parse_example(obj, lineno)
             if fmt is None:
                 fmt = line_fmt

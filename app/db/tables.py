@@ -84,8 +84,12 @@ class Job(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # Lease: which worker runs the job and until when its claim holds without a heartbeat.
+    # Lease: which worker runs the job and until when its claim holds without a heartbeat. `attempts`
+    # counts claims and fences writes: a worker writes only while (lease_owner, attempts) are still its own.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the job's worker vanished (its lease expired while the DB was reachable); the reaper fails the
+    # job worker_lost at max_job_attempts. Pauses and database outages do not count.
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # When the job was last sent to the broker; the reaper re-sends jobs queued for too long.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,13 +26,19 @@ class _SamplingFields(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # Token id (as a string, as OpenAI sends it) → bias in [-100, 100] added to that token's logit.
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(
+        default=None,
+        json_schema_extra={
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {"minimum": -100, "maximum": 100},
+        },
+    )
 
     @field_validator("logit_bias")
     @classmethod
     def _bias_keys_are_token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (v or {}).items():
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"logit_bias values must be between -100 and 100, got {bias} for {key}")
@@ -44,7 +50,7 @@ class _SamplingFields(BaseModel):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)]
     max_tokens: int | None = Field(default=16, ge=1)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.tables import Checkpoint, FineTunedModel
-from app.errors import InvalidRequest, NotFound, PermissionDenied
+from app.errors import NotFound, PermissionDenied, quote
 from app.ids import now
 from app.storage import Storage
 
@@ -45,7 +45,7 @@ def resolve(session: Session, settings: Settings, org: str, name: str, param: st
 
 def model_not_found(name: str, param: str = "model") -> NotFound:
     return NotFound(
-        f"The model '{name}' does not exist or you do not have access to it.", param=param, code="model_not_found"
+        f"The model {quote(name)} does not exist or you do not have access to it.", param=param, code="model_not_found"
     )
 
 
@@ -93,7 +93,7 @@ def delete(session: Session, settings: Settings, org: str, name: str) -> Resolve
     """Mark a fine-tuned model deleted; base models cannot be deleted."""
     resolved = resolve(session, settings, org, name)
     if resolved.is_base:
-        raise PermissionDenied(f"Base model '{name}' cannot be deleted", param="model", code="model_not_deletable")
+        raise PermissionDenied(f"Base model {quote(name)} cannot be deleted", param="model", code="model_not_deletable")
     row = session.get(FineTunedModel, name)
     assert row is not None
     row.deleted_at = now()
@@ -104,9 +104,9 @@ def delete(session: Session, settings: Settings, org: str, name: str) -> Resolve
 def adapter_archive(session: Session, settings: Settings, org: str, name: str) -> tuple[str, bytes]:
     """(file name, zip bytes) of a fine-tuned model's adapter directory, as peft and vLLM load it."""
     resolved = resolve(session, settings, org, name)
-    if resolved.job_id is None:
-        raise InvalidRequest(
-            f"'{name}' is a base model; only fine-tuned models have adapters",
+    if resolved.job_id is None:  # the model exists, its adapter does not
+        raise NotFound(
+            f"{quote(name)} is a base model; only fine-tuned models have adapters",
             param="model",
             code="not_a_fine_tuned_model",
         )

@@ -12,7 +12,7 @@ from app.config import Settings
 from app.datasets.formats import DatasetError
 from app.datasets.validate import validate_file
 from app.db.tables import File
-from app.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found
+from app.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
 from app.ids import new_id, now
 from app.schemas.files import FileObject
 from app.services.pagination import page
@@ -52,7 +52,7 @@ async def create_upload(
     answered with a 400 that names the code and line."""
     if purpose not in UPLOAD_PURPOSES:
         raise bad_request(
-            f"Invalid purpose '{purpose}'; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
+            f"Invalid purpose {quote(purpose)}; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
             param="purpose",
             code="invalid_purpose",
         )
@@ -79,15 +79,24 @@ async def create_upload(
     except DatasetError as err:
         row.status, row.status_details = "error", err.describe()
         row.error_code, row.error_line = err.code, err.line
-        session.add(row)
-        session.commit()
+        _commit(session, storage, row)
         raise InvalidRequest(
             f"Invalid training file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
         ) from None
     row.status, row.format, row.n_examples = "processed", summary.format, summary.n_examples
-    session.add(row)
-    session.commit()
+    _commit(session, storage, row)
     return row
+
+
+def _commit(session: Session, storage: Storage, row: File) -> None:
+    """Record the stored upload; if that fails (the database is down), remove the blob too: the client
+    gets an error and uploads again, and no file is left without a row."""
+    session.add(row)
+    try:
+        session.commit()
+    except BaseException:
+        storage.delete_file(row.id)
+        raise
 
 
 def create_result_file(session: Session, settings: Settings, org: str, filename: str, data: bytes) -> File:

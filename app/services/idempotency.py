@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ MAX_KEY_LENGTH = 256
 
 
 IN_PROGRESS = 0
+# A request under a key normally finishes within seconds: a retry that soon usually gets its result.
+RETRY_SOON_SECONDS = 2
+# Still unfinished after this long, the first request has probably died with its process.
+LIKELY_STUCK_SECONDS = 60
 
 
 def expired(row: IdempotencyKey, settings: Settings, at: int) -> bool:
@@ -52,12 +57,31 @@ def _lookup(session: Session, settings: Settings, org: str, key: str, path: str)
             code="idempotency_key_reused",
         )
     if row.status_code == IN_PROGRESS:
-        raise Conflict(
-            f"A request with Idempotency-Key '{key}' is still being processed; retry shortly",
-            param="Idempotency-Key",
-            code="idempotency_key_in_progress",
-        )
+        raise in_progress(row, settings, now())
     return row
+
+
+def in_progress(row: IdempotencyKey, settings: Settings, at: int) -> Conflict:
+    """The 409 for a key whose first request has not finished: how long it has run, how long the key may
+    stay held, and when to retry (Retry-After)."""
+    age = max(0, at - row.created_at)
+    release_in = max(1, math.ceil(row.created_at + settings.idempotency_in_progress_seconds - at))
+    if age < LIKELY_STUCK_SECONDS:
+        retry_after = RETRY_SOON_SECONDS
+        message = (
+            f"A request with Idempotency-Key '{row.key}' started {age} s ago and is still being processed; "
+            f"retry after {retry_after} s to get its result. If it never finishes (its process died), "
+            f"the key stays held for up to {release_in} s more."
+        )
+    else:
+        retry_after = release_in
+        message = (
+            f"A request with Idempotency-Key '{row.key}' started {age} s ago and has not finished; its "
+            f"process probably died. The key stays held for {release_in} s more (keys of unfinished requests "
+            f"are released {settings.idempotency_in_progress_seconds:.0f} s after first use): retry after "
+            f"that, or send the request with a new key."
+        )
+    return Conflict(message, param="Idempotency-Key", code="idempotency_key_in_progress", retry_after=retry_after)
 
 
 def begin(session: Session, settings: Settings, org: str, key: str | None, path: str) -> dict[str, Any] | None:

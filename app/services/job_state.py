@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
 from app.db.tables import Job, JobEvent
@@ -48,9 +49,11 @@ def transition(
     only_from: frozenset[JobStatus] | set[JobStatus] | None = None,
     level: str = "info",
     data: dict[str, Any] | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
     **fields: Any,
 ) -> bool:
-    """Move the job to `to` if its current state allows it; True when this call made the change."""
+    """Move the job to `to` if its current state allows it (and the extra `where` conditions hold, e.g. the
+    lease is still the caller's); True when this call made the change."""
     allowed = ALLOWED_FROM[to]
     if only_from is not None:
         allowed = allowed & frozenset(only_from)
@@ -62,7 +65,7 @@ def transition(
         values.setdefault("estimated_finish", None)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(allowed))
+        .where(Job.id == job_id, Job.status.in_(allowed), *where)
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -238,7 +238,7 @@ def resume_job(session: Session, settings: Settings, org: str, job_id: str) -> J
 def list_events(session: Session, org: str, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
     get_job(session, org, job_id)
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
-    if after is not None:
+    if after:  # an empty cursor means the first page, as everywhere
         anchor = session.scalar(select(JobEvent.seq).where(JobEvent.id == after, JobEvent.job_id == job_id))
         if anchor is None:
             raise bad_request(f"No event with id '{after}' to page after", param="after", code="invalid_cursor")

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.errors import bad_request
+from app.errors import bad_request, quote
 
 
 def page(
@@ -19,11 +19,11 @@ def page(
     limit: int,
     descending: bool = True,
 ) -> tuple[list[Any], bool]:
-    """One page of `stmt` after the object with id `after`; returns (rows, has_more)."""
-    if after is not None:
+    """One page of `stmt` after the object with id `after` (empty: from the start); returns (rows, has_more)."""
+    if after:
         anchor = session.execute(select(model.created_at, model.id).where(model.id == after)).first()
         if anchor is None:
-            raise bad_request(f"No object with id '{after}' to page after", param="after", code="invalid_cursor")
+            raise bad_request(f"No object with id {quote(after)} to page after", param="after", code="invalid_cursor")
         ts, ident = anchor
         if descending:
             cond = or_(model.created_at < ts, and_(model.created_at == ts, model.id < ident))

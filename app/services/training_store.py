@@ -1,5 +1,11 @@
 """The training side's only door to the DB: claim a job, keep its lease alive, check it is still ours,
-and write its events, metrics, checkpoints and final state, each a typed method."""
+and write its events, metrics, checkpoints and final state, each a typed method.
+
+Every write is fenced: it lands only while the job's (lease_owner, attempts) are still this worker's claim,
+in the same transaction as a row-locking compare-and-set; a write that finds the lease gone raises
+JobStopped, so a worker that was frozen past its lease and replaced writes nothing and stops. Files a
+write publishes (a checkpoint, the final adapter, a resume point) are promoted inside that transaction.
+While the database is unreachable each call retries with backoff, up to settings.db_retry_seconds."""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from app.config import Settings
-from app.db.session import session_scope
+from app.db.session import is_unavailable, session_scope
 from app.db.tables import Checkpoint, Job
 from app.ids import checkpoint_model_name, new_id, now
 from app.job_status import JobStatus
@@ -23,6 +32,8 @@ from app.services import catalog, job_state
 from app.services import files as file_service
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+S = JobStatus
 
 CHECKPOINT_METRICS = (
     "step",
@@ -33,6 +44,9 @@ CHECKPOINT_METRICS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
+# While this worker holds the lease, progress (events, metrics, checkpoints) may still land in these states:
+# a pause takes effect at the next step, and a step already trained belongs to the resume point it leaves.
+_HELD = (S.RUNNING, S.PAUSED, S.QUEUED)
 
 
 def worker_id() -> str:
@@ -62,18 +76,26 @@ class JobSpec:
     seed: int
     hyperparameters: Hyperparameters
     extensions: FtserveExtensions
+    attempt: int = 1  # this claim's number: the fencing token every write of it carries
 
 
 class JobStopped(Exception):
     """The job is no longer ours to train: cancelled, paused, deleted, or its lease went to another worker."""
 
-    def __init__(self, status: JobStatus | None, reason: str | None = None) -> None:
+    def __init__(self, status: JobStatus | None, reason: str | None = None, *, pause: bool = False) -> None:
         super().__init__(reason or (status.value if status else "deleted"))
         self.status = status
+        self.pause = pause
 
     @property
     def paused(self) -> bool:
-        return self.status is JobStatus.PAUSED
+        """Paused (perhaps resumed already) while this worker still holds the lease: save a resume point."""
+        return self.pause
+
+
+class DatabaseUnavailable(JobStopped):
+    """The database stayed unreachable for the whole retry budget: the worker lets the job go without
+    failing it; the reaper requeues it once the database is back (an outage costs the job no attempt)."""
 
 
 class TrainingStore:
@@ -83,29 +105,90 @@ class TrainingStore:
         self.settings = settings
         self.job_id = job_id
         self.owner = owner or worker_id()
+        self.attempt: int | None = None
+        # The server ends a transaction left idle this long (a frozen worker), releasing the job row's lock.
+        self._idle_ms = max(1000, int(settings.lease_seconds * 500))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
+    # -- transactions ----------------------------------------------------------------------------
+    def _run(self, work: Callable[[Session], T], *, retry: bool = True) -> T:
+        """Run work in one transaction; while the DB is unreachable, retry with backoff, then give up."""
+        retrying = Retrying(
+            retry=retry_if_exception(is_unavailable),
+            wait=wait_exponential(multiplier=0.25, max=max(0.5, min(10.0, self.settings.heartbeat_seconds))),
+            stop=stop_after_delay(self.settings.db_retry_seconds if retry else 0),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt, session_scope(self.settings, idle_in_transaction_ms=self._idle_ms) as s:
+                    return work(s)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise DatabaseUnavailable(None, f"database unreachable: {type(exc).__name__}") from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying either returns or raises
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        name = type(exc).__name__
+        log.warning("job %s: database unreachable (%s); retry %d", self.job_id, name, state.attempt_number)
+
+    def _mine(self) -> tuple[Any, ...]:
+        return (Job.id == self.job_id, Job.lease_owner == self.owner, Job.attempts == self.attempt)
+
+    def _fence(self, s: Session, states: tuple[JobStatus, ...] = _HELD, **values: Any) -> JobStatus:
+        """Lock the job row if this claim still holds it in one of `states` (renewing the lease and setting
+        `values`), and return its status; else raise JobStopped saying why."""
+        values.setdefault("lease_expires_at", time.time() + self.settings.lease_seconds)
+        status = s.execute(
+            update(Job)
+            .where(*self._mine(), Job.status.in_(states))
+            .values(**values)
+            .returning(Job.status)
+            .execution_options(synchronize_session=False)
+        ).scalar()
+        if status is None:
+            raise self._why_stopped(s)
+        return JobStatus(status)
+
+    def _why_stopped(self, s: Session) -> JobStopped:
+        row = s.execute(select(Job.status, Job.lease_owner, Job.attempts).where(Job.id == self.job_id)).first()
+        if row is None:
+            return JobStopped(None)
+        if row.lease_owner != self.owner or row.attempts != self.attempt:
+            return JobStopped(row.status, "lease lost")
+        if row.status in (S.PAUSED, S.QUEUED):  # queued and still ours: paused, then resumed at once
+            return JobStopped(row.status, f"paused ({row.status.value})", pause=True)
+        return JobStopped(row.status)
+
     # -- the lease ---------------------------------------------------------------------------
     def claim(self) -> JobSpec | None:
-        """Move queued → running under this worker's lease; None if the job is not ours to run."""
-        with session_scope(self.settings) as s:
+        """Move queued → running under this worker's lease; None if the job is not ours to run (not queued,
+        or another worker still holds its lease, e.g. a paused job being resumed on the worker that had it)."""
+
+        def work(s: Session) -> JobSpec | None:
             job = s.get(Job, self.job_id)
             if job is None:
                 return None
+            at = time.time()
             ok = job_state.transition(
                 s,
                 self.job_id,
-                JobStatus.RUNNING,
+                S.RUNNING,
                 "Fine-tuning job started",
-                only_from={JobStatus.QUEUED},
+                only_from={S.QUEUED},
+                where=[or_(Job.lease_owner.is_(None), Job.lease_expires_at.is_(None), Job.lease_expires_at < at)],
                 lease_owner=self.owner,
-                lease_expires_at=time.time() + self.settings.lease_seconds,
+                lease_expires_at=at + self.settings.lease_seconds,
                 attempts=Job.attempts + 1,
                 started_at=now(),
             )
             if not ok:
                 return None
+            attempt = int(s.scalar(select(Job.attempts).where(Job.id == self.job_id)) or 0)
             resolved = catalog.resolve(s, self.settings, job.org_id, job.model)
             return JobSpec(
                 id=job.id,
@@ -121,68 +204,133 @@ class TrainingStore:
                     {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
                 ),
                 extensions=FtserveExtensions.model_validate(job.extensions or {}),
+                attempt=attempt,
             )
+
+        spec = self._run(work)
+        if spec is not None:
+            self.attempt = spec.attempt
+        return spec
 
     def start_heartbeat(self) -> None:
         self._thread.start()
 
     def stop_heartbeat(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
     def _beat(self) -> None:
         # A thread, not the training loop, renews the lease: a slow step or model load must not look dead.
         while not self._stop.wait(self.settings.heartbeat_seconds):
             try:
-                self.renew_lease()
+                if not self.renew_lease():
+                    log.warning("job %s: lease lost; the heartbeat stops", self.job_id)
+                    return
+            except DatabaseUnavailable:
+                log.warning("job %s: heartbeat could not reach the database", self.job_id)
             except Exception:
                 log.exception("heartbeat failed for %s", self.job_id)
 
     def renew_lease(self) -> bool:
-        with session_scope(self.settings) as s:
-            result = s.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == self.owner)
-                .values(lease_expires_at=time.time() + self.settings.lease_seconds)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+        """Extend this claim's lease (in any state short of finished); False once it is no longer ours."""
+
+        def work(s: Session) -> bool:
+            try:
+                self._fence(s)
+            except JobStopped:
+                return False
+            return True
+
+        return self._run(work, retry=False)
 
     def check(self) -> None:
-        """Raise JobStopped unless the job is still running under this worker's lease."""
-        with session_scope(self.settings) as s:
-            row = s.execute(select(Job.status, Job.lease_owner).where(Job.id == self.job_id)).first()
-        if row is None:
-            raise JobStopped(None)
-        if row.status is not JobStatus.RUNNING:
-            raise JobStopped(row.status)
-        if row.lease_owner != self.owner:
-            raise JobStopped(row.status, "lease lost")
+        """Raise JobStopped unless the job is still running under this worker's claim."""
+
+        def work(s: Session) -> None:
+            row = s.execute(select(Job.status, Job.lease_owner, Job.attempts).where(Job.id == self.job_id)).first()
+            if row is None or row.status is not S.RUNNING or (row.lease_owner, row.attempts) != (
+                self.owner,
+                self.attempt,
+            ):
+                raise self._why_stopped(s)
+
+        self._run(work)
+
+    def pause_point_saved(self, step: int, place: Callable[[], None]) -> bool:
+        """The worker saw a pause and staged a resume point at `step`: promote it (place) and, if the job was
+        resumed meanwhile, take it back (True: keep training); else let the lease go (False: stop here)."""
+
+        def work(s: Session) -> bool:
+            status = self._fence(s)
+            if status is S.RUNNING:
+                return True
+            place()
+            if status is S.QUEUED:
+                job_state.transition(
+                    s,
+                    self.job_id,
+                    S.RUNNING,
+                    f"Resume point saved at step {step}; the job was resumed and continues on the same worker",
+                    only_from={S.QUEUED},
+                    where=self._mine(),
+                    data={"step": step},
+                )
+                return True
+            s.execute(update(Job).where(*self._mine()).values(lease_owner=None, lease_expires_at=None))
+            job_state.add_event(s, self.job_id, f"Paused at step {step}; resume point saved", data={"step": step})
+            return False
+
+        return self._run(work)
 
     # -- progress ----------------------------------------------------------------------------
     def event(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        with session_scope(self.settings) as s:
+        def work(s: Session) -> None:
+            self._fence(s)
             job_state.add_event(s, self.job_id, message, level=level, data=data)
+
+        self._run(work)
 
     def resolved_hyperparameters(self, hyperparameters: dict[str, Any], message: str, data: dict[str, Any]) -> None:
         """Record what "auto" resolved to (the job object shows it from now on) and say so in an event."""
-        with session_scope(self.settings) as s:
-            self._update(s, hyperparameters=hyperparameters)
+
+        def work(s: Session) -> None:
+            self._fence(s, hyperparameters=hyperparameters)
             job_state.add_event(s, self.job_id, message, data=data)
+
+        self._run(work)
 
     def step(self, message: str, data: dict[str, Any], *, estimated_finish: int, trained_tokens: int) -> None:
         """A step's metrics event, with the job's running totals."""
-        with session_scope(self.settings) as s:
-            self._update(s, estimated_finish=estimated_finish, trained_tokens=trained_tokens)
+
+        def work(s: Session) -> None:
+            self._fence(s, estimated_finish=estimated_finish, trained_tokens=trained_tokens)
             job_state.add_event(s, self.job_id, message, type="metrics", data=data)
 
-    def _update(self, s: Any, **values: Any) -> None:
-        s.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.owner).values(**values))
+        self._run(work)
 
-    def checkpoint(self, org: str, base: str, final_name: str, step: int, metrics: dict[str, Any]) -> str:
-        """Register a saved checkpoint as a servable model, keep only the newest N; its model name."""
+    def checkpoint(
+        self,
+        org: str,
+        base: str,
+        final_name: str,
+        step: int,
+        metrics: dict[str, Any],
+        place: Callable[[], None],
+        *,
+        found: bool = False,
+    ) -> str | None:
+        """Promote a saved checkpoint (place) and register it as a servable model, keeping only the newest N;
+        its model name, or None when the step was registered already. found: it was found on disk, saved by
+        a worker that stopped before registering it."""
         name = checkpoint_model_name(final_name, step)
-        with session_scope(self.settings) as s:
+
+        def work(s: Session) -> str | None:
+            self._fence(s)
+            same_step = select(Checkpoint.id).where(Checkpoint.job_id == self.job_id, Checkpoint.step_number == step)
+            if s.scalar(same_step) is not None:
+                return None
+            place()
             s.add(
                 Checkpoint(
                     id=new_id("ftckpt-"),
@@ -195,7 +343,11 @@ class TrainingStore:
                 )
             )
             catalog.register(s, name, org, base, self.job_id, step)
-            job_state.add_event(s, self.job_id, f"Checkpoint created at step {step}", data={"model": name})
+            message = f"Checkpoint created at step {step}"
+            if found:
+                message = f"Checkpoint at step {step} found on disk and registered (saved before its worker stopped)"
+            job_state.add_event(s, self.job_id, message, data={"model": name})
+            s.flush()
             old = list(
                 s.scalars(
                     select(Checkpoint)
@@ -205,40 +357,52 @@ class TrainingStore:
                 )
             )
             catalog.delete_checkpoints(s, self.settings, old)
-        return name
+            return name
 
-    def finish(self, org: str, base: str, name: str, trained_tokens: int, result_csv: bytes) -> None:
-        """Store the result CSV, register the final model, and move running → succeeded.
+        return self._run(work)
 
-        Raises JobStopped when the job was cancelled in the last moments: nothing is published then.
+    def finish(
+        self, org: str, base: str, name: str, trained_tokens: int, result_csv: bytes, place: Callable[[], None]
+    ) -> None:
+        """Promote the final adapter (place), store the result CSV, register the model, running → succeeded.
+
+        Raises JobStopped when the job is no longer running under this claim (cancelled, paused, lost):
+        nothing is published then.
         """
-        with session_scope(self.settings) as s:
+
+        def work(s: Session) -> None:
+            self._fence(s, (S.RUNNING,))
+            place()
             result = file_service.create_result_file(s, self.settings, org, f"{self.job_id}-results.csv", result_csv)
             catalog.register(s, name, org, base, self.job_id, None)
             job_state.add_event(s, self.job_id, f"New fine-tuned model created: {name}")
-            ok = job_state.transition(
+            job_state.transition(
                 s,
                 self.job_id,
-                JobStatus.SUCCEEDED,
+                S.SUCCEEDED,
                 "The job has successfully completed",
-                only_from={JobStatus.RUNNING},
+                only_from={S.RUNNING},
+                where=self._mine(),
                 fine_tuned_model=name,
                 trained_tokens=trained_tokens,
                 result_files=[result.id],
             )
-            if not ok:
-                s.rollback()
-                raise JobStopped(JobStatus.CANCELLED, "cancelled before completion")
 
-    def fail(self, code: str, message: str, param: str | None) -> None:
-        """running → failed with the job error {code, message, param}."""
-        with session_scope(self.settings) as s:
-            job_state.transition(
+        self._run(work)
+
+    def fail(self, code: str, message: str, param: str | None) -> bool:
+        """→ failed with the job error {code, message, param}, if this claim still holds the job."""
+
+        def work(s: Session) -> bool:
+            return job_state.transition(
                 s,
                 self.job_id,
-                JobStatus.FAILED,
+                S.FAILED,
                 f"Fine-tuning job failed: {message}",
                 level="error",
-                only_from={JobStatus.RUNNING},
+                only_from=set(_HELD),
+                where=self._mine(),
                 error={"code": code, "message": message, "param": param},
             )
+
+        return self._run(work)

@@ -132,6 +132,12 @@ def corpus(max_line_bytes: int, max_upload_bytes: int, min_examples: int, seed: 
             valid[:at] + bytes([rnd.choice([0x80, 0xC3, 0xFF, 0xFE, 0xC0])]) + valid[at:],
             {"invalid_encoding", "invalid_json"},
         )
+    # Lone surrogate escapes: json.loads accepts them, the tokenizer cannot encode them.
+    for i, lone in enumerate(["\\ud800", "\\udfff", "x\\uDBFF", "\\ude00\\ud83d"]):
+        prompt = b'{"prompt": "' + lone.encode() + b'", "completion": " y"}'
+        add(f"lone-surrogate-prompt-{i}", prompt, {"invalid_encoding"})
+        chat = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "' + lone.encode()
+        add(f"lone-surrogate-chat-{i}", chat + b'"}]}', {"invalid_encoding"}, good=GOOD_CHAT)
     for i in range(4):  # huge lines
         add(
             f"huge-line-{i}",

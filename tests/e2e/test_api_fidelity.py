@@ -280,6 +280,25 @@ def test_error_envelope_status_codes_and_request_ids(client: OpenAI) -> None:
         client.completions.create(model="ftserve-tiny", prompt="x", temperature=5)
 
 
+def test_errors_quote_little_list_every_allowed_method_and_take_an_empty_cursor(
+    client: OpenAI, trained: FineTuningJob
+) -> None:
+    huge = "file-" + "x" * 20_000_000  # a 20 MB id is not echoed back in a 20 MB error
+    answer = _raw(client, "POST", "/fine_tuning/jobs", json={"model": "ftserve-tiny", "training_file": huge})
+    assert answer.status_code in (400, 404) and len(answer.content) < 5000, len(answer.content)
+    assert "20000005 characters" in answer.json()["error"]["message"]
+    allows = [("/files", "GET, POST"), ("/files/file-x", "DELETE, GET"), ("/fine_tuning/jobs", "GET, POST")]
+    for path, allowed in allows:
+        refused = _raw(client, "PUT", path)
+        assert refused.status_code == 405 and refused.headers["allow"] == allowed, (path, refused.headers)
+    base = _raw(client, "DELETE", "/models/ftserve-tiny")
+    assert base.status_code == 403 and base.json()["error"]["code"] == "model_not_deletable"
+    assert "403" in _raw(client, "GET", "/../openapi.json").json()["paths"]["/v1/models/{model}"]["delete"]["responses"]
+    for path in ("/files?after=", "/fine_tuning/jobs?after=", f"/fine_tuning/jobs/{trained.id}/events?after="):
+        first_page = _raw(client, "GET", path)
+        assert first_page.status_code == 200 and first_page.json()["data"], (path, first_page.text)
+
+
 def test_openapi_documents_errors_not_422(client: OpenAI) -> None:
     schema = _raw(client, "GET", "/../openapi.json").json()
     create = schema["paths"]["/v1/fine_tuning/jobs"]["post"]["responses"]

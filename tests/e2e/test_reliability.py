@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from sqlalchemy import Engine, create_engine, delete, select
 
+from app.db.tables import Checkpoint, FineTunedModel, JobEvent
 from tests.e2e.conftest import ANIMALS, animal_prompt, client_for, wait_job, write_prompt_completion
 from tests.servers import FTSERVE, Proc, Service, free_port, start_distributed, start_embedded, wait_http
 
@@ -60,9 +62,29 @@ def _kill_worker_after_checkpoint(client: OpenAI, service: Service, job_id: str)
 
 @pytest.fixture()
 def faulty(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str) -> Iterator[Service]:
-    service = start_distributed(tmp_path, bases_dir, postgres_url, redis_url, **FAST_LEASE)
+    # Every checkpoint kept, so the test can still list the one a lost worker never registered.
+    keep = {"FTSERVE_CHECKPOINTS_KEEP": "100"}
+    service = start_distributed(tmp_path, bases_dir, postgres_url, redis_url, **FAST_LEASE, **keep)
     yield service
     service.stop()
+
+
+def _db(service: Service) -> Engine:
+    return create_engine(service.env["FTSERVE_DATABASE_URL"])
+
+
+def _forget_newest_checkpoint(service: Service, job_id: str) -> int:
+    """Delete the newest checkpoint's rows, as if its worker died after saving its files but before the DB."""
+    with _db(service).begin() as conn:
+        step, name = conn.execute(
+            select(Checkpoint.step_number, Checkpoint.fine_tuned_model_checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.step_number.desc())
+        ).first()  # type: ignore[misc]
+        conn.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step))
+        conn.execute(delete(FineTunedModel).where(FineTunedModel.id == name))
+        conn.execute(delete(JobEvent).where(JobEvent.job_id == job_id, JobEvent.message.endswith(f"at step {step}")))
+    return int(step)
 
 
 def test_killed_worker_job_resumes_from_checkpoint_or_fails_worker_lost(faulty: Service, tmp_path: Path) -> None:
@@ -70,13 +92,21 @@ def test_killed_worker_job_resumes_from_checkpoint_or_fails_worker_lost(faulty: 
     file_id = _upload(client, tmp_path)
     job = client.fine_tuning.jobs.create(training_file=file_id, model="ftserve-tiny", hyperparameters=LONG_JOB)
     _kill_worker_after_checkpoint(client, faulty, job.id)
+    unregistered = _forget_newest_checkpoint(faulty, job.id)
     _restart_worker(faulty, tmp_path)
     done, _ = wait_job(client, job.id)  # …until the reaper requeues it and the new worker resumes it
     assert done.status == "succeeded", done.error
     messages = _messages(client, job.id)
     assert any("stopped responding; job re-queued (attempt 1 of 2)" in m for m in messages)
     resumed = [m for m in messages if m.startswith("Resuming from step")]
-    assert len(resumed) == 1 and int(resumed[0].split()[3]) >= 3
+    assert len(resumed) == 1 and int(resumed[0].split()[3]) >= unregistered >= 3
+    # The checkpoint its files held but the DB did not is registered on resume: event, row, servable model.
+    found = f"Checkpoint at step {unregistered} found on disk and registered"
+    assert sum(m.startswith(found) for m in messages) == 1, messages
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id, limit=100)
+    listed = {c.step_number: c.fine_tuned_model_checkpoint for c in checkpoints}
+    assert unregistered in listed
+    assert client.models.retrieve(listed[unregistered]).id == listed[unregistered]
     rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
     assert [int(r["step"]) for r in rows] == list(range(1, 121))  # every step once, none lost or repeated
     answer = client.completions.create(
@@ -151,7 +181,13 @@ def test_api_restart_during_a_job(tmp_path: Path, bases_dir: Path, postgres_url:
 
 @pytest.fixture(scope="module")
 def oom_service(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
-    fault = json.dumps({"suffix": "oom", "kind": "oom", "at_step": 2})
+    fault = json.dumps(
+        [
+            {"suffix": "oom", "kind": "oom", "at_step": 2},
+            # Step 2 of a "slow" job takes 3 s more: long enough to pause and resume, or cancel, inside it.
+            {"suffix": "slow", "kind": "sleep", "at_step": 2, "seconds": 3},
+        ]
+    )
     service = start_embedded(tmp_path_factory.mktemp("oom"), bases_dir, FTSERVE_FAULT_INJECTION=fault)
     yield service
     service.stop()
@@ -231,3 +267,49 @@ def test_pause_mid_training_then_resume_continues_where_it_stopped(oom_service: 
     assert len(resumed) == 1 and int(resumed[0].split()[3]) == paused_at
     rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
     assert [int(r["step"]) for r in rows] == list(range(1, 61))
+
+
+def _in_slow_step(client: OpenAI, job_id: str) -> None:
+    """Wait until the worker holds step 2 of a "slow" job (after its check for that step, in the 3 s fault)."""
+    _wait_for(lambda: _last_step(client, job_id) >= 1, what="step 1")
+    time.sleep(0.5)  # the check before step 2 follows step 1's event at once; step 2 itself holds 3 s
+
+
+def _metrics_steps(client: OpenAI, job_id: str) -> list[int]:
+    events = reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))
+    return [e.data["step"] for e in events if e.type == "metrics"]  # type: ignore[index]
+
+
+def test_pause_then_resume_at_once_loses_no_step(oom_service: Service, tmp_path: Path) -> None:
+    client = client_for(oom_service)
+    job = client.fine_tuning.jobs.create(
+        training_file=_upload(client, tmp_path),
+        model="ftserve-tiny",
+        suffix="slow",
+        hyperparameters={"n_epochs": 3, "batch_size": 2},  # 6 steps an epoch: step 2 is mid-epoch
+    )
+    _in_slow_step(client, job.id)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"  # before the worker's next step
+    done, _ = wait_job(client, job.id)
+    assert done.status == "succeeded", done.error
+    saved = [m for m in _messages(client, job.id) if m.startswith("Resume point saved at step")]
+    assert len(saved) == 1 and int(saved[0].split()[5].rstrip(";")) in (1, 2), saved
+    assert _metrics_steps(client, job.id) == list(range(1, 19))  # no step redone, none lost
+
+
+def test_nothing_is_logged_after_a_cancel(oom_service: Service, tmp_path: Path) -> None:
+    client = client_for(oom_service)
+    job = client.fine_tuning.jobs.create(
+        training_file=_upload(client, tmp_path),
+        model="ftserve-tiny",
+        suffix="slow",
+        hyperparameters={"n_epochs": 3, "batch_size": 2},
+    )
+    _in_slow_step(client, job.id)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # while step 2 is being trained
+    _wait_for(lambda: f"job {job.id} stopped" in oom_service.logs(), 60, "the worker to stop")
+    events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))
+    at = [e.message for e in events].index("Fine-tuning job cancelled")
+    assert [e.message for e in events[at + 1 :]] == []  # no metrics, no checkpoint after the cancel
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"

@@ -51,6 +51,9 @@ def _lines(*lines: str) -> bytes:
         ),
         (_lines(GOOD_PC) + b"\xff\xfe bad utf8\n", "invalid_encoding", 2),
         ('{"prompt": "a", "completion": "b"}\n'.encode("utf-16"), "invalid_encoding", 1),
+        # json.loads accepts a lone surrogate escape; the tokenizer later cannot encode it
+        (_lines(GOOD_PC, '{"prompt": "a\\ud800", "completion": "b"}'), "invalid_encoding", 2),
+        (_lines(GOOD_CHAT.replace('"q"', '"\\udfff"')), "invalid_encoding", 1),
     ],
 )
 def test_bad_files_have_code_and_line(tmp_path: Path, data: bytes, code: str, line: int) -> None:

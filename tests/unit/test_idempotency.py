@@ -49,6 +49,15 @@ def test_an_unfinished_key_is_released_after_its_shorter_limit(settings: Setting
         with pytest.raises(Conflict) as err:
             idempotency.begin(s, settings, ORG, "k2", PATH)
         assert err.value.code == "idempotency_key_in_progress"
+        assert err.value.retry_after == idempotency.RETRY_SOON_SECONDS  # the first request may finish any moment
+    _age(settings, "k2", 600)
+    with session_scope(settings) as s, pytest.raises(Conflict) as err:
+        idempotency.begin(s, settings, ORG, "k2", PATH)
+    # stuck for 10 minutes: say so, and how long the key stays held (Retry-After), not "retry shortly"
+    left = settings.idempotency_in_progress_seconds - 600
+    assert err.value.retry_after is not None and abs(err.value.retry_after - left) <= 2
+    message = err.value.message
+    assert "has not finished" in message and f"held for {int(err.value.retry_after)} s more" in message
     _age(settings, "k2", settings.idempotency_in_progress_seconds + 60)
     with session_scope(settings) as s:
         assert idempotency.begin(s, settings, ORG, "k2", PATH) is None

@@ -40,7 +40,9 @@ def test_reaper_requeues_then_fails_worker_lost(settings: Settings) -> None:
     settings.max_job_attempts = 2
     expired = time.time() - 1
     retry = make_job(settings, "running", lease_owner="gone", lease_expires_at=expired, attempts=1)
-    give_up = make_job(settings, "running", lease_owner="gone", lease_expires_at=expired, attempts=2)
+    give_up = make_job(
+        settings, "running", lease_owner="gone", lease_expires_at=expired, attempts=3, worker_losses=1
+    )  # claimed 3 times (a pause and resume is a claim too), its worker lost once already
     alive = make_job(settings, "running", lease_owner="busy", lease_expires_at=time.time() + 60, attempts=1)
     stale = make_job(settings, "queued", enqueued_at=time.time() - settings.requeue_after_seconds - 5)
     report = reap_once(settings)
