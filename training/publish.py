@@ -9,7 +9,7 @@ from peft import PeftModel
 
 from app.services.training_store import JobSpec, TrainingStore
 from app.storage import Storage
-from training.export import results_csv, save_adapter
+from training.export import RESULT_COLUMNS, results_csv, save_adapter
 
 
 def checkpoint(
@@ -35,7 +35,8 @@ def finish(
     name: str,
     trained_tokens: int,
     rows: list[dict[str, Any]],
+    columns: list[str] = RESULT_COLUMNS,
 ) -> None:
     """Save the final adapter, then store the result CSV, register the model and mark the job succeeded."""
     save_adapter(model, storage.adapter_dir(spec.id, None))
-    store.finish(spec.org, spec.base, name, trained_tokens, results_csv(rows))
+    store.finish(spec.org, spec.base, name, trained_tokens, results_csv(rows, columns))

@@ -16,9 +16,10 @@ from sqlalchemy import select, update
 from app.config import Settings
 from app.db.session import session_scope
 from app.db.tables import Checkpoint, Job
+from app.errors import NotFound
 from app.ids import checkpoint_model_name, new_id, now
 from app.job_status import JobStatus
-from app.schemas.jobs import FtserveExtensions, Hyperparameters
+from app.schemas.jobs import DpoHyperparameters, FtserveExtensions, Hyperparameters
 from app.services import catalog, job_state
 from app.services import files as file_service
 
@@ -60,8 +61,9 @@ class JobSpec:
     validation_file: str | None
     suffix: str | None
     seed: int
-    hyperparameters: Hyperparameters
+    hyperparameters: Hyperparameters  # DpoHyperparameters for a DPO job
     extensions: FtserveExtensions
+    method: str = "supervised"
 
 
 class JobStopped(Exception):
@@ -93,6 +95,19 @@ class TrainingStore:
             job = s.get(Job, self.job_id)
             if job is None:
                 return None
+            try:
+                resolved = catalog.resolve(s, self.settings, job.org_id, job.model)
+            except NotFound as gone:  # the starting model was deleted after the job was created
+                job_state.transition(
+                    s,
+                    self.job_id,
+                    JobStatus.FAILED,
+                    f"Fine-tuning job failed: {gone.message}",
+                    level="error",
+                    only_from={JobStatus.QUEUED},
+                    error={"code": "model_not_found", "message": gone.message, "param": "model"},
+                )
+                return None
             ok = job_state.transition(
                 s,
                 self.job_id,
@@ -106,7 +121,7 @@ class TrainingStore:
             )
             if not ok:
                 return None
-            resolved = catalog.resolve(s, self.settings, job.org_id, job.model)
+            hp_type = DpoHyperparameters if job.method == "dpo" else Hyperparameters
             return JobSpec(
                 id=job.id,
                 org=job.org_id,
@@ -117,10 +132,11 @@ class TrainingStore:
                 validation_file=job.validation_file,
                 suffix=job.suffix,
                 seed=job.seed,
-                hyperparameters=Hyperparameters.model_validate(
-                    {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
+                hyperparameters=hp_type.model_validate(
+                    {k: v for k, v in job.hyperparameters.items() if k in hp_type.model_fields}
                 ),
                 extensions=FtserveExtensions.model_validate(job.extensions or {}),
+                method=job.method,
             )
 
     def start_heartbeat(self) -> None:
