@@ -19,9 +19,11 @@ from app.storage import Storage
 from models.bases import load_base, pick_device, training_attention
 from models.families import choose_target_modules
 from training import resume
+from training.batching import step_groups
 from training.config import LoraOptions, TrainingConfig
 from training.dataset import load_tokenized
 from training.errors import classify
+from training.hyperparams import Resolved
 from training.loop import Run, fit
 from training.methods.base import TrainingMethod
 from training.methods.dpo import Dpo
@@ -133,13 +135,16 @@ def _check_disk(settings: Settings) -> None:
 
 def _tokenize(
     settings: Settings, spec: JobSpec, config: TrainingConfig, tok: PreTrainedTokenizerBase, store: TrainingStore
-) -> tuple[list[TokenizedExample], list[TokenizedExample]] | tuple[list[PreferencePair], list[PreferencePair]]:
-    """The training and validation examples (or preference pairs) as tokens, the truncation report in an event."""
+) -> tuple[list[Any], list[Any]]:
+    """The training and validation examples (preference pairs for DPO) as tokens, the truncation report in an
+    event."""
     max_len = config.max_seq_len
     if config.method == "dpo":
         pairs, stats = load_pairs(settings, spec.training_file, tok, max_len)
         _report(stats, max_len, "preference pairs", "with no room left for a reply", bool(pairs), store)
-        valid_pairs = load_pairs(settings, spec.validation_file, tok, max_len)[0] if spec.validation_file else []
+        valid_pairs: list[PreferencePair] = []
+        if spec.validation_file:
+            valid_pairs, _ = load_pairs(settings, spec.validation_file, tok, max_len)
         return pairs, valid_pairs
     plw = config.prompt_loss_weight
     train, stats = load_tokenized(settings, spec.training_file, tok, plw, max_len)
@@ -174,17 +179,22 @@ def _method(
     data: tuple[list[Any], list[Any]],
     model: PeftModel,
     tok: PreTrainedTokenizerBase,
-    beta: float | None,
+    hp: Resolved,
     device: torch.device,
 ) -> TrainingMethod:
     """The job's training method on its tokenized data."""
     train, valid = data
     if config.method == "dpo":
-        assert beta is not None
+        assert hp.beta is not None
         storage = Storage(settings)
-        start = _start_dir(storage, spec) if spec.start_adapter else None
+        # Read only if the saved reference log-probs are lost (a resumed job), so not checked here.
+        start = storage.adapter_dir(spec.start_adapter.job_id, spec.start_adapter.step) if spec.start_adapter else None
         reference = storage.job_dir(spec.id) / REFERENCE_FILE
-        return Dpo(model, train, valid, beta, packed_row_cap(config, device), device, reference, start)
+        first = (
+            step_groups(len(train), hp.batch_size, spec.seed, 0),
+            step_groups(len(valid), hp.batch_size, spec.seed, 0),
+        )
+        return Dpo(model, train, valid, hp.beta, packed_row_cap(config, device), device, reference, start, first)
     pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
     return Supervised(train, valid, Layout.for_run(config, model, pad, device))
 
@@ -213,7 +223,7 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
         if config.method == "dpo" and attention == "flash_attention_2":
             # DPO's rows need a 4-D block mask, which flash-attention's varlen kernel cannot take.
             base.set_attn_implementation("sdpa")
-        method = _method(settings, spec, config, data, model, tok, hp.beta, device)
+        method = _method(settings, spec, config, data, model, tok, hp, device)
         run = Run(spec, config, hp, store, storage, settings.fault_injection)
         fit(run, model, method, device, point)
     finally:

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -173,6 +174,15 @@ def test_continuing_a_model_refuses_a_new_lora_shape_and_fails_clearly_once_it_i
             extensions=FtserveExtensions(lora_rank=16),
         )  # fmt: skip
     assert (err.value.param, err.value.code) == ("extensions.lora_rank", "invalid_extensions")
+    # A checkpoint's adapter files are gone (rotated out) when the job starts: it fails, naming the model.
+    ckpt = f"{first.fine_tuned_model}:ckpt-step-3"
+    job_id = _create(settings, model=ckpt, training_file=prefs, method=_dpo())
+    shutil.rmtree(Storage(settings).adapter_dir(first.id, 3))
+    run_job(job_id, settings)
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == "failed" and job.error is not None
+        assert (job.error["code"], job.error["param"]) == ("model_not_found", "model") and ckpt in job.error["message"]
     # The starting model is deleted while the next job waits in the queue: that job fails, naming the model.
     job_id = _create(settings, model=first.fine_tuned_model, training_file=prefs, method=_dpo())
     with session_scope(settings) as s:

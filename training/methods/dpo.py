@@ -69,11 +69,14 @@ class Dpo:
         device: torch.device,
         reference_file: Path,
         start_adapter: Path | None,
+        first_groups: tuple[list[list[int]], list[list[int]]] | None = None,
     ) -> None:
         self.model, self.train, self.valid, self.beta = model, train, valid, beta
         self.n_train, self.n_valid = len(train), len(valid)
         self.row_cap, self.device = row_cap, device
         self.reference_file, self.start_adapter = reference_file, start_adapter
+        # The first epoch's training and validation step groups: the reference runs in the same rows.
+        self.first_groups = first_groups or (None, None)
         self.ref_train = torch.zeros((0, 2))
         self.ref_valid = torch.zeros((0, 2))
 
@@ -91,8 +94,9 @@ class Dpo:
         if resumed:
             start = dpo_reference.starting_model(self.model, self.start_adapter)
         with start:
-            self.ref_train = dpo_reference.compute(self.model, self.train, self.row_cap, self.device)
-            self.ref_valid = dpo_reference.compute(self.model, self.valid, self.row_cap, self.device)
+            train_groups, valid_groups = self.first_groups
+            self.ref_train = dpo_reference.compute(self.model, self.train, self.row_cap, self.device, train_groups)
+            self.ref_valid = dpo_reference.compute(self.model, self.valid, self.row_cap, self.device, valid_groups)
         dpo_reference.save(self.reference_file, key, self.ref_train, self.ref_valid)
         return (
             f"Computed reference log-probs of {self.n_train + self.n_valid} preference pairs from the starting model "

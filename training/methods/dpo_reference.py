@@ -34,12 +34,24 @@ def fingerprint(*datasets: list[PreferencePair]) -> str:
 
 
 @torch.no_grad()
-def compute(model: PeftModel, pairs: list[PreferencePair], cap: int, device: torch.device) -> torch.Tensor:
-    """[pairs, 2]: each pair's summed log-prob of its chosen and rejected reply under the model as it is now."""
+def compute(
+    model: PeftModel,
+    pairs: list[PreferencePair],
+    cap: int,
+    device: torch.device,
+    groups: list[list[int]] | None = None,
+) -> torch.Tensor:
+    """[pairs, 2]: each pair's summed log-prob of its chosen and rejected reply under the model as it is now.
+
+    `groups` (default: chunks of CHUNK pairs) are packed into rows group by group. Given the first epoch's
+    step groups, the rows are exactly those of the first epoch's steps, so in bf16 too the first step's
+    policy log-probs equal the reference bit for bit (a pair's numerics depend slightly on its row's
+    neighbours)."""
     model.eval()
     out = torch.zeros((len(pairs), 2), dtype=torch.float32)
-    for begin in range(0, len(pairs), CHUNK):
-        for row in build_rows(pairs, list(range(begin, min(begin + CHUNK, len(pairs)))), cap):
+    chunks = groups or [list(range(b, min(b + CHUNK, len(pairs)))) for b in range(0, len(pairs), CHUNK)]
+    for chunk in chunks:
+        for row in build_rows(pairs, chunk, cap):
             logps = row_logps(model, row, device)
             out[row.pairs, 0] = logps.chosen.cpu()
             out[row.pairs, 1] = logps.rejected.cpu()
