@@ -109,6 +109,10 @@ def jobs() -> None:
 @click.option("--n-epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--learning-rate-multiplier", type=float, default=None)
+@click.option(
+    "--method", type=click.Choice(["supervised", "dpo"]), default=None, help="dpo needs a preference file."
+)
+@click.option("--beta", type=float, default=None, help="DPO's beta (implies --method dpo).")
 @click.option("--seed", type=int, default=None)
 @click.option("--follow", is_flag=True, help="Follow the job until it ends (as `jobs follow`).")
 @connection
@@ -120,6 +124,8 @@ def jobs_create(
     n_epochs: int | None,
     batch_size: int | None,
     learning_rate_multiplier: float | None,
+    method: str | None,
+    beta: float | None,
     seed: int | None,
     follow: bool,
     client: Client,
@@ -129,8 +135,12 @@ def jobs_create(
     body: dict[str, Any] = {"model": model, "training_file": training_file}
     optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed}
     body |= {k: v for k, v in optional.items() if v is not None}
-    if any(v is not None for v in hp.values()):
-        body["hyperparameters"] = {k: v for k, v in hp.items() if v is not None}
+    given = {k: v for k, v in (hp | {"beta": beta}).items() if v is not None}
+    method = method or ("dpo" if beta is not None else None)
+    if method is not None:
+        body["method"] = {"type": method, method: {"hyperparameters": given}}
+    elif given:
+        body["hyperparameters"] = given
     job = client.call("POST", "fine_tuning/jobs", json=body)
     click.echo(job["id"])
     err.print(f"[green]✓[/] job {job['id']} {job['status']}")

@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 SCHEMAS: list[tuple[str, dict[str, Any], Any]] = [
     (
         "object",
-        {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]},
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        },
         {"name": "Ada", "age": 36},
     ),
     ("enum", {"type": "string", "enum": ["red", "green", "blue"]}, "green"),
@@ -45,7 +50,9 @@ SCHEMAS: list[tuple[str, dict[str, Any], Any]] = [
     (
         "$defs + $ref",
         {
-            "$defs": {"Pet": {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}}, "required": ["kind"]}},
+            "$defs": {
+                "Pet": {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}}, "required": ["kind"]}
+            },
             "type": "object",
             "properties": {"pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}}},
             "required": ["pets"],
@@ -58,7 +65,10 @@ SCHEMAS: list[tuple[str, dict[str, Any], Any]] = [
             "$defs": {
                 "Node": {
                     "type": "object",
-                    "properties": {"v": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+                    "properties": {
+                        "v": {"type": "integer"},
+                        "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+                    },
                     "required": ["v", "children"],
                 }
             },
@@ -86,7 +96,11 @@ SCHEMAS: list[tuple[str, dict[str, Any], Any]] = [
         {
             "oneOf": [
                 {"type": "object", "properties": {"t": {"const": "a"}}, "required": ["t"]},
-                {"type": "object", "properties": {"t": {"const": "b"}, "x": {"type": "integer"}}, "required": ["t", "x"]},
+                {
+                    "type": "object",
+                    "properties": {"t": {"const": "b"}, "x": {"type": "integer"}},
+                    "required": ["t", "x"],
+                },
             ]
         },
         {"t": "b", "x": 3},
@@ -165,7 +179,7 @@ def run(tok: PreTrainedTokenizerBase) -> dict[str, dict[str, Any]]:
         compiled_ok, compile_s, mask_s, failures = 0, [], [], []
         for name, schema, instance in SCHEMAS:
             try:
-                compiled, t = _timed(lambda schema=schema: lib.compile(schema))  # type: ignore[misc]
+                compiled, t = _timed(partial(lib.compile, schema))
                 ids = tok(json.dumps(instance), add_special_tokens=False)["input_ids"]
                 setup, first, *rest = lib.walk(compiled, ids, eos)
                 mask_s.extend(rest)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sized
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from training.tokenize import TokenizedExample
+
+S = TypeVar("S", bound=Sized)
 
 
 @dataclass
@@ -83,9 +87,9 @@ def packed_microbatches(examples: list[TokenizedExample], token_budget: int) -> 
     return [pack(row) for row in pack_rows(sorted(examples, key=len, reverse=True), token_budget)]
 
 
-def pack_rows(ordered: list[TokenizedExample], cap: int) -> list[list[TokenizedExample]]:
+def pack_rows(ordered: list[S], cap: int) -> list[list[S]]:
     """First-fit decreasing: put each example (longest first) into the first row it fits in under cap."""
-    rows: list[list[TokenizedExample]] = []
+    rows: list[list[S]] = []
     sizes: list[int] = []
     for ex in ordered:
         for r, size in enumerate(sizes):

@@ -31,6 +31,7 @@ class TrainingConfig:
 
     base: str
     seed: int
+    method: str  # "supervised" or "dpo"
     requested: Hyperparameters
     base_learning_rate: float
     max_seq_len: int
@@ -55,6 +56,7 @@ class TrainingConfig:
         return cls(
             base=spec.base,
             seed=spec.seed,
+            method=spec.method,
             requested=spec.hyperparameters,
             base_learning_rate=registry.base_learning_rate,
             max_seq_len=registry.max_seq_len,
@@ -81,16 +83,23 @@ class TrainingConfig:
     def learning_rate(self, resolved: hyperparams.Resolved) -> float:
         return self.base_learning_rate * resolved.learning_rate_multiplier
 
-    def options(self) -> dict[str, Any]:
-        """The job's ftserve-specific training options, as its events report them."""
-        return {
+    def options(self, lora: LoraOptions | None = None) -> dict[str, Any]:
+        """The job's ftserve-specific training options, as its events report them (`lora`: the shape of the
+        adapter a job continues, which replaces the configured one)."""
+        lora = lora or self.lora
+        out: dict[str, Any] = {
             "prompt_loss_weight": self.prompt_loss_weight,
-            "lora_rank": self.lora.rank,
-            "lora_alpha": float(self.lora.alpha),
-            "lora_dropout": self.lora.dropout,
-            "target_modules": self.lora.target_modules or "all-linear",
+            "lora_rank": lora.rank,
+            "lora_alpha": float(lora.alpha),
+            "lora_dropout": lora.dropout,
+            "target_modules": lora.target_modules or "all-linear",
             "warmup_ratio": self.warmup_ratio,
             "lr_scheduler": self.lr_scheduler,
             "packing": self.packing,
             "gradient_checkpointing": self.gradient_checkpointing,
         }
+        if self.method == "dpo":
+            # DPO trains on replies only and always packs each pair's prompt once for both replies.
+            del out["prompt_loss_weight"]
+            out["packing"] = "pairs"
+        return out

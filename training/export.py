@@ -37,11 +37,11 @@ def save_adapter(model: PeftModel, target: Path, state: dict[str, Any] | None = 
     os.replace(tmp, target)
 
 
-def results_csv(rows: list[dict[str, Any]]) -> bytes:
-    """OpenAI's fine-tune-results CSV: one row per step."""
+def results_csv(rows: list[dict[str, Any]], columns: list[str] = RESULT_COLUMNS) -> bytes:
+    """OpenAI's fine-tune-results CSV: one row per step (a DPO job adds its reward columns)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue().encode()

@@ -6,8 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from app.schemas.jobs import Hyperparameters
+from app.schemas.jobs import DpoHyperparameters, Hyperparameters
 
+# DPO's beta when "auto": OpenAI's and TRL's default (the DPO paper's 0.1).
+AUTO_BETA = 0.1
 # Total example visits an "auto" job aims for: small files get more epochs, large ones fewer.
 TARGET_EXAMPLE_VISITS = 100
 MAX_AUTO_EPOCHS = 25
@@ -19,13 +21,17 @@ class Resolved:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    beta: float | None = None  # DPO jobs only
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
             "learning_rate_multiplier": self.learning_rate_multiplier,
         }
+        if self.beta is not None:
+            out["beta"] = self.beta
+        return out
 
 
 def auto_epochs(n: int) -> int:
@@ -44,7 +50,8 @@ def auto_batch_size(n: int) -> int:
 
 
 def resolve(requested: Hyperparameters, n_examples: int) -> Resolved:
-    """The job's hyperparameters with every "auto" (or unset) one resolved for a dataset of n examples."""
+    """The job's hyperparameters with every "auto" (or unset) one resolved for a dataset of n examples
+    (n preference pairs for a DPO job, whose beta is resolved too)."""
 
     def pick(key: str, auto: Any) -> Any:
         value = getattr(requested, key)
@@ -55,4 +62,5 @@ def resolve(requested: Hyperparameters, n_examples: int) -> Resolved:
         n_epochs=int(pick("n_epochs", auto_epochs(n_examples))),
         batch_size=min(batch, max(n_examples, 1)),
         learning_rate_multiplier=float(pick("learning_rate_multiplier", 1.0)),
+        beta=float(pick("beta", AUTO_BETA)) if isinstance(requested, DpoHyperparameters) else None,
     )

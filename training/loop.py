@@ -1,5 +1,6 @@
-"""The epoch/step loop of one job: a metrics event per step, a checkpoint per epoch, a resume point on
-pause, then the final adapter; every DB write goes through the job's training store."""
+"""The epoch/step loop of one job, whatever its method (training/methods): a metrics event per step, a
+checkpoint per epoch, a resume point on pause, then the final adapter; every DB write goes through the
+job's training store."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
 
 from app.ids import fine_tuned_model_name, now
 from app.services.training_store import JobSpec, JobStopped, TrainingStore
@@ -19,8 +19,7 @@ from training import faults, publish, resume
 from training.batching import step_groups
 from training.config import TrainingConfig
 from training.hyperparams import Resolved
-from training.planner import Layout
-from training.tokenize import TokenizedExample
+from training.methods.base import TrainingMethod
 from training.trainer import LoraTrainer
 
 
@@ -66,17 +65,13 @@ def _check_or_pause(run: Run, trainer: LoraTrainer, model: PeftModel, here: resu
 def fit(
     run: Run,
     model: PeftModel,
-    tok: PreTrainedTokenizerBase,
-    train: list[TokenizedExample],
-    valid: list[TokenizedExample],
+    method: TrainingMethod,
     device: torch.device,
     point: resume.ResumePoint | None = None,
 ) -> None:
     """Train every step of every epoch (from the resume point, if any), then publish the final adapter."""
     spec, hp = run.spec, run.hp
-    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
-    layout = Layout.for_run(run.config, model, pad, device)
-    steps_per_epoch = len(step_groups(len(train), hp.batch_size, spec.seed, 0))
+    steps_per_epoch = len(step_groups(method.n_train, hp.batch_size, spec.seed, 0))
     total = steps_per_epoch * hp.n_epochs
     trainer = _trainer(run, model, device, total)
     final_name = fine_tuned_model_name(spec.base, spec.org, spec.suffix, spec.id)
@@ -85,33 +80,30 @@ def fit(
         trainer.optimizer.load_state_dict(point.optimizer)
         trainer.scheduler.load_state_dict(point.scheduler)
     rows, step, trained_tokens, first = at.rows, at.step, at.trained_tokens, at.step
-    started = time.monotonic()
-    valid_groups = step_groups(len(valid), hp.batch_size, spec.seed, 0) if valid else []
+    valid_groups = step_groups(method.n_valid, hp.batch_size, spec.seed, 0) if method.n_valid else []
     try:
+        note = method.prepare(trainer, resumed=point is not None)
+        if note:
+            run.store.event(note)
+        started = time.monotonic()
         for epoch in range(at.epoch, hp.n_epochs):
-            for i, group in enumerate(step_groups(len(train), hp.batch_size, spec.seed, epoch)):
+            for i, group in enumerate(step_groups(method.n_train, hp.batch_size, spec.seed, epoch)):
                 if epoch == at.epoch and i < at.index:
                     continue  # done before the resume point
                 _check_or_pause(run, trainer, model, resume.Progress(step, epoch, i, trained_tokens, rows))
                 faults.maybe_inject(run.fault_injection, spec.suffix, step + 1)
-                result = trainer.step(layout.plan([train[j] for j in group]))
+                result = method.train_step(trainer, group)
                 step += 1
                 trained_tokens += result.tokens
-                metrics: dict[str, Any] = {
-                    "step": step,
-                    "train_loss": result.loss,
-                    "train_mean_token_accuracy": result.accuracy,
-                }
+                metrics: dict[str, Any] = {"step": step, **result.metrics}
                 if valid_groups:
-                    vb = layout.plan([valid[j] for j in valid_groups[step % len(valid_groups)]])
-                    metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = trainer.evaluate(vb)
-                if valid and i == steps_per_epoch - 1:
-                    full = trainer.evaluate(layout.plan(valid))
-                    metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = full
-                rows.append({**metrics, "train_accuracy": result.accuracy})
+                    metrics.update(method.evaluate(trainer, valid_groups[step % len(valid_groups)], "valid"))
+                if method.n_valid and i == steps_per_epoch - 1:
+                    metrics.update(method.evaluate(trainer, None, "full_valid"))
+                rows.append({**metrics, "train_accuracy": metrics.get("train_mean_token_accuracy")})
                 eta = now() + int((time.monotonic() - started) / (step - first) * (total - step))
                 run.store.step(
-                    f"Step {step}/{total}: training loss={result.loss:.4f}",
+                    f"Step {step}/{total}: {method.step_message(metrics)}",
                     {**metrics, "total_steps": total, "epoch": epoch + 1},
                     estimated_finish=eta,
                     trained_tokens=trained_tokens,
@@ -124,7 +116,9 @@ def fit(
             _check_or_pause(run, trainer, model, end)
             try:
                 with trainer.full_precision():
-                    publish.finish(run.store, run.storage, spec, model, final_name, trained_tokens, rows)
+                    publish.finish(
+                        run.store, run.storage, spec, model, final_name, trained_tokens, rows, method.csv_columns
+                    )
                 break
             except JobStopped as stop:
                 if not stop.paused:

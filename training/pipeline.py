@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -17,11 +19,19 @@ from app.storage import Storage
 from models.bases import load_base, pick_device, training_attention
 from models.families import choose_target_modules
 from training import publish, resume
-from training.config import TrainingConfig
+from training.batching import step_groups
+from training.config import LoraOptions, TrainingConfig
 from training.dataset import load_tokenized
 from training.errors import classify
+from training.hyperparams import Resolved
 from training.loop import Run, fit
-from training.tokenize import TokenizedExample
+from training.methods.base import TrainingMethod
+from training.methods.dpo import Dpo
+from training.methods.dpo_reference import REFERENCE_FILE
+from training.methods.supervised import Supervised
+from training.planner import Layout, packed_row_cap
+from training.preference import PreferencePair, load_pairs
+from training.tokenize import TokenizedExample, TokenizeStats
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +98,32 @@ def _attach_adapter(
     torch.manual_seed(spec.seed)  # LoRA's A matrices are initialised from this seed
     if spec.start_adapter is None:
         return get_peft_model(base, _lora_config(config, base, store))  # type: ignore[return-value]
-    path = storage.adapter_dir(spec.start_adapter.job_id, spec.start_adapter.step)
-    return PeftModel.from_pretrained(base, str(path), is_trainable=True)
+    return PeftModel.from_pretrained(base, str(_start_dir(storage, spec)), is_trainable=True)
+
+
+def _start_dir(storage: Storage, spec: JobSpec) -> Path:
+    """The complete adapter directory of the fine-tuned model the job starts from."""
+    assert spec.start_adapter is not None
+    path = storage.adapter_if_complete(spec.start_adapter.job_id, spec.start_adapter.step)
+    if path is None:
+        raise TrainingError(
+            "model_not_found",
+            f"The adapter files of {spec.model}, the model this job starts from, are gone (deleted, or a "
+            "checkpoint rotated out)",
+            "model",
+        )
+    return path
+
+
+def _adapter_shape(model: PeftModel) -> LoraOptions:
+    """The LoRA shape of the adapter being trained (a continued model's own, not the configured one)."""
+    cfg: Any = model.peft_config["default"]  # a LoraConfig
+    return LoraOptions(
+        rank=int(cfg.r),
+        alpha=float(cfg.lora_alpha),
+        dropout=float(cfg.lora_dropout),
+        target_modules=sorted(cfg.target_modules) if cfg.target_modules else None,
+    )
 
 
 def _check_disk(settings: Settings) -> None:
@@ -104,17 +138,32 @@ def _check_disk(settings: Settings) -> None:
 
 def _tokenize(
     settings: Settings, spec: JobSpec, config: TrainingConfig, tok: PreTrainedTokenizerBase, store: TrainingStore
-) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
-    """The training and validation examples as tokens, the truncation report in an event."""
-    plw, max_len = config.prompt_loss_weight, config.max_seq_len
+) -> tuple[list[Any], list[Any]]:
+    """The training and validation examples (preference pairs for DPO) as tokens, the truncation report in an
+    event."""
+    max_len = config.max_seq_len
+    if config.method == "dpo":
+        pairs, stats = load_pairs(settings, spec.training_file, tok, max_len)
+        _report(stats, max_len, "preference pairs", "with no room left for a reply", bool(pairs), store)
+        valid_pairs: list[PreferencePair] = []
+        if spec.validation_file:
+            valid_pairs, _ = load_pairs(settings, spec.validation_file, tok, max_len)
+        return pairs, valid_pairs
+    plw = config.prompt_loss_weight
     train, stats = load_tokenized(settings, spec.training_file, tok, plw, max_len)
-    if not train:
-        raise TrainingError(
-            "invalid_training_file", "No example has a completion token left after truncation", "training_file"
-        )
+    _report(stats, max_len, "examples", "with no completion token left", bool(train), store)
+    valid: list[TokenizedExample] = []
+    if spec.validation_file:
+        valid, _ = load_tokenized(settings, spec.validation_file, tok, plw, max_len)
+    return train, valid
+
+
+def _report(stats: TokenizeStats, max_len: int, what: str, why: str, any_left: bool, store: TrainingStore) -> None:
+    if not any_left:
+        raise TrainingError("invalid_training_file", f"No example is left after truncation ({why})", "training_file")
     store.event(
-        f"Tokenized {stats.examples} examples ({stats.tokens} tokens): {stats.truncated} truncated to "
-        f"{max_len} tokens, {stats.dropped} dropped with no completion token left",
+        f"Tokenized {stats.examples} {what} ({stats.tokens} tokens): {stats.truncated} truncated to "
+        f"{max_len} tokens, {stats.dropped} dropped {why}",
         data={
             "examples": stats.examples,
             "tokens": stats.tokens,
@@ -124,24 +173,45 @@ def _tokenize(
             "boundary_adjusted": stats.boundary_fixed,
         },
     )
-    valid: list[TokenizedExample] = []
-    if spec.validation_file:
-        valid, _ = load_tokenized(settings, spec.validation_file, tok, plw, max_len)
-    return train, valid
+
+
+def _method(
+    settings: Settings,
+    spec: JobSpec,
+    config: TrainingConfig,
+    data: tuple[list[Any], list[Any]],
+    model: PeftModel,
+    tok: PreTrainedTokenizerBase,
+    hp: Resolved,
+    device: torch.device,
+) -> TrainingMethod:
+    """The job's training method on its tokenized data."""
+    train, valid = data
+    if config.method == "dpo":
+        assert hp.beta is not None
+        storage = Storage(settings)
+        # Read only if the saved reference log-probs are lost (a resumed job), so not checked here.
+        start = storage.adapter_dir(spec.start_adapter.job_id, spec.start_adapter.step) if spec.start_adapter else None
+        reference = storage.job_dir(spec.id) / REFERENCE_FILE
+        first = (
+            step_groups(len(train), hp.batch_size, spec.seed, 0),
+            step_groups(len(valid), hp.batch_size, spec.seed, 0),
+        )
+        return Dpo(model, train, valid, hp.beta, packed_row_cap(config, device), device, reference, start, first)
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+    return Supervised(train, valid, Layout.for_run(config, model, pad, device))
 
 
 def _train(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
-    """Load the base, tokenize the files, resolve hyperparameters, attach LoRA (or resume), fit."""
+    """Load the base, tokenize the files, attach LoRA (or resume), resolve hyperparameters, fit."""
     _check_disk(settings)
     config = TrainingConfig.resolve(spec, settings)
     storage = Storage(settings)
     device = pick_device()
     store.event(f"Loading base model {spec.base} on {device.type}")
     base, tok = _base(settings, config, device)
-    train, valid = _tokenize(settings, spec, config, tok, store)
-    hp = config.hyperparameters(len(train))
-    described = {**hp.as_dict(), **config.options()}
-    store.resolved_hyperparameters(hp.as_dict(), f"Hyperparameters: {described}", described)
+    data = _tokenize(settings, spec, config, tok, store)
+    hp = config.hyperparameters(len(data[0]))
     publish.register_found_checkpoints(store, storage, spec)
     point = resume.latest(storage, spec.id)
     if point is None:
@@ -149,9 +219,20 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
     else:
         store.event(f"Resuming from step {point.progress.step} ({point.path.name})", data={"step": point.progress.step})
         model = PeftModel.from_pretrained(base, str(point.path), is_trainable=True)
+    attention = base.config._attn_implementation
     try:
+        shape = _adapter_shape(model) if spec.start_adapter or point else None
+        described = {**hp.as_dict(), **config.options(shape)}
+        store.resolved_hyperparameters(hp.as_dict(), f"Hyperparameters: {described}", described)
+        if config.method == "dpo" and attention == "flash_attention_2":
+            # DPO's rows need a 4-D block mask, which flash-attention's varlen kernel cannot take.
+            base.set_attn_implementation("sdpa")
+        method = _method(settings, spec, config, data, model, tok, hp, device)
         run = Run(spec, config, hp, store, storage, settings.fault_injection)
-        fit(run, model, tok, train, valid, device, point)
+        fit(run, model, method, device, point)
     finally:
         # Take the LoRA layers out again so the cached base serves the next job unchanged.
-        _BASES[spec.base] = (model.unload(), tok)  # type: ignore[operator]
+        unloaded = model.unload()  # type: ignore[operator]
+        if unloaded.config._attn_implementation != attention:
+            unloaded.set_attn_implementation(attention)
+        _BASES[spec.base] = (unloaded, tok)

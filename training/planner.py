@@ -125,6 +125,11 @@ def _kept_columns(mb: MicroBatch) -> int:
     return int((mb.weights[:, 1:].sum(0) > 0).sum())
 
 
+def packed_row_cap(config: TrainingConfig, device: torch.device) -> int:
+    """The longest packed row: the setting, else 1024 tokens on CPU and the token budget on GPU."""
+    return config.packed_row_tokens or (config.batch_token_budget if device.type == "cuda" else CPU_PACKED_ROW_TOKENS)
+
+
 class Layout:
     """Lays out each step's examples as padded micro-batches or packed rows, whichever costs less."""
 
@@ -134,11 +139,8 @@ class Layout:
     @classmethod
     def for_run(cls, config: TrainingConfig, model: Any, pad: int, device: torch.device) -> Layout:
         """The layout for this job, model and device (packed rows capped at 1024 tokens on CPU by default)."""
-        cap = config.packed_row_tokens or (
-            config.batch_token_budget if device.type == "cuda" else CPU_PACKED_ROW_TOKENS
-        )
         cost = CostModel.for_model(model.get_base_model())
-        return cls(cost, pad, config.batch_token_budget, config.packing, cap)
+        return cls(cost, pad, config.batch_token_budget, config.packing, packed_row_cap(config, device))
 
     def plan(self, examples: list[TokenizedExample]) -> list[MicroBatch]:
         """Micro-batches for one step's examples (plan_step under the job's settings)."""

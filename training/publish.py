@@ -14,7 +14,7 @@ from app.ids import fine_tuned_model_name
 from app.services.training_store import JobSpec, TrainingStore
 from app.storage import Storage
 from training import resume
-from training.export import results_csv, write_adapter
+from training.export import RESULT_COLUMNS, results_csv, write_adapter
 
 T = TypeVar("T")
 
@@ -72,9 +72,10 @@ def finish(
     name: str,
     trained_tokens: int,
     rows: list[dict[str, Any]],
+    columns: list[str] = RESULT_COLUMNS,
 ) -> None:
     """Save the final adapter, then store the result CSV, register the model and mark the job succeeded."""
-    csv = results_csv(rows)
+    csv = results_csv(rows, columns)
     _staged(
         storage,
         storage.adapter_dir(spec.id, None),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from app.datasets.formats import Chat, Example, PromptCompletion
+from app.datasets.formats import Chat, Example, Preference, PromptCompletion
 from app.errors import TrainingError
 from models.chat import render_chat
 from models.special_tokens import end_of_turn_token
@@ -67,7 +68,9 @@ def encode_segments(
     return TokenizedExample(ids, weights, completion, fixed)
 
 
-def chat_segments(tok: PreTrainedTokenizerBase, example: Chat, prompt_loss_weight: float) -> list[Segment]:
+def chat_segments(
+    tok: PreTrainedTokenizerBase, example: Chat, prompt_loss_weight: float, tools: list[dict[str, Any]] | None = None
+) -> list[Segment]:
     """Split the rendered chat into spans: assistant turns (weight 1, or prompt weight if weight=0) and the rest.
 
     A trained turn ends with the template's end-of-turn token (the one inference stops at); a template
@@ -80,16 +83,16 @@ def chat_segments(tok: PreTrainedTokenizerBase, example: Chat, prompt_loss_weigh
             "training_file",
         )
     msgs = [{"role": m.role, "content": m.content} for m in example.messages]
-    full = render_chat(tok, msgs)
+    full = render_chat(tok, msgs, tools=tools)
     eot = end_of_turn_token(tok)
     segments: list[Segment] = []
     pos = 0
     for i, m in enumerate(example.messages):
         if m.role != "assistant":
             continue
-        prefix = render_chat(tok, msgs[:i], add_generation_prompt=True) if i else ""
+        prefix = render_chat(tok, msgs[:i], add_generation_prompt=True, tools=tools) if i else ""
         start = len(prefix)
-        end = _turn_end(tok, full, msgs, i, start, eot)
+        end = _turn_end(tok, full, msgs, i, start, eot, tools)
         if not full.startswith(prefix) or start < pos or end is None or start > end:
             raise TrainingError(
                 "unsupported_chat_template", "The chat template does not render conversations prefix by prefix", "model"
@@ -106,14 +109,20 @@ def chat_segments(tok: PreTrainedTokenizerBase, example: Chat, prompt_loss_weigh
 
 
 def _turn_end(
-    tok: PreTrainedTokenizerBase, full: str, msgs: list[dict[str, str]], i: int, start: int, eot: str | None
+    tok: PreTrainedTokenizerBase,
+    full: str,
+    msgs: list[dict[str, str]],
+    i: int,
+    start: int,
+    eot: str | None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> int | None:
     """Where assistant turn i ends in the rendered chat: just after its end-of-turn token."""
     if eot is not None:
         # Not "render msgs[:i+1]": templates such as Phi-3's close the whole conversation with EOS as well.
         at = full.find(eot, start)
         return None if at == -1 else at + len(eot)
-    end_text = render_chat(tok, msgs[: i + 1])
+    end_text = render_chat(tok, msgs[: i + 1], tools=tools)
     # Whitespace after the turn is never generated (generation stops at the end token).
     return len(end_text.rstrip()) if full.startswith(end_text) else None
 
@@ -129,6 +138,10 @@ def tokenize_example(tok: PreTrainedTokenizerBase, example: Example, prompt_loss
         out.weights.append(1.0)
         out.completion.append(True)
         return out
+    if isinstance(example, Preference):  # job creation refuses this; the check keeps the types honest
+        raise TrainingError(
+            "invalid_training_file", "Preference pairs train with method.type 'dpo', not 'supervised'", "training_file"
+        )
     return encode_segments(tok, chat_segments(tok, example, prompt_loss_weight), add_special_tokens=False)
 
 

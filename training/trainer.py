@@ -121,28 +121,18 @@ class LoraTrainer:
 
     def step(self, micro_batches: list[MicroBatch]) -> StepResult:
         """One optimizer step over all micro-batches: the loss is the weighted mean over the whole step."""
-        self.model.train()
         total_weight = float(sum(mb.weights[:, 1:].sum() for mb in micro_batches))
         if total_weight <= 0:
             return StepResult(float("nan"), None, sum(mb.real_tokens for mb in micro_batches), 0)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.begin_step()
         loss_total = 0.0
         correct = completion = 0
         for mb in micro_batches:
             sums = loss_sums(self.model, mb, self.device)
-            loss = sums.weighted_ce / total_weight
-            loss.backward()
-            self._accumulate_master_grads()
-            loss_total += float(loss.detach())
+            loss_total += self.backward(sums.weighted_ce / total_weight)
             correct += sums.correct
             completion += sums.completion_tokens
-        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.mixed:
-            with torch.no_grad():
-                for p, master in zip(self.live, self.params, strict=True):
-                    p.copy_(master)
+        self.finish_step()
         loss_tokens = int(sum(int((mb.weights[:, 1:] > 0).sum()) for mb in micro_batches))
         return StepResult(
             loss_total,
@@ -150,6 +140,29 @@ class LoraTrainer:
             sum(mb.real_tokens for mb in micro_batches),
             loss_tokens,
         )
+
+    # One optimizer step is begin_step, backward per micro-batch (losses already scaled to the step), finish_step;
+    # every training method (supervised, DPO) steps through these, so precision and clipping are shared.
+    def begin_step(self) -> None:
+        """Start an optimizer step: train mode, gradients cleared."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> float:
+        """Add one micro-batch's share of the step's loss to the gradients; its value."""
+        loss.backward()
+        self._accumulate_master_grads()
+        return float(loss.detach())
+
+    def finish_step(self) -> None:
+        """Clip, update the (master) weights, advance the schedule, refresh the live low-precision weights."""
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.mixed:
+            with torch.no_grad():
+                for p, master in zip(self.live, self.params, strict=True):
+                    p.copy_(master)
 
     def _accumulate_master_grads(self) -> None:
         """Move this micro-batch's low-precision gradients into the fp32 masters (summing there, not in bf16)."""

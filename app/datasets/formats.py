@@ -1,11 +1,12 @@
-"""The two JSONL example formats ftserve trains on, parsed from one decoded JSON line."""
+"""The JSONL example formats ftserve trains on (prompt/completion, chat, preference), parsed from one decoded
+JSON line."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Format = Literal["prompt_completion", "chat"]
+Format = Literal["prompt_completion", "chat", "preference"]
 ROLES = ("system", "user", "assistant")
 
 
@@ -42,10 +43,25 @@ class Chat:
     messages: tuple[Message, ...]
 
 
-Example = PromptCompletion | Chat
+@dataclass(frozen=True)
+class Preference:
+    """A preference pair (OpenAI's DPO format): a conversation and two candidate assistant replies to it."""
+
+    messages: tuple[Message, ...]
+    preferred: str
+    non_preferred: str
+    # OpenAI's function tools, as sent (rendered by chat templates that take `tools`); () when none.
+    tools: tuple[dict[str, Any], ...] = ()
+    parallel_tool_calls: bool | None = None
+
+
+Example = PromptCompletion | Chat | Preference
+PREFERENCE_KEYS = ("preferred_output", "non_preferred_output")
 
 
 def detect_format(obj: dict[str, Any]) -> Format | None:
+    if any(k in obj for k in PREFERENCE_KEYS) or isinstance(obj.get("input"), dict):
+        return "preference"
     if "messages" in obj:
         return "chat"
     if "prompt" in obj or "completion" in obj:
@@ -62,9 +78,15 @@ def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
         return fmt, _parse_chat(obj, line)
     if fmt == "prompt_completion":
         return fmt, _parse_prompt_completion(obj, line)
+    if fmt == "preference":
+        # Imported here: the preference parser builds on this module's message checks.
+        from app.datasets.preference import parse_preference
+
+        return fmt, parse_preference(obj, line)
     raise DatasetError(
         "unknown_format",
-        'each line needs "prompt" and "completion", or "messages"; found keys '
+        'each line needs "prompt" and "completion", "messages", or "input" with "preferred_output" and '
+        '"non_preferred_output"; found keys '
         + ", ".join(sorted(map(str, obj)))[:200],
         line,
     )
@@ -88,14 +110,7 @@ def _parse_chat(obj: dict[str, Any], line: int) -> Chat:
     messages: list[Message] = []
     for i, msg in enumerate(raw):
         where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise DatasetError("invalid_message", f"{where} must be an object", line)
-        role = msg.get("role")
-        if role not in ROLES:
-            raise DatasetError("invalid_role", f"{where}.role must be one of {', '.join(ROLES)}", line)
-        content = msg.get("content")
-        if not isinstance(content, str):
-            raise DatasetError("invalid_message", f"{where}.content must be a string", line)
+        role, content = parse_message(msg, where, line)
         weight = msg.get("weight", 1)
         if weight not in (0, 1) or isinstance(weight, bool):
             raise DatasetError("invalid_weight", f"{where}.weight must be 0 or 1", line)
@@ -107,3 +122,16 @@ def _parse_chat(obj: dict[str, Any], line: int) -> Chat:
             "no_assistant_message", "every example needs an assistant message to train on (weight 1)", line
         )
     return Chat(messages=tuple(messages))
+
+
+def parse_message(msg: Any, where: str, line: int) -> tuple[str, str]:
+    """A chat message's (role, content): an object with a known role and string content, or DatasetError."""
+    if not isinstance(msg, dict):
+        raise DatasetError("invalid_message", f"{where} must be an object", line)
+    role = msg.get("role")
+    if role not in ROLES:
+        raise DatasetError("invalid_role", f"{where}.role must be one of {', '.join(ROLES)}", line)
+    content = msg.get("content")
+    if not isinstance(content, str):
+        raise DatasetError("invalid_message", f"{where}.content must be a string", line)
+    return role, content

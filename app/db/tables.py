@@ -71,7 +71,9 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[JobStatus] = mapped_column(JobStatusType())
-    # What the client asked for ("auto" kept) and what training resolved it to.
+    # OpenAI's method.type: "supervised" or "dpo".
+    method: Mapped[str] = mapped_column(String(16), default="supervised", server_default="supervised")
+    # What the client asked for ("auto" kept) and what training resolved it to (DPO's beta included).
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     # ftserve extensions: prompt_loss_weight, lora rank/alpha/dropout/target_modules.
     extensions: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.job_status import JobStatus
 
@@ -19,13 +19,43 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Auto | float | None = Field(default=None, json_schema_extra={"exclusiveMinimum": 0})
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters: the supervised three plus beta ("auto" or 0 < beta <= 2)."""
+
+    beta: Auto | float | None = Field(default=None, json_schema_extra={"exclusiveMinimum": 0, "maximum": 2})
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_range(cls, value: Auto | float | None) -> Auto | float | None:
+        if isinstance(value, float | int) and not 0 < value <= 2:
+            raise ValueError("beta must be \"auto\" or a number greater than 0 and at most 2")
+        return value
+
+
 class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
+
+
+MethodType = Literal["supervised", "dpo"]
+
+
 class Method(BaseModel):
-    type: Literal["supervised"] = "supervised"
+    """OpenAI's `method`; `reinforcement` is accepted by the schema so the service can refuse it by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
 
 
 class FtserveExtensions(BaseModel):

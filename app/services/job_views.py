@@ -5,19 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from app.db.tables import Checkpoint, Job, JobEvent
-from app.schemas.jobs import FineTuningJob, JobCheckpoint, JobError
+from app.schemas.jobs import FineTuningJob, Hyperparameters, JobCheckpoint, JobError
 from app.schemas.jobs import JobEvent as WireEvent
 
 
 def job_to_wire(job: Job) -> FineTuningJob:
     hp: dict[str, Any] = dict(job.hyperparameters)
+    method = job.method or "supervised"
     return FineTuningJob(
         id=job.id,
         created_at=job.created_at,
         error=JobError(**job.error) if job.error else None,
         fine_tuned_model=job.fine_tuned_model,
         finished_at=job.finished_at,
-        hyperparameters=hp,
+        # The deprecated top-level field holds the three hyperparameters every method has (OpenAI's shape).
+        hyperparameters={k: v for k, v in hp.items() if k in Hyperparameters.model_fields},
         model=job.model,
         organization_id=job.org_id,
         result_files=list(job.result_files),
@@ -29,7 +31,7 @@ def job_to_wire(job: Job) -> FineTuningJob:
         estimated_finish=job.estimated_finish,
         integrations=[],
         metadata=job.metadata_,
-        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+        method={"type": method, method: {"hyperparameters": hp}},
         extensions=job.extensions or None,
     )
 

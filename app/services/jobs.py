@@ -16,22 +16,11 @@ from app.db.tables import Checkpoint, File, Job, JobEvent
 from app.errors import InvalidRequest, bad_request, not_found
 from app.ids import new_id, now
 from app.job_status import TERMINAL, JobStatus
-from app.schemas.jobs import Hyperparameters, JobCreate
-from app.services import catalog, job_state
+from app.schemas.jobs import JobCreate
+from app.services import catalog, job_methods, job_state
 from app.services.files import get_file
 from app.services.pagination import page
 from app.services.queue import enqueue_training
-
-
-def _hyperparameters(req: JobCreate) -> Hyperparameters:
-    top = req.hyperparameters
-    nested = req.method.supervised.hyperparameters if req.method and req.method.supervised else None
-    if top is not None and nested is not None and top != nested:
-        raise bad_request(
-            "Pass hyperparameters either at the top level or in method.supervised, not both",
-            param="hyperparameters",
-        )
-    return top or nested or Hyperparameters()
 
 
 def _check_data_file(session: Session, org: str, file_id: str, param: str) -> File:
@@ -70,10 +59,10 @@ def _base_has_chat_template(settings: Settings, base: str) -> bool | None:
 
 
 def _check_chat_template(settings: Settings, base: str, train: File) -> None:
-    """A chat-format file needs a base whose tokenizer has a chat template (there is no default template)."""
-    if train.format == "chat" and _base_has_chat_template(settings, base) is False:
+    """A chat or preference file needs a base whose tokenizer has a chat template (there is no default template)."""
+    if train.format in ("chat", "preference") and _base_has_chat_template(settings, base) is False:
         raise bad_request(
-            f"Base model '{base}' has no chat template, so it cannot train on chat-format files: use "
+            f"Base model '{base}' has no chat template, so it cannot train on {train.format}-format files: use "
             "prompt/completion examples, or register a base whose tokenizer has a chat template",
             param="training_file",
             code="chat_not_supported",
@@ -82,8 +71,10 @@ def _check_chat_template(settings: Settings, base: str, train: File) -> None:
 
 def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -> Job:
     """Check model, files and hyperparameters; commit the job as queued; then enqueue it."""
+    method, hyperparameters = job_methods.method_of(req)
     resolved = catalog.resolve(session, settings, org, req.model)
     train = _check_data_file(session, org, req.training_file, "training_file")
+    job_methods.check_format(method, train, "training_file")
     if req.validation_file:
         valid = _check_data_file(session, org, req.validation_file, "validation_file")
         if valid.format != train.format:
@@ -93,9 +84,9 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
                 code="invalid_validation_file",
             )
     _check_chat_template(settings, resolved.base, train)
-    hp = _hyperparameters(req).model_dump()
-    hp = {k: ("auto" if v is None else v) for k, v in hp.items()}
+    hp = {k: ("auto" if v is None else v) for k, v in hyperparameters.model_dump().items()}
     ext = req.extensions.model_dump(exclude_none=True) if req.extensions else {}
+    job_methods.check_extensions(method, resolved, ext)
     job = Job(
         id=new_id("ftjob-"),
         org_id=org,
@@ -105,6 +96,7 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
         suffix=req.suffix or None,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31 - 1),
         status=JobStatus.VALIDATING_FILES,
+        method=method,
         hyperparameters=hp,
         extensions=ext,
         metadata_=req.metadata,

@@ -25,9 +25,10 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 from app.config import Settings
 from app.db.session import is_unavailable, session_scope
 from app.db.tables import Checkpoint, Job
+from app.errors import NotFound
 from app.ids import checkpoint_model_name, new_id, now
 from app.job_status import JobStatus
-from app.schemas.jobs import FtserveExtensions, Hyperparameters
+from app.schemas.jobs import DpoHyperparameters, FtserveExtensions, Hyperparameters
 from app.services import catalog, job_state
 from app.services import files as file_service
 
@@ -74,9 +75,10 @@ class JobSpec:
     validation_file: str | None
     suffix: str | None
     seed: int
-    hyperparameters: Hyperparameters
+    hyperparameters: Hyperparameters  # DpoHyperparameters for a DPO job
     extensions: FtserveExtensions
     attempt: int = 1  # this claim's number: the fencing token every write of it carries
+    method: str = "supervised"
 
 
 class JobStopped(Exception):
@@ -174,6 +176,19 @@ class TrainingStore:
             if job is None:
                 return None
             at = time.time()
+            try:
+                resolved = catalog.resolve(s, self.settings, job.org_id, job.model)
+            except NotFound as gone:  # the starting model was deleted after the job was created
+                job_state.transition(
+                    s,
+                    self.job_id,
+                    JobStatus.FAILED,
+                    f"Fine-tuning job failed: {gone.message}",
+                    level="error",
+                    only_from={JobStatus.QUEUED},
+                    error={"code": "model_not_found", "message": gone.message, "param": "model"},
+                )
+                return None
             ok = job_state.transition(
                 s,
                 self.job_id,
@@ -189,7 +204,7 @@ class TrainingStore:
             if not ok:
                 return None
             attempt = int(s.scalar(select(Job.attempts).where(Job.id == self.job_id)) or 0)
-            resolved = catalog.resolve(s, self.settings, job.org_id, job.model)
+            hp_type = DpoHyperparameters if job.method == "dpo" else Hyperparameters
             return JobSpec(
                 id=job.id,
                 org=job.org_id,
@@ -200,11 +215,12 @@ class TrainingStore:
                 validation_file=job.validation_file,
                 suffix=job.suffix,
                 seed=job.seed,
-                hyperparameters=Hyperparameters.model_validate(
-                    {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
+                hyperparameters=hp_type.model_validate(
+                    {k: v for k, v in job.hyperparameters.items() if k in hp_type.model_fields}
                 ),
                 extensions=FtserveExtensions.model_validate(job.extensions or {}),
                 attempt=attempt,
+                method=job.method,
             )
 
         spec = self._run(work)

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 
 GOOD = {"prompt": "The cat says:", "completion": " meow"}
 GOOD_CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+GOOD_PREF = {
+    "input": {"messages": [{"role": "user", "content": "Hi"}]},
+    "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+    "non_preferred_output": [{"role": "assistant", "content": "What."}],
+}
 
 
 @dataclass(frozen=True)
@@ -92,10 +97,29 @@ def corpus(max_line_bytes: int, max_upload_bytes: int, min_examples: int, seed: 
                 {"no_assistant_message"},
                 good=GOOD_CHAT,
             )
+    reply = {"role": "assistant", "content": "x"}
+    pref_bad: list[tuple[dict[str, object], str]] = [
+        ({"input": None}, "missing_input"),
+        ({"input": {"messages": "Hi"}}, "invalid_messages"),
+        ({"input": {"messages": [{"role": "user", "content": "q"}, reply]}}, "invalid_messages"),
+        ({"preferred_output": None}, "missing_output"),
+        ({"non_preferred_output": reply}, "invalid_output"),
+        ({"preferred_output": [reply, reply]}, "too_many_output_messages"),
+        ({"preferred_output": [{"role": "user", "content": "x"}]}, "invalid_output_role"),
+        ({"preferred_output": [{"role": "assistant", "content": ""}]}, "empty_output"),
+        ({"non_preferred_output": [{"role": "assistant", "content": "Hello!"}]}, "identical_outputs"),
+        ({"input": {"messages": [{"role": "user", "content": "q"}], "tools": "none"}}, "invalid_tools"),
+    ]
+    for i, (change, code) in enumerate(pref_bad):
+        row = {k: v for k, v in {**GOOD_PREF, **change}.items() if v is not None}
+        add(f"preference-{i}", json.dumps(row).encode(), {code}, good=GOOD_PREF)
     for i in range(10):  # mixed formats, both ways round
         n = rnd.randint(1, 8)
         add(f"mixed-pc-chat-{i}", json.dumps(GOOD_CHAT).encode(), {"mixed_formats"}, n_good=n)
         add(f"mixed-chat-pc-{i}", json.dumps(GOOD).encode(), {"mixed_formats"}, n_good=n, good=GOOD_CHAT)
+    for i in range(3):  # preference pairs and supervised examples do not mix
+        add(f"mixed-pref-chat-{i}", json.dumps(GOOD_CHAT).encode(), {"mixed_formats"}, n_good=i + 1, good=GOOD_PREF)
+        add(f"mixed-pc-pref-{i}", json.dumps(GOOD_PREF).encode(), {"mixed_formats"}, n_good=i + 1)
     for i in range(30):  # binary
         blob = bytes(rnd.randrange(256) for _ in range(rnd.randint(16, 400)))
         cases.append(

@@ -134,3 +134,19 @@ def test_api_key_from_env_or_option(bases_dir: Path, tmp_path: Path) -> None:
         assert upload.stdout.strip() in listed.stdout
     finally:
         service.stop()
+
+
+def test_create_a_dpo_job(embedded: Service, tmp_path: Path) -> None:
+    from tests.preference_data import WORDS, write_pairs
+
+    upload = ftserve(embedded, "files", "upload", str(write_pairs(tmp_path / "pairs.jsonl", WORDS[:12])))
+    assert upload.returncode == 0, upload.stderr
+    create = ftserve(
+        embedded, "jobs", "create", "--model", "ftserve-tiny", "--training-file", upload.stdout.strip(),
+        "--beta", "0.3", "--n-epochs", "1", "--follow",
+    )  # fmt: skip
+    assert create.returncode == 0, create.stderr
+    job = client_for(embedded).fine_tuning.jobs.retrieve(create.stdout.strip().splitlines()[0])
+    assert job.status == "succeeded" and job.method is not None and job.method.type == "dpo"
+    assert job.method.dpo is not None and job.method.dpo.hyperparameters is not None
+    assert job.method.dpo.hyperparameters.beta == 0.3

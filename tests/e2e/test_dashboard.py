@@ -13,6 +13,7 @@ from openai import OpenAI
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.conftest import client_for, wait_job, write_prompt_completion
+from tests.preference_data import WORDS, write_pairs
 from tests.servers import FTSERVE, ROOT, Service, start_embedded
 
 CHROMIUM = "/usr/bin/chromium"
@@ -113,10 +114,40 @@ def test_job_page_chart_has_one_point_per_step(
     assert job.fine_tuned_model and job.fine_tuned_model in page.inner_text(".facts")
     assert "The job has successfully completed" in page.inner_text("#events")
     assert page.locator("#cancel").count() == 0
+    assert page.inner_text("#job-method") == "supervised" and page.is_hidden("#margin-card")
     shot(page, tmp_path, "dashboard-job.png")
     with page.expect_download() as download:
         page.click("#result-file")
     assert download.value.path().read_text().startswith("step,")
+
+
+def test_a_dpo_job_page_plots_the_reward_margin(
+    embedded: Service, trained: tuple[OpenAI, str], page: Page, tmp_path: Path
+) -> None:
+    client, first = trained
+    wait_job(client, first)  # one worker: let the first job finish so this one runs now
+    pairs = client.files.create(file=write_pairs(tmp_path / "pairs.jsonl", WORDS[:12]).open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        training_file=pairs.id,
+        validation_file=pairs.id,
+        model="ftserve-tiny",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 4, "beta": 0.2}}},
+    )
+    page.goto(f"{embedded.base_url}/#/jobs/{job.id}")
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=180_000)
+    page.wait_for_function("Number(document.querySelector('#margin-chart').dataset.points || 0) >= 9")
+    metrics = sorted(
+        (e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics" and e.data),
+        key=lambda d: d["step"],
+    )
+    steps, train, valid = page.evaluate("document.querySelector('#margin-chart').__uplot.data")
+    assert steps == [m["step"] for m in metrics] == list(range(1, 10))
+    assert train == pytest.approx([m["train_reward_margin"] for m in metrics])
+    assert valid == pytest.approx([m["valid_reward_margin"] for m in metrics])
+    assert chart_data(page)[1] == pytest.approx([m["train_loss"] for m in metrics])
+    assert page.is_visible("#margin-card") and page.inner_text("#job-method") == "dpo"
+    assert "beta" in page.inner_text("#hyperparameters") and "0.2" in page.inner_text("#hyperparameters")
+    assert "reward margin" in page.inner_text("#progress-text")
 
 
 def test_cancel_button_cancels_a_running_job(

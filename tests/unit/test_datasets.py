@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.datasets.formats import Chat, DatasetError, PromptCompletion
+from app.datasets.formats import Chat, DatasetError, Preference, PromptCompletion
 from app.datasets.validate import iter_examples, validate_file
 
 GOOD_PC = json.dumps({"prompt": "a", "completion": " b"})
@@ -83,3 +83,82 @@ def test_good_files_parse(tmp_path: Path) -> None:
     assert examples[0][1] == "chat" and isinstance(examples[0][2], Chat)
     pc = next(iter(iter_examples(_write(tmp_path, _lines(GOOD_PC)), 1 << 20)))[2]
     assert pc == PromptCompletion("a", " b")
+
+
+def _pref(**over: object) -> str:
+    row: dict[str, object] = {
+        "input": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "What do you want."}],
+    }
+    row.update(over)
+    return json.dumps({k: v for k, v in row.items() if v is not None})
+
+
+GOOD_PREF = _pref()
+ASSISTANT = {"role": "assistant", "content": "x"}
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (_pref(input=None), "missing_input"),
+        (_pref(input="Hi?"), "invalid_input"),
+        (_pref(input={"messages": []}), "invalid_messages"),
+        (_pref(input={"messages": [{"role": "user", "content": "q"}, ASSISTANT]}), "invalid_messages"),
+        (_pref(input={"messages": [{"role": "robot", "content": "q"}]}), "invalid_role"),
+        (_pref(input={"messages": [{"role": "user", "content": 3}]}), "invalid_message"),
+        (_pref(input={"messages": [{"role": "user", "content": "q", "weight": 1}]}), "invalid_weight"),
+        (_pref(preferred_output=None), "missing_output"),
+        (_pref(non_preferred_output=None), "missing_output"),
+        (_pref(preferred_output=[]), "invalid_output"),
+        (_pref(preferred_output=ASSISTANT), "invalid_output"),
+        (_pref(preferred_output="Hello!"), "invalid_output"),
+        (_pref(non_preferred_output=[ASSISTANT, ASSISTANT]), "too_many_output_messages"),
+        (_pref(preferred_output=[{"role": "user", "content": "x"}]), "invalid_output_role"),
+        (_pref(preferred_output=[{"role": "assistant", "content": None}]), "invalid_message"),
+        (_pref(preferred_output=[{"role": "assistant", "content": ""}]), "empty_output"),
+        (_pref(preferred_output=[{"role": "assistant", "content": "x", "weight": 1}]), "invalid_weight"),
+        (
+            _pref(preferred_output=[{"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]),
+            "unsupported_tool_calls",
+        ),
+        (_pref(non_preferred_output=[{"role": "assistant", "content": "Hello!"}]), "identical_outputs"),
+        (_pref(input={"messages": [{"role": "user", "content": "q"}], "tools": {"a": 1}}), "invalid_tools"),
+        (_pref(input={"messages": [{"role": "user", "content": "q"}], "tools": [{"type": "x"}]}), "invalid_tools"),
+        (
+            _pref(
+                input={"messages": [{"role": "user", "content": "q"}], "tools": [{"type": "function", "function": {}}]}
+            ),
+            "invalid_tools",
+        ),
+        (_pref(input={"messages": [{"role": "user", "content": "q"}], "parallel_tool_calls": "yes"}), "invalid_tools"),
+    ],
+)
+def test_bad_preference_lines_have_code_and_line(tmp_path: Path, line: str, code: str) -> None:
+    with pytest.raises(DatasetError) as err:
+        validate_file(_write(tmp_path, _lines(GOOD_PREF, line)), max_line_bytes=1 << 20, min_examples=1)
+    assert (err.value.code, err.value.line) == (code, 2), err.value.message
+
+
+def test_preference_files_parse_and_do_not_mix(tmp_path: Path) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    with_tools = _pref(
+        input={"messages": [{"role": "user", "content": "q"}], "tools": tools, "parallel_tool_calls": True}
+    )
+    summary = validate_file(_write(tmp_path, _lines(GOOD_PREF, with_tools)), 1 << 20, 2)
+    assert (summary.format, summary.n_examples) == ("preference", 2)
+    examples = [e for _, _, e in iter_examples(_write(tmp_path, _lines(GOOD_PREF, with_tools)), 1 << 20)]
+    first, second = examples
+    assert isinstance(first, Preference) and isinstance(second, Preference)
+    assert [m.role for m in first.messages] == ["system", "user"]
+    assert (first.preferred, first.non_preferred, first.tools) == ("Hello!", "What do you want.", ())
+    assert second.tools == tuple(tools) and second.parallel_tool_calls is True
+    for other in (GOOD_CHAT, GOOD_PC):
+        with pytest.raises(DatasetError) as err:
+            validate_file(_write(tmp_path, _lines(GOOD_PREF, other)), 1 << 20, 1)
+        assert (err.value.code, err.value.line) == ("mixed_formats", 2)
+    # A line that only looks like input/output data is not taken for a preference pair.
+    with pytest.raises(DatasetError) as err:
+        validate_file(_write(tmp_path, _lines(json.dumps({"input": "a", "output": "b"}))), 1 << 20, 1)
+    assert err.value.code == "unknown_format" and "preferred_output" in err.value.message

@@ -1,9 +1,13 @@
-// The loss chart: uPlot (vendored, global `uPlot`), train and valid loss per logged step.
+// Per-step charts: uPlot (vendored, global `uPlot`), a train and a valid series of one metric per logged step
+// (the loss for every job; DPO jobs also get the reward margin).
 const HEIGHT = 300;
 
-export class LossChart {
-  constructor(el) {
+export class MetricChart {
+  // metric: the events' key without its prefix ("loss" reads train_loss and valid_loss); label: the y axis.
+  constructor(el, metric = "loss", label = "loss") {
     this.el = el;
+    this.metric = metric;
+    this.label = label;
     this.byStep = new Map(); // step -> {train, valid}; a retried step overwrites, so one point per step
     this.plot = null;
     this.onResize = () => this.plot && this.plot.setSize({ width: this.width(), height: HEIGHT });
@@ -14,11 +18,11 @@ export class LossChart {
     return Math.max(320, this.el.clientWidth || 800);
   }
 
-  // Add metrics events' data ({step, train_loss, valid_loss?}) and redraw.
+  // Add metrics events' data ({step, train_<metric>, valid_<metric>?}) and redraw.
   add(points) {
     for (const p of points) {
       if (typeof p.step !== "number") continue;
-      this.byStep.set(p.step, { train: p.train_loss ?? null, valid: p.valid_loss ?? null });
+      this.byStep.set(p.step, { train: p[`train_${this.metric}`] ?? null, valid: p[`valid_${this.metric}`] ?? null });
     }
     this.draw();
   }
@@ -40,11 +44,11 @@ export class LossChart {
       width: this.width(),
       height: HEIGHT,
       scales: { x: { time: false } },
-      axes: [{ label: "step" }, { label: "loss" }],
+      axes: [{ label: "step" }, { label: this.label }],
       series: [
         { label: "step" },
-        { label: "train loss", stroke: "#2563eb", width: 2 },
-        { label: "valid loss", stroke: "#ea580c", width: 2, spanGaps: true },
+        { label: `train ${this.label}`, stroke: "#2563eb", width: 2 },
+        { label: `valid ${this.label}`, stroke: "#ea580c", width: 2, spanGaps: true },
       ],
     };
     this.plot = new uPlot(opts, data, this.el);

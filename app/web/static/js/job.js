@@ -1,13 +1,15 @@
 // One job: facts, cancel, loss chart growing while it runs, progress, hyperparameters, checkpoints, events.
 import { api, download, newEvents } from "./api.js";
-import { LossChart } from "./chart.js";
+import { MetricChart } from "./chart.js";
 import { badge, fmtClock, fmtNum, fmtTime, h, poll, showError, TERMINAL } from "./util.js";
 
 const playLink = (model) => h("a.mono", { href: `#/playground?model=${encodeURIComponent(model)}` }, model);
+const methodOf = (job) => (job.method && job.method.type) || "supervised";
 
 function facts(job) {
   const rows = [
     ["Base model", job.model],
+    ["Method", h("span#job-method", {}, methodOf(job))],
     ["Fine-tuned model", job.fine_tuned_model ? playLink(job.fine_tuned_model) : "—"],
     ["Created", fmtTime(job.created_at)],
     ["Finished", fmtTime(job.finished_at)],
@@ -31,7 +33,9 @@ function facts(job) {
 }
 
 function hyperparameters(job) {
-  const all = { ...job.hyperparameters, ...(job.extensions || {}) };
+  // The method's block holds every hyperparameter (DPO's beta too); the top-level field only the shared three.
+  const method = (job.method && job.method[methodOf(job)]) || {};
+  const all = { ...job.hyperparameters, ...(method.hyperparameters || {}), ...(job.extensions || {}) };
   return h(
     "table#hyperparameters",
     {},
@@ -93,6 +97,13 @@ export function jobView(root, jobId) {
   const progressText = h("span.muted", { id: "progress-text" }, "waiting for the first step…");
   const progressBar = h("div");
   const chartEl = h("div#loss-chart");
+  const marginCard = h("div.card#margin-card", { hidden: true }, h("h3", {}, "Reward margin (DPO)"));
+  const marginEl = h("div#margin-chart");
+  marginCard.append(
+    h("p.muted", {}, "β × (log-ratio of the preferred reply − log-ratio of the other) against the starting model: "
+      + "it grows while the model learns the preference."),
+    marginEl,
+  );
   const hpBox = h("div");
   const ckptBox = h("div");
   const eventsList = h("ol.events#events");
@@ -104,11 +115,13 @@ export function jobView(root, jobId) {
       h("div.card", {}, h("h3", {}, "Job"), factsBox),
       h("div.card", {}, h("h3", {}, "Hyperparameters (as resolved)"), hpBox)),
     h("div.card", {}, h("h3", {}, "Loss"), h("div.progress", {}, h("div.bar", {}, progressBar), progressText), chartEl),
+    marginCard,
     h("div.cols", {},
       h("div.card", {}, h("h3", {}, "Checkpoints"), ckptBox),
       h("div.card", {}, h("h3", {}, "Events ", h("label.muted", {}, showMetrics, " show step metrics")), eventsList)),
   );
-  const chart = new LossChart(chartEl);
+  const chart = new MetricChart(chartEl);
+  const marginChart = new MetricChart(marginEl, "reward_margin", "reward margin");
   let lastEvent = null;
   let status = null;
   let refresh = () => {};
@@ -128,12 +141,16 @@ export function jobView(root, jobId) {
     const fresh = await newEvents(jobId, lastEvent);
     if (fresh.length) lastEvent = fresh[fresh.length - 1].id;
     const metrics = fresh.filter((e) => e.type === "metrics" && e.data).map((e) => e.data);
+    const dpo = methodOf(job) === "dpo";
+    marginCard.hidden = !dpo;
     chart.add(metrics);
+    if (dpo) marginChart.add(metrics);
     if (metrics.length) {
       const m = metrics[metrics.length - 1];
       progressBar.style.width = `${(100 * m.step) / m.total_steps}%`;
       progressText.textContent = `step ${m.step}/${m.total_steps} · train loss ${fmtNum(m.train_loss)}` +
-        (m.valid_loss !== undefined ? ` · valid loss ${fmtNum(m.valid_loss)}` : "");
+        (m.valid_loss !== undefined ? ` · valid loss ${fmtNum(m.valid_loss)}` : "") +
+        (dpo ? ` · reward margin ${fmtNum(m.train_reward_margin)}` : "");
     }
     eventsList.prepend(...fresh.reverse().map(eventItem));
     if (job.status !== status) {
@@ -170,5 +187,6 @@ export function jobView(root, jobId) {
   return () => {
     stop();
     chart.destroy();
+    marginChart.destroy();
   };
 }

@@ -1,0 +1,1 @@
+"""Training methods: supervised (token-weighted cross-entropy) and DPO, sharing one loop."""
