@@ -26,6 +26,7 @@ class Job:
     done: Done
     submitted: float = field(default_factory=time.monotonic)
     remaining: int = 0
+    failed: bool = False  # a row failed: `done(error)` was called, its other rows are dropped
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ class Scheduler:
         self.prefills.append((len(rows), len({j.adapter for j in jobs})))
         try:
             with torch.inference_mode():
-                finished = res.batch.admit(rows)
+                finished = res.batch.admit([job.rows for job in jobs])
         except Exception as exc:
             log.exception("prefill failed")
             self._fail_rows(res, rows, exc)
@@ -270,15 +270,27 @@ class Scheduler:
         metrics.ACTIVE_ROWS.set(sum(len(r.batch) for r in self.residents.values()))
 
     def _finish(self, res: Resident, rows: list[Row]) -> None:
+        """Rows that left the batch: a failed row fails its request alone; the request completes with its last row."""
         for row in rows:
             job: Job = row.job
-            metrics.ROWS_FINISHED.labels("cancelled" if row.was_cancelled else row.finish_reason or "stop").inc()
-            if row.on_finish is not None:
-                row.on_finish()
+            if row.error is not None and not job.failed:
+                log.warning("a row of %s failed: %r", job.model, row.error)
+                job.failed = True
+                for sibling in job.rows:  # the request has failed: its other rows stop at the next step
+                    sibling.abandoned = True
+                job.done(GenerationFailed(row.error))
+            failed = row.error is not None or row.abandoned
+            reason = "error" if failed else "cancelled" if row.was_cancelled else row.finish_reason or "stop"
+            metrics.ROWS_FINISHED.labels(reason).inc()
+            if row.on_finish is not None and not failed:
+                try:
+                    row.on_finish()
+                except Exception:  # the listener went away; the row is finished all the same
+                    log.exception("on_finish callback failed")
             if job.adapter is not None:
                 res.adapters.unpin(job.adapter)
             job.remaining -= 1
-            if job.remaining == 0:
+            if job.remaining == 0 and not job.failed:
                 metrics.REQUEST_SECONDS.observe(time.monotonic() - job.submitted)
                 job.done(None)
 
