@@ -122,9 +122,9 @@ def main() -> None:
             served_s = time.perf_counter() - started
         finally:
             proc.stop()
-    started = time.perf_counter()
-    hf = evaluate("hf", {"pretrained": str(path), "dtype": dtype, "device": "cpu", "batch_size": 4}, task_dir)
-    hf_s = time.perf_counter() - started
+        started = time.perf_counter()
+        hf = evaluate("hf", {"pretrained": str(path), "dtype": dtype, "device": "cpu", "batch_size": 4}, task_dir)
+        hf_s = time.perf_counter() - started
     diff = max(abs(a - b) for sa, sb in zip(served[1], hf[1], strict=True) for a, b in zip(sa, sb, strict=True))
     print(f"base {args.base} ({dtype}), {len(ITEMS)} items x 4 choices")
     print(f"local-completions via ftserve: acc {served[0]:.2f} ({served_s:.1f} s)")
