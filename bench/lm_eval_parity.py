@@ -96,6 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="smollm2-135m-instruct")
     ap.add_argument("--data", type=Path, default=Path("data/bench"), help="holds bases/ (prepared once)")
+    ap.add_argument("--dtype", default=None, help="serve and score in this dtype (default: ftserve's for the CPU)")
     args = ap.parse_args()
 
     import torch
@@ -107,11 +108,14 @@ def main() -> None:
     bases = args.data.resolve() / "bases"
     settings = Settings(data_dir=args.data, bases_dir=bases)
     path = prepare_base(settings, args.base, lambda m: print(m, file=sys.stderr))
+    if args.dtype:
+        settings.base_models[args.base].dtype = args.dtype
     dtype = str(resolve_dtype(settings.base_models[args.base], torch.device("cpu"))).removeprefix("torch.")
+    registry = json.dumps({name: spec.model_dump() for name, spec in settings.base_models.items()})
     with tempfile.TemporaryDirectory(prefix="ftserve-lm-eval-") as tmp:
         task_dir = write_task(Path(tmp) / "task")
         port = free_port()
-        env = base_env(Path(tmp), bases, FTSERVE_PREPARE_BASES=json.dumps([args.base]))
+        env = base_env(Path(tmp), bases, FTSERVE_PREPARE_BASES=json.dumps([args.base]), FTSERVE_BASE_MODELS=registry)
         cmd = [sys.executable, "-m", "app.cli", "api", "--with-inference", "--port", str(port)]
         proc = Proc(cmd, env, Path(tmp) / "server.log")
         try:
