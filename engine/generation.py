@@ -250,6 +250,8 @@ class DecodeBatch:
             own = logits[i, width - len(r.prompt_ids) :] if full else None
             if guarded(r, partial(_first_token, r, own, last[i], greedy[i], self.tok, self.stop_ids)):
                 done.append(r)
+        if len(done) == len(rows):  # all finished at once (scoring only, say): nothing joins the batch
+            return done
         self._merge(rows, cache, mask, pos[:, -1:] + 1)
         self._drop(done)
         return done

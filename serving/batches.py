@@ -160,7 +160,7 @@ class BatchRunner:
                     row.cancelled = cancel.is_set
                 in_flight[line.line] = pending
                 rows_in_flight += len(pending.plan.rows)
-                self.engine.submit(ref, pending.plan.rows, partial(_put, finished, pending))
+                self.engine.submit(ref, pending.plan.rows, partial(_put, finished, pending), background=True)
             if not in_flight and (exhausted or cancel.is_set()):
                 break
             try:

@@ -237,3 +237,36 @@ def test_a_failing_row_fails_only_its_request(engine: InferenceEngine) -> None:
     assert siblings[0].was_cancelled and len(siblings[0].token_ids) < 8  # stopped, not run to the end
     # The engine goes on serving afterwards.
     assert _texts(engine, SOUNDS_MODEL) == single["ft:sounds"]
+
+
+def test_background_rows_join_a_running_batch_in_groups(adapters_dir: Path, bases_dir: Path) -> None:
+    """Batch API rows (background) are prefilled into a running batch several at a time, never one by one,
+    and generate exactly what they generate as ordinary requests."""
+    with _engine(adapters_dir, bases_dir, max_batch_rows=16) as engine:
+        tok = engine.tokenizer(BASE)
+        ref = _ref(engine, SOUNDS_MODEL)
+
+        def rows() -> list[Row]:  # different lengths: rows leave the batch at different steps
+            return [
+                Row(tok(prompt(a))["input_ids"], None, Sampling(max_tokens=2 + i % 7, temperature=0))
+                for i, a in enumerate(ANIMALS * 5)
+            ]
+
+        plain = rows()
+        engine.run(ref, plain)
+        background, left = rows(), threading.Event()
+        remaining = [len(background)]
+
+        def done(error: BaseException | None) -> None:
+            assert error is None
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                left.set()
+
+        for row in background:
+            engine.submit(ref, [row], done, background=True)
+        assert left.wait(120)
+        assert [r.text for r in background] == [r.text for r in plain]
+        joins = [admitted for admitted, running in engine.scheduler.admissions if running]
+        # Only the last rows left waiting may join fewer at a time than the group.
+        assert len(joins) > 2 and min(joins[:-1]) >= engine.scheduler.min_group == 2, engine.scheduler.admissions
