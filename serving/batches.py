@@ -137,8 +137,14 @@ class BatchRunner:
 
     def _execute(self, claimed: ClaimedBatch, todo: list[BatchLine]) -> str:
         """Run the requests, keeping the engine full; 'completed', or 'cancelled'/'expired' if stopped early."""
-        finished: queue.Queue[tuple[Pending, BaseException | None]] = queue.Queue()
         cancel = threading.Event()
+        try:
+            return self._drive(claimed, todo, cancel)
+        finally:
+            cancel.set()  # leaving for any reason (lost lease, DB error): rows still in the engine stop
+
+    def _drive(self, claimed: ClaimedBatch, todo: list[BatchLine], cancel: threading.Event) -> str:
+        finished: queue.Queue[tuple[Pending, BaseException | None]] = queue.Queue()
         models: dict[str, tuple[ModelRef, PreTrainedTokenizerBase] | ServiceError] = {}
         lines: Iterator[BatchLine] = iter(todo)
         buffer: list[Result] = []
