@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     adapter_sweep_seconds: float = 10.0
     max_new_tokens_limit: int = 2048
 
+    # Batch API: the inference role runs batches under a lease (renewed while it runs, so another process
+    # takes over one whose runner died) and looks for new ones this often; OpenAI's 50,000 requests a file.
+    batch_lease_seconds: float = 60.0
+    batch_poll_seconds: float = 1.0
+    max_batch_requests: int = 50_000
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

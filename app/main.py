@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.api import files, fine_tuning, metrics, models, proxy
+from app.api import batches, files, fine_tuning, metrics, models, proxy
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit
 from app.api.request_ids import RequestId
@@ -81,6 +81,7 @@ def create_app(settings: Settings, roles: frozenset[str] | set[str] = ROLES) -> 
         app.include_router(files.router)
         app.include_router(fine_tuning.router)
         app.include_router(models.router)
+        app.include_router(batches.router)
         install_dashboard(app)
         reaper: Callable[[], Awaitable[None]] = lambda: run_forever(settings)  # noqa: E731
         app.state.background.append(reaper)

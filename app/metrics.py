@@ -38,3 +38,6 @@ ADAPTER_EVICTIONS = Counter("ftserve_adapter_evictions_total", "Adapters evicted
 ADAPTER_UNLOADS = Counter("ftserve_adapter_unloads_total", "Adapters unloaded because their model was deleted")
 ADAPTERS_RESIDENT = Gauge("ftserve_adapters_resident", "Adapters resident, all bases together")
 ADAPTER_BYTES = Gauge("ftserve_adapter_bytes_resident", "Bytes of resident adapter weights, all bases together")
+BATCH_REQUESTS = Counter(
+    "ftserve_batch_requests_total", "Batch API requests this process ran and recorded, by outcome", ["outcome"]
+)

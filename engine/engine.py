@@ -89,14 +89,16 @@ class InferenceEngine:
                 )
             return self._bases[base]
 
-    def submit(self, ref: ModelRef, rows: list[Row], done: Done) -> None:
-        """Queue rows for generation; `done(error_or_None)` is called from the batcher thread when all finish."""
+    def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None:
+        """Queue rows for generation; `done(error_or_None)` is called from the batcher thread when all finish.
+
+        `background`: throughput work (a batch's lines), admitted into a running batch in groups."""
         self.resident(ref.base)
         adapter = None if ref.adapter is None else ref.adapter.key
         path = None if ref.adapter is None else ref.adapter.path
         for r in rows:
             r.adapter = adapter
-        self.scheduler.submit(Job(ref.base, ref.name, adapter, path, rows, done))
+        self.scheduler.submit(Job(ref.base, ref.name, adapter, path, rows, done, background=background))
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:
         """Generate the rows (batched with every other request); raises the request's error, if any."""

@@ -1,11 +1,18 @@
 """Continuous batched decoding: rows (each with its own adapter slot, sampling and stops) share every
 forward pass; new rows are prefilled and merged into the running KV cache between steps, finished rows
-leave at once."""
+leave at once.
+
+Failures stay with the row that causes them: each row's own work (its generator, sampling, logprobs,
+detokenizing, stop strings, callbacks) is guarded per row, and a prefill pass that fails is retried one
+request at a time, so only the request whose rows break it fails (`Row.error`); its neighbours finish
+with their normal output.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,8 +41,15 @@ class Row:
     finish_reason: str | None = None
     token_logprobs: list[float] = field(default_factory=list)
     stop_logprob: float | None = None  # of the end-of-text token that ended the row, when logprobs are on
+    stop_token: int | None = None  # the end-of-text token that ended the row, if one did
+    stop_top_logprobs: dict[int, float] | None = None
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    # With sampling.prompt_logprobs: per prompt token, its logprob and alternatives (None for the first).
+    prompt_token_logprobs: list[float | None] = field(default_factory=list)
+    prompt_top_logprobs: list[dict[int, float] | None] = field(default_factory=list)
     was_cancelled: bool = False
+    error: BaseException | None = None  # what failed this row alone
+    abandoned: bool = False  # another row of its request failed: drop it at the next step
     job: Any = None  # the scheduler's request this row belongs to
     _sent: int = 0
     _slot: int = BASE_SLOT
@@ -75,12 +89,14 @@ def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenize
     if row.sampling.logprobs is not None:
         lp = torch.log_softmax(logits.float(), -1)
         top = lp.topk(max(row.sampling.logprobs, 1))
+        alternatives = {int(t): float(v) for v, t in zip(top.values, top.indices, strict=True)}
         if token in stop_ids:
-            row.stop_logprob = float(lp[token])
+            row.stop_logprob, row.stop_top_logprobs = float(lp[token]), alternatives
         else:
             row.token_logprobs.append(float(lp[token]))
-            row.top_logprobs.append({int(t): float(v) for v, t in zip(top.values, top.indices, strict=True)})
+            row.top_logprobs.append(alternatives)
     if token in stop_ids:
+        row.stop_token = token
         row.finish_reason = "stop"
         emit(row, tok, final=True)
         return True
@@ -95,6 +111,63 @@ def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenize
         emit(row, tok, final=True)
         return True
     return False
+
+
+def prompt_logprobs(row: Row, logits: torch.Tensor) -> None:
+    """The prompt tokens' logprobs from its prefill logits (`logits`: the row's last len(prompt) positions):
+    position p predicts token p + 1; the first token has none."""
+    ids = torch.tensor(row.prompt_ids[1:], dtype=torch.long)
+    lp = torch.log_softmax(logits[:-1].float(), -1)
+    picked = lp.gather(1, ids[:, None])[:, 0].tolist()
+    top = lp.topk(max(row.sampling.logprobs or 0, 1), dim=-1)
+    row.prompt_token_logprobs = [None, *picked]
+    row.prompt_top_logprobs = [None] + [
+        {int(t): float(v) for v, t in zip(vals, idx, strict=True)}
+        for vals, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+
+
+def _first_token(
+    row: Row,
+    logits: torch.Tensor | None,
+    last: torch.Tensor,
+    greedy: int,
+    tok: PreTrainedTokenizerBase,
+    stop_ids: set[int],
+) -> bool:
+    """A newly prefilled row: its generator, its prompt logprobs, its first token; True when it has finished."""
+    seed = row.sampling.seed
+    row._gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    if logits is not None:
+        prompt_logprobs(row, logits)
+    if row.sampling.max_tokens <= 0:  # scoring only (echo with max_tokens 0)
+        row.finish_reason = "length"
+        emit(row, tok, final=True)
+        return True
+    return advance(row, last, greedy, tok, stop_ids)
+
+
+def _final_text(row: Row, tok: PreTrainedTokenizerBase) -> bool:
+    emit(row, tok, final=True)
+    return True
+
+
+def guarded(row: Row, work: Callable[[], bool]) -> bool:
+    """Run one row's own work; whatever it raises fails that row alone (finished, with `row.error`)."""
+    try:
+        return work()
+    except Exception as exc:
+        row.error = exc
+        return True
+
+
+def is_cancelled(row: Row) -> bool:
+    """Whether the row should leave now: its client went away, or another row of its request failed."""
+    return row.abandoned or guarded(row, lambda: row.cancelled is not None and bool(row.cancelled()))
+
+
+# Prefill passes that keep every position's logits (prompt logprobs) are split to stay under this size.
+FULL_LOGITS_BYTES = 256 * 1024 * 1024
 
 
 class DecodeBatch:
@@ -114,38 +187,88 @@ class DecodeBatch:
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=device)
         self.positions = torch.zeros((0, 1), dtype=torch.long, device=device)
         self.pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+        self.vocab = int(getattr(getattr(model, "config", None), "vocab_size", None) or len(tok))
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, slots: list[int]):  # type: ignore[no-untyped-def]
+    def _forward(  # type: ignore[no-untyped-def]
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        cache: DynamicCache,
+        slots: list[int],
+        keep: int = 1,
+    ):
+        """One pass; `keep`: the last positions whose logits to compute (0: all of them)."""
         self.ctx.set(slots)
         try:
             return self.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
+                input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=keep
             )
         finally:
             self.ctx.release()
 
-    def admit(self, rows: list[Row]) -> list[Row]:
-        """Prefill new rows together, sample their first tokens, merge them in; returns rows already finished."""
+    def admit(self, groups: list[list[Row]]) -> list[Row]:
+        """Prefill new rows (each group: one request's rows) together, sample their first tokens and merge them
+        into the batch; returns the rows already finished, failed ones (`row.error`) included.
+
+        Rows asking for prompt logprobs get passes of their own that keep every position's logits (the others
+        keep only the last); a pass that fails is retried one group at a time, so only its culprit fails.
+        """
+        scored = [g for g in groups if any(r.sampling.prompt_logprobs for r in g)]
+        plain = [g for g in groups if not any(r.sampling.prompt_logprobs for r in g)]
+        finished = self._admit_groups(plain, full=False) if plain else []
+        chunk: list[list[Row]] = []
+        for group in scored:
+            rows = sum(len(g) for g in chunk) + len(group)
+            width = max(len(r.prompt_ids) for g in [*chunk, group] for r in g)
+            if chunk and rows * width * self.vocab * 4 > FULL_LOGITS_BYTES:
+                finished += self._admit_groups(chunk, full=True)
+                chunk = []
+            chunk.append(group)
+        if chunk:
+            finished += self._admit_groups(chunk, full=True)
+        return finished
+
+    def _admit_groups(self, groups: list[list[Row]], full: bool) -> list[Row]:
+        rows = [r for g in groups for r in g]
+        try:
+            logits, cache, mask, pos = self._prefill(rows, full)
+        except Exception as exc:
+            if len(groups) > 1:  # find the culprit: each request alone
+                return [r for g in groups for r in self._admit_groups([g], full)]
+            for r in rows:
+                r.error = exc
+            return rows
+        width = mask.shape[1]
+        last = logits[:, -1, :].float().cpu()
+        greedy = last.argmax(-1).tolist()
+        done = []
+        for i, r in enumerate(rows):
+            own = logits[i, width - len(r.prompt_ids) :] if full else None
+            if guarded(r, partial(_first_token, r, own, last[i], greedy[i], self.tok, self.stop_ids)):
+                done.append(r)
+        if len(done) == len(rows):  # all finished at once (scoring only, say): nothing joins the batch
+            return done
+        self._merge(rows, cache, mask, pos[:, -1:] + 1)
+        self._drop(done)
+        return done
+
+    def _prefill(self, rows: list[Row], full: bool) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        """One forward pass over the rows' prompts, left padded: (logits, cache, mask, positions)."""
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids) :] = 1
-            r._gen = torch.Generator().manual_seed(r.sampling.seed) if r.sampling.seed is not None else None
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self._forward(ids, mask, pos, cache, [r._slot for r in rows])
-        logits = out.logits[:, -1, :].float().cpu()
-        greedy = logits.argmax(-1).tolist()
-        done = [r for i, r in enumerate(rows) if advance(r, logits[i], greedy[i], self.tok, self.stop_ids)]
-        self._merge(rows, cache, mask, pos[:, -1:] + 1)
-        self._drop(done)
-        return done
+        out = self._forward(ids, mask, pos, cache, [r._slot for r in rows], keep=0 if full else 1)
+        return out.logits.cpu() if full else out.logits, cache, mask, pos
 
     def _merge(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> None:
         if self.cache is None or not self.rows:
@@ -167,10 +290,11 @@ class DecodeBatch:
 
     def step(self) -> list[Row]:
         """Feed every row's pending token and sample the next; returns the rows that finished."""
-        cancelled = [r for r in self.rows if r.cancelled is not None and r.cancelled()]
+        cancelled = [r for r in self.rows if is_cancelled(r)]
         for r in cancelled:
             r.was_cancelled, r.finish_reason = True, r.finish_reason or "stop"
-            emit(r, self.tok, final=True)
+            if r.error is None and not r.abandoned:
+                guarded(r, partial(_final_text, r, self.tok))
         self._drop(cancelled)
         if not self.rows:
             return cancelled
@@ -181,7 +305,11 @@ class DecodeBatch:
         self.positions = self.positions + 1
         logits = out.logits[:, -1, :].float().cpu()
         greedy = logits.argmax(-1).tolist()
-        done = [r for i, r in enumerate(self.rows) if advance(r, logits[i], greedy[i], self.tok, self.stop_ids)]
+        done = [
+            r
+            for i, r in enumerate(self.rows)
+            if guarded(r, partial(advance, r, logits[i], greedy[i], self.tok, self.stop_ids))
+        ]
         self._drop(done)
         return cancelled + done
 

@@ -26,6 +26,9 @@ class Job:
     done: Done
     submitted: float = field(default_factory=time.monotonic)
     remaining: int = 0
+    failed: bool = False  # a row failed: `done(error)` was called, its other rows are dropped
+    # Throughput work (Batch API lines): admitted in groups while the batch runs, not one row at a time.
+    background: bool = False
 
 
 @dataclass(frozen=True)

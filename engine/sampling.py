@@ -15,6 +15,9 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int | None = None
+    # Logprobs of the prompt's own tokens (echo + logprobs): the prefill keeps every position's logits for
+    # this row, and `logprobs` alternatives are reported per position.
+    prompt_logprobs: bool = False
     # OpenAI's logit_bias (token id → bias added to its logit) and repetition penalties.
     logit_bias: tuple[tuple[int, float], ...] = ()
     frequency_penalty: float = 0.0
@@ -47,9 +50,14 @@ def sample(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> in
     """One token id from a row's logits: argmax at temperature 0, else temperature + nucleus sampling."""
     if s.temperature <= 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / s.temperature, dim=-1)
+    # Subtract the max before dividing: a tiny temperature then sends the others to -inf, never to NaN.
+    z = logits.float()
+    probs = torch.softmax((z - z.max()) / s.temperature, dim=-1)
     if s.top_p < 1.0:
         sorted_p, idx = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < s.top_p
+        # The nucleus always holds the most likely token: a top_p like 1e-50 rounds to 0 in float32, and
+        # an empty nucleus is no distribution at all.
+        keep[0] = True
         probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
     return int(torch.multinomial(probs, 1, generator=gen))

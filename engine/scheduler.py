@@ -49,12 +49,17 @@ class Scheduler:
         self.residents = residents
         self.window_s = window_s
         self.max_rows = max_rows
+        # Background rows join a running batch only this many at a time: a prefill pass of one or two short
+        # prompts costs about half a 64-row decode step (SmolLM2 on CPU), one of 8 rows not much more.
+        self.min_group = max(1, max_rows // 8)
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.waiting: list[Job] = []
         self.loading: set[tuple[str, str]] = set()
         self.loaded: dict[tuple[str, str], LoadedAdapter] = {}
-        # (rows, distinct models) of recent prefills: what the batcher grouped, for tests and debugging.
+        # (rows, distinct models) of recent prefills: what the batcher grouped, for tests and debugging;
+        # (rows admitted, rows already running) of the same prefills.
         self.prefills: deque[tuple[int, int]] = deque(maxlen=256)
+        self.admissions: deque[tuple[int, int]] = deque(maxlen=256)
         self.loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-loader")
         self.thread = threading.Thread(target=self._run, name="ftserve-batcher", daemon=True)
         self.stopping = False
@@ -212,14 +217,17 @@ class Scheduler:
             rows_ready = sum(len(j.rows) for j in jobs)
             if min(j.submitted for j in jobs) + self.window_s > now and rows_ready + len(res.batch) < self.max_rows:
                 continue
-            take: list[Job] = []
             room = self.max_rows - len(res.batch)
+            if len(res.batch) and room < self.min_group and all(j.background for j in jobs):
+                continue  # only background rows wait: let more places free up and prefill them together
+            take: list[Job] = []
             for job in jobs:
                 if len(job.rows) > room and (take or len(res.batch)):
                     break
                 take.append(job)
                 room -= len(job.rows)
-            self._prefill(res, take)
+            if take:
+                self._prefill(res, take)
 
     def _prefill(self, res: Resident, jobs: list[Job]) -> None:
         rows: list[Row] = []
@@ -236,9 +244,10 @@ class Scheduler:
                     res.adapters.pin(job.adapter)
             rows.extend(job.rows)
         self.prefills.append((len(rows), len({j.adapter for j in jobs})))
+        self.admissions.append((len(rows), len(res.batch)))
         try:
             with torch.inference_mode():
-                finished = res.batch.admit(rows)
+                finished = res.batch.admit([job.rows for job in jobs])
         except Exception as exc:
             log.exception("prefill failed")
             self._fail_rows(res, rows, exc)
@@ -270,15 +279,27 @@ class Scheduler:
         metrics.ACTIVE_ROWS.set(sum(len(r.batch) for r in self.residents.values()))
 
     def _finish(self, res: Resident, rows: list[Row]) -> None:
+        """Rows that left the batch: a failed row fails its request alone; the request completes with its last row."""
         for row in rows:
             job: Job = row.job
-            metrics.ROWS_FINISHED.labels("cancelled" if row.was_cancelled else row.finish_reason or "stop").inc()
-            if row.on_finish is not None:
-                row.on_finish()
+            if row.error is not None and not job.failed:
+                log.warning("a row of %s failed: %r", job.model, row.error)
+                job.failed = True
+                for sibling in job.rows:  # the request has failed: its other rows stop at the next step
+                    sibling.abandoned = True
+                job.done(GenerationFailed(row.error))
+            failed = row.error is not None or row.abandoned
+            reason = "error" if failed else "cancelled" if row.was_cancelled else row.finish_reason or "stop"
+            metrics.ROWS_FINISHED.labels(reason).inc()
+            if row.on_finish is not None and not failed:
+                try:
+                    row.on_finish()
+                except Exception:  # the listener went away; the row is finished all the same
+                    log.exception("on_finish callback failed")
             if job.adapter is not None:
                 res.adapters.unpin(job.adapter)
             job.remaining -= 1
-            if job.remaining == 0:
+            if job.remaining == 0 and not job.failed:
                 metrics.REQUEST_SECONDS.observe(time.monotonic() - job.submitted)
                 job.done(None)
 

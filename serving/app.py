@@ -1,4 +1,5 @@
-"""Add the inference role to an app: the engine, its routes, unloading deleted models, and the sweep."""
+"""Add the inference role to an app: the engine, its routes, unloading deleted models, the sweep, and the
+Batch API's runner."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.services.catalog import ResolvedModel
 from engine.engine import InferenceEngine
+from serving.batches import BatchRunner
 from serving.refs import adapter_key
 from serving.routes import router
 from serving.sweep import sweep_forever
@@ -25,4 +27,8 @@ def install(app: FastAPI, settings: Settings, sweep: bool) -> None:
     app.state.model_deleted.append(unload)
     if sweep:
         app.state.background.append(lambda: sweep_forever(engine, settings))
+    # The Batch API runs here, through this engine; it leaves its batch (lease released) before the engine stops.
+    runner = BatchRunner(engine, settings)
+    app.state.background.append(runner.run_forever)
+    app.state.shutdown.append(runner.stop)
     app.state.shutdown.append(engine.close)

@@ -1,4 +1,4 @@
-"""Logprobs of generated tokens in OpenAI's two shapes: legacy completions and chat completions."""
+"""Logprobs in OpenAI's two shapes: legacy completions (prompt tokens too, with echo) and chat completions."""
 
 from __future__ import annotations
 
@@ -7,21 +7,52 @@ from typing import Any
 from app.schemas.completions import ChatChoiceLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 from engine.generation import Row
 
+Entry = tuple[int, float | None, dict[int, float] | None]  # token id, its logprob, the top alternatives
 
-def completion_logprobs(
-    tok: Any, row: Row, start: int = 0, end: int | None = None, offset: int = 0
-) -> CompletionLogprobs:
-    """Tokens [start:end], their logprobs, the top alternatives and each token's offset in the completion
-    text (`offset`: where token `start` begins)."""
-    end = len(row.token_logprobs) if end is None else end
-    tokens = [tok.decode([t]) for t in row.token_ids[start:end]]
+
+def generated(row: Row) -> list[Entry]:
+    """The row's sampled tokens, and the end-of-text token that ended it (OpenAI lists that one too)."""
+    # token_logprobs grows before token_ids (the batcher thread appends while a stream reads): count only
+    # tokens whose every list is filled.
+    n = min(len(row.token_ids), len(row.token_logprobs), len(row.top_logprobs))
+    entries: list[Entry] = [(row.token_ids[i], row.token_logprobs[i], row.top_logprobs[i]) for i in range(n)]
+    stop = row.stop_token
+    if stop is not None and row.stop_top_logprobs is not None and n == len(row.token_ids):
+        entries.append((stop, row.stop_logprob, row.stop_top_logprobs))
+    return entries
+
+
+def prompt_entries(row: Row) -> list[Entry]:
+    """The prompt's tokens with their logprobs (echo): the first has none."""
+    return list(zip(row.prompt_ids, row.prompt_token_logprobs, row.prompt_top_logprobs, strict=True))
+
+
+def completion_logprobs(tok: Any, entries: list[Entry], offset: int) -> CompletionLogprobs:
+    """Tokens, logprobs, top alternatives and each token's offset in the choice's text (`offset`: where the
+    first entry begins: 0 for an echoed prompt, the prompt's length for generated tokens)."""
+    tokens = [tok.decode([t]) for t, _, _ in entries]
     offsets, pos = [], offset
-    for t in tokens:
+    for text in tokens:
         offsets.append(pos)
-        pos += len(t)
-    top = [{tok.decode([k]): v for k, v in d.items()} for d in row.top_logprobs[start:end]]
+        pos += len(text)
+    top = [None if alts is None else {tok.decode([k]): v for k, v in alts.items()} for _, _, alts in entries]
     return CompletionLogprobs(
-        tokens=tokens, token_logprobs=list(row.token_logprobs[start:end]), top_logprobs=top, text_offset=offsets
+        tokens=tokens, token_logprobs=[lp for _, lp, _ in entries], top_logprobs=top, text_offset=offsets
+    )
+
+
+def choice_logprobs(tok: Any, row: Row, prompt_text: str, echo: bool) -> CompletionLogprobs:
+    """A whole choice's logprobs: with echo, the prompt's tokens first."""
+    lp = completion_logprobs(tok, generated(row), len(prompt_text))
+    return _joined(completion_logprobs(tok, prompt_entries(row), 0), lp) if echo else lp
+
+
+def _joined(head: CompletionLogprobs, tail: CompletionLogprobs) -> CompletionLogprobs:
+    return CompletionLogprobs(
+        tokens=head.tokens + tail.tokens,
+        token_logprobs=head.token_logprobs + tail.token_logprobs,
+        top_logprobs=(head.top_logprobs or []) + (tail.top_logprobs or []),
+        text_offset=head.text_offset + tail.text_offset,
     )
 
 
@@ -44,25 +75,26 @@ class StreamCursor:
     """Which tokens of each choice a stream has sent logprobs for: every chunk carries the tokens
     generated since the previous one (the scheduler thread appends while the event loop reads)."""
 
-    def __init__(self, rows: list[Row]) -> None:
+    def __init__(self, rows: list[Row], prompt_lens: list[int] | None = None) -> None:
         self.rows = rows
         self.sent = [0] * len(rows)
-        self.offset = [0] * len(rows)
+        self.echoed: set[int] = set()
+        # Where each choice's generated text starts in prompt + completion (OpenAI's text_offset).
+        self.offset = list(prompt_lens) if prompt_lens is not None else [0] * len(rows)
 
-    def take(self, i: int) -> tuple[int, int]:
-        """The token range [start, end) of choice i not yet sent, now marked sent."""
-        row = self.rows[i]
-        # token_logprobs grows before token_ids: count only tokens whose every list is filled.
-        end = min(len(row.token_ids), len(row.token_logprobs), len(row.top_logprobs))
-        start, self.sent[i] = self.sent[i], end
-        return start, end
-
-    def completion(self, tok: Any, i: int) -> CompletionLogprobs:
-        start, end = self.take(i)
-        lp = completion_logprobs(tok, self.rows[i], start, end, self.offset[i])
+    def completion(self, tok: Any, i: int, echo: bool = False) -> CompletionLogprobs:
+        """The logprobs of choice i's tokens not sent yet; with echo, its first chunk starts with the prompt's."""
+        entries = generated(self.rows[i])
+        start, self.sent[i] = self.sent[i], len(entries)
+        lp = completion_logprobs(tok, entries[start:], self.offset[i])
         self.offset[i] += sum(len(t) for t in lp.tokens)
+        if echo and i not in self.echoed:
+            self.echoed.add(i)
+            lp = _joined(completion_logprobs(tok, prompt_entries(self.rows[i]), 0), lp)
         return lp
 
     def chat(self, tok: Any, i: int, top: int) -> ChatChoiceLogprobs:
-        start, end = self.take(i)
-        return chat_logprobs(tok, self.rows[i], top, start, end)
+        row = self.rows[i]
+        end = min(len(row.token_ids), len(row.token_logprobs), len(row.top_logprobs))
+        start, self.sent[i] = self.sent[i], end
+        return chat_logprobs(tok, row, top, start, end)

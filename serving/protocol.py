@@ -1,18 +1,100 @@
 """Requests to generation: validate what the engine cannot serve (a 400 naming the parameter) and turn
-each choice into a Row with its sampling parameters; usage and best_of on the way back."""
+each choice into a Row with its sampling parameters; usage and best_of on the way back.
+
+`chat_messages` is the one place that decides which chat message fields and content parts are served:
+what it does not honour yet (images, audio, files, tool calls) is refused by name, never dropped.
+"""
 
 from __future__ import annotations
 
 from app.errors import bad_request
-from app.schemas.completions import ChatCompletionRequest, CompletionRequest, Usage
+from app.schemas.completions import ChatCompletionRequest, ChatMessage, CompletionRequest, Usage
 from engine.generation import Row
 from engine.sampling import Sampling
 
+# Chat message fields that rendering honours; any other one a client sets is refused by name.
+_MESSAGE_FIELDS = {"role", "content", "name"}
+
+
+def check_supported(req: CompletionRequest | ChatCompletionRequest) -> None:
+    """Refuse what would change the result if it were ignored."""
+    if req.reasoning_effort is not None:
+        raise bad_request(
+            "reasoning_effort is not supported: the served models do not reason",
+            param="reasoning_effort",
+            code="unsupported_parameter",
+        )
+
+
+def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The messages as the chat template takes them (`developer` is the system role); 400 for any part not served.
+
+    The one place to extend when tool calls or other content parts are supported (issue 15).
+    """
+    out = []
+    for i, m in enumerate(req.messages):
+        if m.role in ("tool", "function"):
+            raise bad_request(
+                f"messages[{i}]: '{m.role}' messages are not supported (tool calling is not available yet)",
+                param=f"messages[{i}].role",
+                code="unsupported_message",
+            )
+        for key, value in (m.model_extra or {}).items():
+            if key not in _MESSAGE_FIELDS and value not in ([], {}, ""):
+                raise bad_request(
+                    f"messages[{i}].{key} is not supported"
+                    + (" (tool calling is not available yet)" if key in ("tool_calls", "function_call") else ""),
+                    param=f"messages[{i}].{key}",
+                    code="unsupported_message",
+                )
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)})
+    return out
+
+
+def _text(m: ChatMessage, i: int) -> str:
+    """A message's text: its string, or its text parts joined; any other part is a 400 naming its type."""
+    if isinstance(m.content, str) or m.content is None:
+        return m.content or ""
+    texts = []
+    for j, part in enumerate(m.content):
+        kind = part.get("type")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise bad_request(
+                f"messages[{i}].content[{j}]: content parts of type '{kind}' are not supported; only text parts are",
+                param=f"messages[{i}].content[{j}].type",
+                code="unsupported_content",
+            )
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def check_prompt_ids(ids: list[int], vocab: int, index: int) -> None:
+    """Token-id prompts must name tokens the model has."""
+    bad = [t for t in ids if t >= vocab]
+    if bad:
+        raise bad_request(
+            f"prompt[{index}] holds token ids outside the model's vocabulary of {vocab}: {bad[:5]}", param="prompt"
+        )
+
+
+def check_max_tokens(sent: int | None, limit: int, param: str = "max_tokens") -> None:
+    """A max_tokens above the server's cap is a 400 quoting the value sent."""
+    if sent is not None and sent > limit:
+        raise bad_request(
+            f"{param} is too large: {sent}. This server generates at most {limit} tokens per request",
+            param=param,
+        )
+
 
 def sampling(
-    req: CompletionRequest | ChatCompletionRequest, max_tokens: int, logprobs: int | None, choice: int, vocab: int
+    req: CompletionRequest | ChatCompletionRequest,
+    max_tokens: int,
+    logprobs: int | None,
+    choice: int,
+    vocab: int,
+    prompt_logprobs: bool = False,
 ) -> Sampling:
-    """One choice's sampling parameters (choice i of a seeded request samples with seed + i)."""
+    """One choice's sampling parameters (choice i of a seeded request samples with seed + i, modulo 2**64)."""
     stops = req.stop_list()
     if len(stops) > 4:
         raise bad_request("At most 4 stop sequences are allowed", param="stop")
@@ -20,7 +102,8 @@ def sampling(
     unknown = [t for t, _ in bias if t >= vocab]
     if unknown:
         raise bad_request(f"logit_bias names token ids outside the model's vocabulary: {unknown}", param="logit_bias")
-    seed = None if req.seed is None else req.seed + choice
+    # torch's generators take any 64-bit pattern: negative seeds and seed + i past 2**63 wrap, never overflow.
+    seed = None if req.seed is None else (req.seed + choice) % 2**64
     return Sampling(
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -28,18 +111,19 @@ def sampling(
         stop=tuple(stops),
         seed=seed,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
         logit_bias=bias,
         frequency_penalty=req.frequency_penalty or 0.0,
         presence_penalty=req.presence_penalty or 0.0,
     )
 
 
-def check_length(prompt_len: int, max_tokens: int, limit: int) -> None:
+def check_length(prompt_len: int, max_tokens: int, limit: int, param: str = "max_tokens") -> None:
     if prompt_len + max_tokens > limit:
         raise bad_request(
             f"This model's maximum context length is {limit} tokens; the prompt has {prompt_len} tokens and "
-            f"max_tokens is {max_tokens}",
-            param="max_tokens",
+            f"{param} is {max_tokens}",
+            param=param,
             code="context_length_exceeded",
         )
 

@@ -1,17 +1,74 @@
-"""Completions and chat completions: request and response types as OpenAI defines them."""
+"""Completions and chat completions: request and response types as OpenAI defines them.
+
+Requests follow OpenAI's SDK conventions: an explicit `null` means "the default"; fields that do not
+change the output (`store`, `metadata`, `service_tier`, `prompt_cache_key`, `safety_identifier`, `user`)
+are accepted and ignored; text that is not valid Unicode (a lone surrogate) is a 400 naming its field.
+What the engine cannot serve yet (content parts other than text, tool calls) is refused in one place,
+serving/protocol.py, not silently dropped here.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from app.schemas.common import Metadata
+
+# OpenAI takes `seed` as a 64-bit signed integer.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+TokenId = Annotated[int, Field(ge=0)]
 
 
-class StreamOptions(BaseModel):
+def _drop_nulls(data: Any) -> Any:
+    """`{"n": null}` means the default, as in OpenAI's API and SDK: drop explicit nulls before validation."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if v is not None}
+    return data
+
+
+def lone_surrogate_path(value: Any, path: str = "") -> str | None:
+    """Where in a JSON value a string holds a lone surrogate (not encodable as UTF-8), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "value"
+        return None
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and lone_surrogate_path(key) is not None:
+            return f"{path}.{key!r}" if path else repr(key)
+        found = lone_surrogate_path(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
+
+
+class _Request(BaseModel):
+    """Nulls mean the default; every string must be valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        return _drop_nulls(data)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        where = lone_surrogate_path(value)
+        if where is not None:
+            sep = "" if where.startswith("[") else "."
+            at = info.field_name if where == "value" else f"{info.field_name}{sep}{where}"
+            raise ValueError(f"{at} contains a lone surrogate, which is not valid Unicode text")
+        return value
+
+
+class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _SamplingFields(BaseModel):
+class _SamplingFields(_Request):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
@@ -19,10 +76,9 @@ class _SamplingFields(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # Token id (as a string, as OpenAI sends it) → bias in [-100, 100] added to that token's logit.
@@ -33,6 +89,16 @@ class _SamplingFields(BaseModel):
             "additionalProperties": {"minimum": -100, "maximum": 100},
         },
     )
+    # Documented no-ops: accepted because current clients send them, and ignored because they do not
+    # change the output (docs/api.md).
+    user: str | None = None
+    store: bool | None = None
+    metadata: Metadata | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # Refused with a 400 by serving/protocol.py: the served models do not reason (docs/api.md).
+    reasoning_effort: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -49,24 +115,49 @@ class _SamplingFields(BaseModel):
         return [s for s in stops if s]
 
 
+# The document says what the validator checks (schemathesis sends only what the schema allows).
+Prompt = (
+    Annotated[str, Field(min_length=1)]
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[TokenId], Field(min_length=1)]
+    | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+)
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)]
-    max_tokens: int | None = Field(default=16, ge=1)
+    # A string, strings, token ids, or lists of token ids (what lm-eval sends), as OpenAI takes them.
+    prompt: Prompt
+    # 0 with echo: score the prompt only (its logprobs), generate nothing.
+    max_tokens: int | None = Field(default=16, ge=0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=1, le=16)
     suffix: str | None = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, v: Prompt) -> Prompt:
+        if isinstance(v, list) and (not v or any(isinstance(p, list) and not p for p in v)):
+            raise ValueError("prompt must not be an empty list")
+        return v
 
-class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    def prompt_list(self) -> list[str | list[int]]:
+        """The prompts, one per entry: a text, or a list of token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [[int(t) for t in p]]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class ChatMessage(_Request):
+    # Extra fields (tool_calls, audio, …) are kept so serving can refuse what it does not honour by name.
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, str) or self.content is None:
-            return self.content or ""
-        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -86,7 +177,8 @@ class Usage(BaseModel):
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
     token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float]] | None = None
+    # With echo, the prompt's first token has no logprob and no alternatives (null), as in OpenAI's API.
+    top_logprobs: list[dict[str, float] | None] | None = None
     text_offset: list[int]
 
 

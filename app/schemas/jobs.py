@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.job_status import JobStatus
+from app.schemas.common import Metadata
 
 Auto = Literal["auto"]
+# OpenAI's bounds (n_epochs 1-50, batch_size 1-256, learning_rate_multiplier > 0); ftserve also caps the
+# multiplier at 10 (a finite learning rate that still trains) and refuses NaN and Infinity.
+Epochs = Annotated[int, Field(ge=1, le=50)]
+BatchSize = Annotated[int, Field(ge=1, le=256)]
+LearningRateMultiplier = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
 
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: Auto | int | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 50})
-    batch_size: Auto | int | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 256})
-    learning_rate_multiplier: Auto | float | None = Field(default=None, json_schema_extra={"exclusiveMinimum": 0})
+    n_epochs: Auto | Epochs | None = None
+    batch_size: Auto | BatchSize | None = None
+    learning_rate_multiplier: Auto | LearningRateMultiplier | None = None
 
 
 class DpoHyperparameters(Hyperparameters):
@@ -80,7 +86,7 @@ class JobCreate(BaseModel):
     validation_file: str | None = None
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     integrations: list[Any] | None = None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.datasets.batch import FORMATS as BATCH_FORMATS
+from app.datasets.batch import validate_batch_file
 from app.datasets.formats import DatasetError
 from app.datasets.validate import validate_file
 from app.db.tables import File
@@ -18,7 +21,7 @@ from app.schemas.files import FileObject
 from app.services.pagination import page
 from app.storage import Storage, UploadTooLarge
 
-UPLOAD_PURPOSES = ("fine-tune",)
+UPLOAD_PURPOSES = ("fine-tune", "batch")
 
 
 def to_wire(f: File) -> FileObject:
@@ -73,17 +76,16 @@ async def create_upload(
         status="uploaded",
     )
     try:
-        summary = await asyncio.to_thread(
-            validate_file, storage.file_path(file_id), settings.max_line_bytes, settings.min_training_examples
-        )
+        fmt, count = await asyncio.to_thread(_validate, storage.file_path(file_id), purpose, settings)
     except DatasetError as err:
         row.status, row.status_details = "error", err.describe()
         row.error_code, row.error_line = err.code, err.line
         _commit(session, storage, row)
+        kind = "batch" if purpose == "batch" else "training"
         raise InvalidRequest(
-            f"Invalid training file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
+            f"Invalid {kind} file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
         ) from None
-    row.status, row.format, row.n_examples = "processed", summary.format, summary.n_examples
+    row.status, row.format, row.n_examples = "processed", fmt, count
     _commit(session, storage, row)
     return row
 
@@ -97,6 +99,15 @@ def _commit(session: Session, storage: Storage, row: File) -> None:
     except BaseException:
         storage.delete_file(row.id)
         raise
+
+
+def _validate(path: Path, purpose: str, settings: Settings) -> tuple[str, int]:
+    """(format, examples or requests) of an upload, checked line by line by its purpose; DatasetError if bad."""
+    if purpose == "batch":
+        batch = validate_batch_file(path, settings.max_line_bytes, settings.max_batch_requests)
+        return BATCH_FORMATS[batch.url], batch.n_requests
+    summary = validate_file(path, settings.max_line_bytes, settings.min_training_examples)
+    return summary.format, summary.n_examples
 
 
 def create_result_file(session: Session, settings: Settings, org: str, filename: str, data: bytes) -> File:

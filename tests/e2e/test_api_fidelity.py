@@ -228,7 +228,9 @@ def test_completion_parameters(client: OpenAI, trained: FineTuningJob) -> None:
     lp = client.completions.create(model=model, prompt=prompts[0], temperature=0, logprobs=2, max_tokens=6)
     logprobs = lp.choices[0].logprobs
     assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs and logprobs.top_logprobs
-    assert "".join(logprobs.tokens) == lp.choices[0].text
+    # The end-of-text token that stopped the choice is listed last (as OpenAI does), though not in the text.
+    assert lp.choices[0].finish_reason == "stop" and logprobs.tokens[-1] == "<|endoftext|>"
+    assert "".join(logprobs.tokens[:-1]) == lp.choices[0].text
     assert all(len(t) == 2 for t in logprobs.top_logprobs)
 
 

@@ -19,7 +19,7 @@ from app.services.catalog import ResolvedModel
 from app.storage import Storage
 from engine import lora
 from engine.engine import InferenceEngine, ModelRef
-from engine.errors import AdapterLoadError
+from engine.errors import AdapterLoadError, GenerationFailed
 from engine.generation import Row
 from engine.sampling import Sampling
 from models.bases import load_base
@@ -180,3 +180,93 @@ def test_corrupt_adapter_fails_only_its_requests(adapters_dir: Path, bases_dir: 
         assert "ft:colors" in error.message
         with pytest.raises(AdapterLoadError):  # a later request tries again and fails the same way
             engine.run(_ref(engine, COLORS_MODEL), _rows(engine))
+
+
+def _raise(*_: object) -> bool:
+    raise RuntimeError("injected fault")
+
+
+def test_a_failing_row_fails_only_its_request(engine: InferenceEngine) -> None:
+    """Faults injected into single rows of one mixed prefill (three models): each fails its own request alone,
+    and every neighbour finishes with exactly its single-request output."""
+    single = {m.name: _texts(engine, m) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
+    tok = engine.tokenizer(BASE)
+    vocab = engine.resident(BASE).model.config.vocab_size
+    ids = tok(prompt("cat"))["input_ids"]
+
+    def one(**sampling: object) -> list[Row]:
+        return [Row(list(ids), None, Sampling(max_tokens=8, **sampling))]  # type: ignore[arg-type]
+
+    callback, cancel_check, siblings = one(temperature=0), one(temperature=0), one(temperature=0) + one(temperature=0)
+    callback[0].on_text = _raise  # a listener that raises mid-generation
+    cancel_check[0].cancelled = _raise
+    siblings[1].on_text = _raise  # one row of an n=2 request: the request fails, its other row stops
+    out_of_vocab = [Row([*ids, vocab + 5], None, Sampling(max_tokens=8, temperature=0))]  # breaks the prefill pass
+    faulty = {
+        "sampling": (SOUNDS_MODEL, one(temperature=1.0, logit_bias=((vocab + 7, 1.0),))),
+        "stop string": (COLORS_MODEL, one(temperature=0, stop=(b"not text",))),
+        "callback": (BASE_MODEL, callback),
+        "cancel check": (SOUNDS_MODEL, cancel_check),
+        "sibling": (COLORS_MODEL, siblings),
+        "forward pass": (BASE_MODEL, out_of_vocab),
+    }
+    normal = {m.name: (m, _rows(engine)) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
+    # Valid but extreme: a nucleus that rounds to nothing in float32 must still sample (the top token).
+    tiny_top_p = (SOUNDS_MODEL, [Row(r.prompt_ids, None, Sampling(max_tokens=8, temperature=1.0, top_p=1e-50))
+                                 for r in _rows(engine)])  # fmt: skip
+    jobs = {**faulty, **normal, "tiny top_p": tiny_top_p}
+    results: dict[str, BaseException | None] = {}
+    finished = threading.Event()
+
+    def record(name: str, error: BaseException | None) -> None:
+        results[name] = error
+        if len(results) == len(jobs):
+            finished.set()
+
+    for name, (model, rows) in jobs.items():
+        engine.submit(_ref(engine, model), rows, partial(record, name))
+    assert finished.wait(120), results
+    assert (sum(len(rows) for _, rows in jobs.values()), 3) in engine.scheduler.prefills  # one shared prefill
+    for name in faulty:
+        assert isinstance(results[name], GenerationFailed), (name, results[name])
+    for name, (_, rows) in normal.items():
+        assert results[name] is None, results[name]
+        assert [r.text for r in rows] == single[name], name
+    assert results["tiny top_p"] is None
+    assert [r.text for r in tiny_top_p[1]] == single["ft:sounds"]
+    assert siblings[0].was_cancelled and len(siblings[0].token_ids) < 8  # stopped, not run to the end
+    # The engine goes on serving afterwards.
+    assert _texts(engine, SOUNDS_MODEL) == single["ft:sounds"]
+
+
+def test_background_rows_join_a_running_batch_in_groups(adapters_dir: Path, bases_dir: Path) -> None:
+    """Batch API rows (background) are prefilled into a running batch several at a time, never one by one,
+    and generate exactly what they generate as ordinary requests."""
+    with _engine(adapters_dir, bases_dir, max_batch_rows=16) as engine:
+        tok = engine.tokenizer(BASE)
+        ref = _ref(engine, SOUNDS_MODEL)
+
+        def rows() -> list[Row]:  # different lengths: rows leave the batch at different steps
+            return [
+                Row(tok(prompt(a))["input_ids"], None, Sampling(max_tokens=2 + i % 7, temperature=0))
+                for i, a in enumerate(ANIMALS * 5)
+            ]
+
+        plain = rows()
+        engine.run(ref, plain)
+        background, left = rows(), threading.Event()
+        remaining = [len(background)]
+
+        def done(error: BaseException | None) -> None:
+            assert error is None
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                left.set()
+
+        for row in background:
+            engine.submit(ref, [row], done, background=True)
+        assert left.wait(120)
+        assert [r.text for r in background] == [r.text for r in plain]
+        joins = [admitted for admitted, running in engine.scheduler.admissions if running]
+        # Only the last rows left waiting may join fewer at a time than the group.
+        assert len(joins) > 2 and min(joins[:-1]) >= engine.scheduler.min_group == 2, engine.scheduler.admissions

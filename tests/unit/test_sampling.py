@@ -26,3 +26,15 @@ def test_negative_penalty_encourages_repetition_and_greedy_follows_the_shaped_lo
     s = Sampling(temperature=0, presence_penalty=-2.0)
     assert sample(shape_logits(logits, s, [1]), s, None) == 1
     assert sample(shape_logits(logits, Sampling(temperature=0), [1]), s, None) == 0
+
+
+def test_a_tiny_top_p_keeps_the_most_likely_token() -> None:
+    """top_p=1e-50 rounds to 0 in float32: the nucleus must still hold the top token (it is then greedy)."""
+    logits = torch.tensor([0.5, 3.0, 1.0, -2.0])
+    gen = torch.Generator().manual_seed(0)
+    assert {sample(logits, Sampling(temperature=1.0, top_p=1e-50), gen) for _ in range(20)} == {1}
+
+
+def test_a_tiny_temperature_is_greedy_not_nan() -> None:
+    logits = torch.tensor([0.5, 3.0, 1.0, -2.0])
+    assert sample(logits, Sampling(temperature=1e-30), torch.Generator().manual_seed(0)) == 1
