@@ -147,13 +147,39 @@ class BlobStore:
             self._call(self.fs.rm, self.path(key))
 
     # -- directories (adapters, checkpoints) --------------------------------------------------
-    def list(self, prefix: str) -> list[str]:
+    def names(self, prefix: str) -> list[str]:
         """Keys of the objects and sub-prefixes directly under `prefix` (names only, no recursion)."""
         try:
             found = self._retrying_ls(self.path(prefix))
         except FileNotFoundError:
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
+
+    def listing(self, prefix: str) -> list[tuple[str, float]]:
+        """(name, last modified) of each object or sub-directory directly under `prefix`; a sub-directory's
+        time is its newest object's on a remote store (where directories exist only as key prefixes)."""
+        if not self.remote:
+            folder = Path(self.path(prefix))
+            if not folder.is_dir():
+                return []
+            out = []
+            for entry in os.scandir(folder):
+                with contextlib.suppress(FileNotFoundError):
+                    out.append((entry.name, entry.stat().st_mtime))
+            return sorted(out)
+        try:
+            found = self._call(self.fs.find, self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        newest: dict[str, float] = {}
+        base = self.path(prefix).rstrip("/") + "/"
+        for path, info in found.items():
+            name = path[len(base) :].split("/", 1)[0] if path.startswith(base) else ""
+            modified = info.get("LastModified") or info.get("mtime")
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or 0)
+            if name:
+                newest[name] = max(newest.get(name, 0.0), stamp)
+        return sorted(newest.items())
 
     def is_complete(self, prefix: str) -> bool:
         return self.exists(f"{prefix}/{COMPLETE}")
@@ -186,7 +212,7 @@ class BlobStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            for name in self.list(prefix):
+            for name in self.names(prefix):
                 self._call(self.fs.get_file, self.path(f"{prefix}/{name}"), str(tmp / name))
             shutil.rmtree(local, ignore_errors=True)
             os.replace(tmp, local)

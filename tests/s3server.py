@@ -52,7 +52,8 @@ swift_dir = {etc}
 log_level = WARNING
 
 [pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging listing_formats s3api tempauth copy slo dlo proxy-logging proxy-server
+pipeline = catch_errors gatekeeper healthcheck proxy-logging listing_formats s3api tempauth copy slo dlo
+    proxy-logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
