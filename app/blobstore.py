@@ -96,6 +96,16 @@ class BlobStore:
         except FileNotFoundError as exc:
             raise StorageUnavailable(self.url, FileNotFoundError(f"bucket '{bucket}' does not exist")) from exc
 
+    def ensure(self) -> None:
+        """Create the store's root (a local directory, or the S3 bucket) if it does not exist yet."""
+        if not self.remote:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            return
+        bucket = self.root.split("/", 1)[0]
+        if not self._call(self.fs.exists, bucket):
+            self._call(self.fs.mkdir, bucket)
+        self.check()
+
     def _retrying_ls(self, path: str) -> list[str]:
         return list(self._call(self.fs.ls, path, detail=False))
 

@@ -225,10 +225,17 @@ def worker(name: str, queues: str | None) -> None:
 
 @cli.command()
 def migrate() -> None:
-    """Upgrade the database to the newest schema."""
+    """Upgrade the database to the newest schema, and create the object store's bucket if it is missing."""
+    from app.storage import Storage, StorageUnavailable
+
     settings = _settings()
     _migrate(settings)
     console.print("[green]✓[/] database at head")
+    try:
+        Storage(settings).ensure()
+    except StorageUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"[green]✓[/] storage ready at {settings.resolved_storage_url()}")
 
 
 @cli.group()

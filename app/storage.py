@@ -82,6 +82,10 @@ class Storage:
         """Raise StorageUnavailable (naming the URL) unless the store answers."""
         self.blobs.check()
 
+    def ensure(self) -> None:
+        """Create the store (a directory, or the bucket) if needed; `ftserve migrate` does it once."""
+        self.blobs.ensure()
+
     # -- keys ------------------------------------------------------------------------------------
     @staticmethod
     def file_key(file_id: str) -> str:

@@ -104,6 +104,11 @@ class S3Server:
         for p in self.procs:
             p.stop()
 
+    def restart(self) -> None:
+        """Start the same servers again on the same disk (an outage ends; every object is still there)."""
+        self.procs = [Proc(p.args, p.env, p.log_path.with_suffix(".again.log")) for p in self.procs]
+        _wait(self)
+
 
 def _python() -> str:
     python = SWIFT_VENV / "bin" / "python"
@@ -141,6 +146,12 @@ def start_swift(root: Path, ip: str, port: int) -> S3Server:
         for kind in ("account", "container", "object", "proxy")
     ]
     server = S3Server(f"http://{ip}:{port}", procs)
+    _wait(server)
+    return server
+
+
+def _wait(server: S3Server) -> None:
+    procs = server.procs
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         dead = [p for p in procs if not p.alive()]
@@ -149,7 +160,7 @@ def start_swift(root: Path, ip: str, port: int) -> S3Server:
             raise RuntimeError(f"Swift exited early:\n{dead[0].output()}")
         try:
             if httpx.get(f"{server.endpoint}/healthcheck", timeout=2).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)

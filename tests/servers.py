@@ -28,6 +28,7 @@ class Proc:
     """A child process whose output goes to a log file, printed if a test needs it."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env = args, env
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
