@@ -28,7 +28,9 @@ def service(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str) 
 def test_a_job_waits_for_a_worker_of_its_bases_queue(service: Service, tmp_path: Path) -> None:
     client = client_for(service)
     uploaded = client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune")
-    small = client.fine_tuning.jobs.create(training_file=uploaded.id, model="ftserve-tiny", hyperparameters={"n_epochs": 1})
+    small = client.fine_tuning.jobs.create(
+        training_file=uploaded.id, model="ftserve-tiny", hyperparameters={"n_epochs": 1}
+    )
     big = client.fine_tuning.jobs.create(training_file=uploaded.id, model="tiny-big", hyperparameters={"n_epochs": 1})
     done, _ = wait_job(client, small.id)
     assert done.status == "succeeded", done.error

@@ -49,7 +49,11 @@ def test_a_store_outage_fails_the_job_clearly_and_keeps_its_last_checkpoint(
     client = client_for(service)
     uploaded = client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        training_file=uploaded.id, model="ftserve-tiny", suffix=SUFFIX, seed=3, hyperparameters={"n_epochs": 40, "batch_size": 4}
+        training_file=uploaded.id,
+        model="ftserve-tiny",
+        suffix=SUFFIX,
+        seed=3,
+        hyperparameters={"n_epochs": 40, "batch_size": 4},
     )
     deadline = time.monotonic() + 120
     while not client.fine_tuning.jobs.checkpoints.list(job.id).data:  # epoch 1's checkpoint (step 3) is stored
