@@ -57,6 +57,7 @@ def run_job(job_id: str, settings: Settings) -> None:
     if spec is None:
         log.info("job %s is not queued; nothing to do", job_id)
         return
+    log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
     store.start_heartbeat()
     try:
         _train(spec, settings, store)

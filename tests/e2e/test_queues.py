@@ -36,13 +36,14 @@ def test_a_job_waits_for_a_worker_of_its_bases_queue(service: Service, tmp_path:
     assert done.status == "succeeded", done.error
     time.sleep(3)  # the default-queue worker is idle now, and still must not take the big base's job
     assert client.fine_tuning.jobs.retrieve(big.id).status == "queued"
-    assert big.id not in service.procs[1].output()
+    assert f"job {small.id} claimed" in service.procs[1].output()  # the worker logs each job it takes…
+    assert f"job {big.id} claimed" not in service.procs[1].output()  # …and it never took the big one
 
     log = tmp_path / "big-worker.log"
     big_worker = Proc([*FTSERVE, "worker", "--name", "big", "--queues", "big-gpu"], service.env, log)
     try:
         done, _ = wait_job(client, big.id)
         assert done.status == "succeeded", done.error
-        assert big.id in big_worker.output()
+        assert f"job {big.id} claimed" in big_worker.output()
     finally:
         big_worker.stop()
