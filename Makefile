@@ -61,6 +61,8 @@ swift: $(SWIFT_STAMP)
 
 test: $(STAMP) $(SWIFT_STAMP) system-deps lint typecheck contracts
 	$(PY) -m pytest -q -ra --durations=15
+	@echo "==> the end-to-end tests again, every server keeping its artifacts in a real S3 server (Swift)"
+	$(PY) -m pytest -q -ra --durations=5 tests/e2e --storage s3 -m "not local_storage"
 
 clean:
 	rm -rf $(VENV) $(SWIFT_VENV) .pytest_cache .mypy_cache .ruff_cache
