@@ -20,8 +20,8 @@ import fsspec
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 COMPLETE = "FTSERVE_COMPLETE"
-# Multipart part size on S3: the memory an upload in progress holds (S3's minimum part is 5 MiB).
-PART_BYTES = 8 * 1024 * 1024
+# Multipart part size on S3: the memory an upload in progress holds (S3's minimum part size).
+PART_BYTES = 5 * 1024 * 1024
 
 
 class StorageUnavailable(Exception):
