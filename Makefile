@@ -8,7 +8,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 CODE := app models training engine serving worker
 
-.PHONY: run test lint typecheck contracts install system-deps bench clean
+.PHONY: run test lint typecheck contracts install system-deps swift bench clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating virtualenv in $(VENV) and installing ftserve (torch CPU build pinned)"
@@ -30,6 +30,9 @@ system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
 		{ echo "==> installing docker-compose (Debian)"; \
 		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null; }
+	@command -v ip >/dev/null 2>&1 || \
+		{ echo "==> installing iproute2 (Debian): the multi-host tests make network namespaces"; \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2) >/dev/null; }
 	@test -x /usr/bin/chromium || \
 		{ echo "==> installing chromium (Debian)"; \
 		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
@@ -44,8 +47,22 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP) system-deps lint typecheck contracts
+# A real S3 server for the tests: OpenStack Swift with s3api, in its own virtualenv (tests/s3server.py runs it).
+SWIFT_VENV ?= .venv-swift
+SWIFT_STAMP := $(SWIFT_VENV)/.installed
+
+$(SWIFT_STAMP):
+	@echo "==> creating $(SWIFT_VENV) with OpenStack Swift (the tests' S3 server)"
+	$(PYTHON) -m venv $(SWIFT_VENV)
+	$(SWIFT_VENV)/bin/pip install -q swift==2.38.3
+	@touch $@
+
+swift: $(SWIFT_STAMP)
+
+test: $(STAMP) $(SWIFT_STAMP) system-deps lint typecheck contracts
 	$(PY) -m pytest -q -ra --durations=15
+	@echo "==> the end-to-end tests again, every server keeping its artifacts in a real S3 server (Swift)"
+	$(PY) -m pytest -q -ra --durations=5 tests/e2e --storage s3 -m "not local_storage"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SWIFT_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -43,8 +43,8 @@ def make_celery(broker: str, folder: Path) -> Celery:
         worker_prefetch_multiplier=1,
         # The DB holds every result; a result backend would only duplicate it.
         task_ignore_result=True,
+        # Each job is sent to its base's queue (the registry's `queue`, this one by default).
         task_default_queue=TRAIN_QUEUE,
-        task_routes={RUN_JOB: {"queue": TRAIN_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         # A task must never be killed by a time limit mid-checkpoint; cancellation goes through the DB.

@@ -40,6 +40,16 @@ def _migrate(settings: Settings) -> None:
     upgrade_head(settings.resolved_database_url())
 
 
+def _check_storage(settings: Settings) -> None:
+    """Refuse to start when the object store cannot be reached: say which URL, not a traceback later."""
+    from app.storage import Storage, StorageUnavailable
+
+    try:
+        Storage(settings).check()
+    except StorageUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -96,7 +106,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_command(settings: Settings, name: str = "ftserve") -> list[str]:
+def worker_command(settings: Settings, name: str = "ftserve", queues: list[str] | None = None) -> list[str]:
+    """The Celery worker's command line; `queues`: the training queues it takes jobs from (default: the
+    default queue; `ftserve up` takes every queue of the registry)."""
     from app.broker import TRAIN_QUEUE
 
     # solo pool: the task runs in the worker's main process, one job at a time, and the base model
@@ -113,7 +125,7 @@ def worker_command(settings: Settings, name: str = "ftserve") -> list[str]:
         "--concurrency",
         "1",
         "-Q",
-        TRAIN_QUEUE,
+        ",".join(queues or [TRAIN_QUEUE]),
         "--loglevel",
         "INFO",
         "-n",
@@ -147,11 +159,14 @@ def up(host: str | None, port: int | None, data_dir: str | None) -> None:
     console.print(f"[bold]ftserve[/] data dir: {settings.resolved_data_dir()}")
     console.print(f"  database: {settings.resolved_database_url()}")
     console.print(f"  broker:   {settings.resolved_broker_url()}")
+    console.print(f"  storage:  {settings.resolved_storage_url()}")
+    _check_storage(settings)
     _migrate(settings)
     _check_exposure(settings)
     _prepare(settings, settings.prepare_bases)
+    queues = settings.training_queues()  # one machine: this worker takes every base's jobs
     worker = subprocess.Popen(
-        worker_command(settings, "ftserve-up"), env=os.environ.copy(), preexec_fn=_die_with_parent
+        worker_command(settings, "ftserve-up", queues), env=os.environ.copy(), preexec_fn=_die_with_parent
     )
     console.print(f"[green]✓[/] training worker started (pid {worker.pid})")
     console.print(
@@ -175,6 +190,7 @@ def up(host: str | None, port: int | None, data_dir: str | None) -> None:
 def api(host: str | None, port: int | None, with_inference: bool) -> None:
     """Run the api role (files, fine-tuning jobs, models)."""
     settings = _settings(None, host, port)
+    _check_storage(settings)
     _migrate(settings)
     _check_exposure(settings)
     _serve(settings, {"api", "inference"} if with_inference else {"api"})
@@ -186,24 +202,40 @@ def api(host: str | None, port: int | None, with_inference: bool) -> None:
 def inference(host: str | None, port: int | None) -> None:
     """Run the inference role (/v1/completions, /v1/chat/completions)."""
     settings = _settings(None, host, port)
+    _check_storage(settings)
     _check_exposure(settings)
     _serve(settings, {"inference"})
 
 
 @cli.command()
 @click.option("--name", default="ftserve", help="Celery worker name.")
-def worker(name: str) -> None:
+@click.option(
+    "--queues",
+    default=None,
+    help="Comma-separated training queues to take jobs from (each base's `queue` in the registry); "
+    "default: ftserve.train.",
+)
+def worker(name: str, queues: str | None) -> None:
     """Run a training worker (one job at a time)."""
     settings = _settings()
-    os.execv(sys.executable, worker_command(settings, name))
+    _check_storage(settings)
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    os.execv(sys.executable, worker_command(settings, name, chosen))
 
 
 @cli.command()
 def migrate() -> None:
-    """Upgrade the database to the newest schema."""
+    """Upgrade the database to the newest schema, and create the object store's bucket if it is missing."""
+    from app.storage import Storage, StorageUnavailable
+
     settings = _settings()
     _migrate(settings)
     console.print("[green]✓[/] database at head")
+    try:
+        Storage(settings).ensure()
+    except StorageUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"[green]✓[/] storage ready at {settings.resolved_storage_url()}")
 
 
 @cli.group()

@@ -22,6 +22,9 @@ class BaseModelSpec(BaseModel):
     dtype: str = "auto"
     max_seq_len: int = 2048
     description: str = ""
+    # The training queue its jobs go to: workers take jobs only from the queues they name
+    # (`ftserve worker --queues …`), so a host whose GPUs cannot hold this base never gets its jobs.
+    queue: str = "ftserve.train"
 
 
 def _default_registry() -> dict[str, BaseModelSpec]:
@@ -51,6 +54,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = None
     broker_url: str | None = None
+    # Where every artifact lives (uploaded files, checkpoints, adapters, result files): a local directory
+    # (default: the data dir) or s3://bucket/prefix, with the standard AWS_* variables for the endpoint
+    # and credentials. Every role of one deployment must name the same store.
+    storage_url: str | None = None
+    # This host's copies of what it read from a remote store (adapters, training files), bounded in bytes;
+    # nothing here is the only copy. Default: <data dir>/cache.
+    cache_dir: Path | None = None
+    cache_max_bytes: int = 10 * 1024**3
     # Where prepared base models live; shared between data dirs (tests build the tiny model once).
     bases_dir: Path | None = None
     base_models: dict[str, BaseModelSpec] = Field(default_factory=_default_registry)
@@ -144,6 +155,18 @@ class Settings(BaseSettings):
         if self.bases_dir is not None:
             return self.bases_dir.expanduser().resolve()
         return self.resolved_data_dir() / "bases"
+
+    def training_queues(self) -> list[str]:
+        """Every queue a registered base sends its jobs to."""
+        return sorted({spec.queue for spec in self.base_models.values()})
+
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.resolved_data_dir())
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir.expanduser().resolve()
+        return self.resolved_data_dir() / "cache"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -1,30 +1,40 @@
-"""Blob store on local disk; every path derives from a service-made id, never a client's file name.
+"""Every artifact in the object store (a local directory or s3://…, app/blobstore.py), by keys that derive
+from service-made ids only, never a client's file name: `files/{file-id}.jsonl`, `jobs/{job-id}/final`,
+`…/ckpt-step-N`, `…/resume`, `…/{name}` for a job's own files.
 
-Writers stage an object privately (an upload's `.part`, an adapter's `.NAME.tmp-PID` directory) and then
-promote it into place in one rename, so a reader never sees half of one. What a crash leaves staged, or
-promoted but never recorded in the DB, is listed here for the orphan sweep (app/services/orphans.py)."""
+Writers publish whole objects: an upload appears when its last part is written, an adapter directory when
+its completion marker is (writers stage it on local disk and promote it, inside the training store's fenced
+transaction). Readers on a host whose store is remote get local copies through a bounded cache. What a crash
+leaves staged, or published but never recorded in the DB, is listed here for the orphan sweep."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from app.blobstore import COMPLETE, BlobStore, StorageUnavailable
 from app.config import Settings
+from app.filecache import FileCache
+
+__all__ = ["COMPLETE", "JobEntry", "Storage", "StorageUnavailable", "StoredUpload", "UploadTooLarge", "is_complete"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# Written last into an adapter directory: a reader never uses one without it (it may be half-written).
-COMPLETE = "FTSERVE_COMPLETE"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FINAL = "final"
 RESUME = "resume"  # a paused job's resume point
 _CHECKPOINT = re.compile(r"^ckpt-step-(\d+)$")
 _STAGED = re.compile(r"^\..+\.tmp-\d+(-old)?$")
 _UPLOAD = re.compile(r"^(file-[A-Za-z0-9_-]+)\.(jsonl|part)$")
+_JOB_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class UploadTooLarge(Exception):
@@ -32,7 +42,7 @@ class UploadTooLarge(Exception):
 
 
 def _checked(ident: str) -> str:
-    # Ids come from our own generator; this guard makes a forged one unable to escape the data dir.
+    # Ids come from our own generator; this guard makes a forged one unable to escape the store's root.
     if not _SAFE_ID.match(ident):
         raise ValueError(f"unsafe storage id: {ident!r}")
     return ident
@@ -59,83 +69,177 @@ class JobEntry:
 
 
 class Storage:
-    """Paths and atomic writes under the data dir."""
+    """Keys, streaming writes and reads, published directories and local copies, over one object store."""
 
     def __init__(self, settings: Settings) -> None:
-        self.root = settings.resolved_data_dir()
+        self.blobs = BlobStore(settings.resolved_storage_url())
+        self.remote = self.blobs.remote
+        self.cache = FileCache(settings.resolved_cache_dir(), settings.cache_max_bytes)
+        # Local staging: beside the target on a local store (promotion is one rename), else the cache's disk.
+        self.scratch = settings.resolved_cache_dir() / "staging"
+
+    def check(self) -> None:
+        """Raise StorageUnavailable (naming the URL) unless the store answers."""
+        self.blobs.check()
+
+    def ensure(self) -> None:
+        """Create the store (a directory, or the bucket) if needed; `ftserve migrate` does it once."""
+        self.blobs.ensure()
+
+    # -- keys ------------------------------------------------------------------------------------
+    @staticmethod
+    def file_key(file_id: str) -> str:
+        return f"files/{_checked(file_id)}.jsonl"
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return f"jobs/{_checked(job_id)}"
+
+    def adapter_key(self, job_id: str, step: int | None) -> str:
+        """The final adapter (step None) or the checkpoint at a step."""
+        return f"{self.job_key(job_id)}/{FINAL if step is None else f'ckpt-step-{int(step)}'}"
+
+    def resume_key(self, job_id: str) -> str:
+        """Where a paused job keeps the adapter and trainer state it continues from."""
+        return f"{self.job_key(job_id)}/{RESUME}"
+
+    # Local paths, for a local store only (tests, benchmarks and tools that inspect the data dir).
+    def _local(self, key: str) -> Path:
+        local = self.blobs.local_path(key)
+        if local is None:
+            raise ValueError(f"{self.blobs.url} is remote: {key} has no path on this host")
+        return local
+
+    @property
+    def root(self) -> Path:
+        return Path(self._local("x")).parent
 
     def file_path(self, file_id: str) -> Path:
-        return self.root / "files" / f"{_checked(file_id)}.jsonl"
+        return self._local(self.file_key(file_id))
 
     def job_dir(self, job_id: str) -> Path:
-        return self.root / "jobs" / _checked(job_id)
+        return self._local(self.job_key(job_id))
 
     def adapter_dir(self, job_id: str, step: int | None) -> Path:
-        """The final adapter (step None) or the checkpoint at a step."""
-        name = FINAL if step is None else f"ckpt-step-{int(step)}"
-        return self.job_dir(job_id) / name
+        return self._local(self.adapter_key(job_id, step))
 
     def resume_dir(self, job_id: str) -> Path:
-        """Where a paused job keeps the adapter and trainer state it continues from."""
-        return self.job_dir(job_id) / RESUME
+        return self._local(self.resume_key(job_id))
 
+    def job_file_key(self, job_id: str, name: str) -> str:
+        if not _JOB_FILE.match(name) or name.startswith("."):
+            raise ValueError(f"unsafe job file name: {name!r}")
+        return f"{self.job_key(job_id)}/{name}"
+
+    # -- files -----------------------------------------------------------------------------------
     async def save_upload(self, file_id: str, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[int, str]:
-        """Stream chunks to the file's path; returns (bytes, sha256). Nothing is left behind on error."""
-        dest = self.file_path(file_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".part")
+        """Stream chunks into the store (multipart on S3); returns (bytes, sha256). Nothing appears on error."""
         digest = hashlib.sha256()
         size = 0
-        try:
-            with tmp.open("wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise UploadTooLarge(size)
-                    digest.update(chunk)
-                    out.write(chunk)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with self.blobs.writer(self.file_key(file_id)) as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UploadTooLarge(size)
+                digest.update(chunk)
+                # A remote store uploads a part when its buffer fills: never block the event loop for it.
+                await asyncio.to_thread(out.write, chunk) if self.remote else out.write(chunk)
         return size, digest.hexdigest()
 
     def write_bytes(self, file_id: str, data: bytes) -> tuple[int, str]:
-        dest = self.file_path(file_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        self.blobs.put_bytes(self.file_key(file_id), data)
         return len(data), hashlib.sha256(data).hexdigest()
 
+    def open_file(self, file_id: str) -> IO[bytes]:
+        """A file's bytes as a stream (for downloads)."""
+        return self.blobs.reader(self.file_key(file_id))
+
+    def local_file(self, file_id: str) -> Path:
+        """A path on this host holding the file: the store's own on a local store, else a cached copy."""
+        key = self.file_key(file_id)
+        local = self.blobs.local_path(key)
+        return local if local is not None else self.cache.file(self.blobs, key)
+
     def delete_file(self, file_id: str) -> None:
-        self.file_path(file_id).unlink(missing_ok=True)
+        key = self.file_key(file_id)
+        self.blobs.delete(key)
+        self.cache.drop(key)
 
     def delete_partial_upload(self, file_id: str) -> None:
-        self.file_path(file_id).with_suffix(".part").unlink(missing_ok=True)
+        local = self.blobs.local_path(f"files/{_checked(file_id)}.part")
+        if local is not None:
+            local.unlink(missing_ok=True)
 
+    # -- adapters and a job's other files ---------------------------------------------------------
     def adapter_if_complete(self, job_id: str, step: int | None) -> Path | None:
-        """The adapter directory if every file of it was written (its completion marker exists), else None."""
-        path = self.adapter_dir(job_id, step)
-        return path if is_complete(path) else None
+        """A local directory with every file of the adapter (its completion marker written), else None."""
+        path = self.directory(self.adapter_key(job_id, step))
+        return path if path is not None and is_complete(path) else None
+
+    def directory(self, key: str, fresh: bool = False) -> Path | None:
+        """A complete local copy of a published directory, None if there is none; `fresh` for one that is
+        rewritten in place (a resume point), which is never served from an older copy."""
+        local = self.blobs.local_path(key)
+        if local is not None:
+            return local if (local / COMPLETE).exists() else None
+        if fresh:
+            self.cache.drop(key)
+        return self.cache.directory(self.blobs, key)
 
     def delete_adapter(self, job_id: str, step: int | None) -> None:
-        shutil.rmtree(self.adapter_dir(job_id, step), ignore_errors=True)
+        self.delete_dir(self.adapter_key(job_id, step))
 
-    # -- staging: write aside, then promote in one rename -------------------------------------
-    def staging_dir(self, target: Path) -> Path:
-        """A private sibling of target for this process to write into (empty; nobody reads it)."""
-        staged = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    def delete_dir(self, key: str) -> None:
+        self.blobs.delete_dir(key)
+        self.cache.drop(key)
+
+    def job_file(self, job_id: str, name: str) -> Path:
+        """Where this host reads and writes one of a job's own files (e.g. DPO's reference log-probs): the
+        store's own path on a local store; else a fresh local copy of the stored one (if any), to write
+        back with publish_job_file."""
+        key = self.job_file_key(job_id, name)
+        local = self.blobs.local_path(key)
+        if local is not None:
+            return local
+        self.cache.drop(key)
+        try:
+            return self.cache.file(self.blobs, key)
+        except FileNotFoundError:
+            path = self.cache.root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path
+
+    def publish_job_file(self, job_id: str, name: str, path: Path) -> None:
+        """Store a job's file written at `path` (a no-op when `path` is the store's own)."""
+        key = self.job_file_key(job_id, name)
+        if self.blobs.local_path(key) == path:
+            return
+        with path.open("rb") as src, self.blobs.writer(key) as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+
+    # -- staging: write aside on local disk, then promote whole ----------------------------------
+    def staging_dir(self, key: str) -> Path:
+        """A private, empty local directory for this process to write `key`'s directory into."""
+        local = self.blobs.local_path(key)
+        parent, name = (local.parent, local.name) if local is not None else (self.scratch, key.replace("/", "__"))
+        staged = parent / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
-        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.mkdir(parents=True)
         return staged
 
-    def promote(self, staged: Path, target: Path) -> None:
-        """Move a finished staging directory into place, replacing an older target; a repeat is a no-op."""
+    def promote(self, staged: Path, key: str) -> None:
+        """Publish a finished staging directory as `key`, replacing an older one; a repeat is a no-op."""
         if not staged.exists():
-            if is_complete(target):
+            if self.blobs.is_complete(key):
                 return  # promoted already (a retried transaction runs this again)
             raise FileNotFoundError(f"nothing staged at {staged}")
+        target = self.blobs.local_path(key)
+        if target is None:
+            self.blobs.put_dir(staged, key)
+            shutil.rmtree(staged, ignore_errors=True)
+            self.cache.drop(key)
+            return
+        (staged / COMPLETE).write_text("ok\n")
         old = target.with_name(f"{staged.name}-old")
         if target.exists():
             os.replace(target, old)  # a directory cannot be renamed over a non-empty one
@@ -145,36 +249,25 @@ class Storage:
     def discard(self, staged: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)
 
-    # -- listing, for the orphan sweep -----------------------------------------------------------
+    # -- listing, for resume points and the orphan sweep -----------------------------------------
     def uploads(self) -> list[StoredUpload]:
         """Every stored file blob, complete or partial."""
-        folder = self.root / "files"
-        if not folder.is_dir():
-            return []
         out = []
-        for path in folder.iterdir():
-            match = _UPLOAD.match(path.name)
-            if match and path.is_file():
-                out.append(StoredUpload(match.group(1), match.group(2) == "part", _mtime(path)))
+        for name, modified in self.blobs.listing("files"):
+            match = _UPLOAD.match(name)
+            if match:
+                out.append(StoredUpload(match.group(1), match.group(2) == "part", modified))
         return out
 
     def job_ids(self) -> list[str]:
         """Every job that has a folder."""
-        folder = self.root / "jobs"
-        if not folder.is_dir():
-            return []
-        return [p.name for p in folder.iterdir() if p.is_dir() and _SAFE_ID.match(p.name)]
+        return [name for name, _ in self.blobs.listing("jobs") if _SAFE_ID.match(name)]
 
     def job_entries(self, job_id: str) -> list[JobEntry]:
         """What a job's folder holds: adapters by kind, and staging directories a writer left."""
-        folder = self.job_dir(job_id)
-        if not folder.is_dir():
-            return []
         out = []
-        for path in folder.iterdir():
-            name = path.name
-            if not path.is_dir():
-                continue
+        prefix = self.job_key(job_id)
+        for name, modified in self.blobs.listing(prefix):
             step_match = _CHECKPOINT.match(name)
             if step_match:
                 kind, step = "checkpoint", int(step_match.group(1))
@@ -184,23 +277,28 @@ class Storage:
                 kind, step = "staged", None
             else:
                 continue
-            out.append(JobEntry(name, kind, step, is_complete(path), _mtime(path)))
+            complete = kind != "staged" and self.blobs.is_complete(f"{prefix}/{name}")
+            out.append(JobEntry(name, kind, step, complete, modified))
         return out
 
     def delete_job_entry(self, job_id: str, name: str) -> None:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"unsafe entry name: {name!r}")
-        shutil.rmtree(self.job_dir(job_id) / name, ignore_errors=True)
+        self.delete_dir(f"{self.job_key(job_id)}/{name}")
 
     def delete_job(self, job_id: str) -> None:
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        self.delete_dir(self.job_key(job_id))
 
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
+    @contextlib.contextmanager
+    def spooled(self) -> Iterator[Path]:
+        """A private local file for a writer to fill before it is stored (removed afterwards)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.scratch)
+        os.close(fd)
+        try:
+            yield Path(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
 
 def is_complete(path: Path) -> bool:

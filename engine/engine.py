@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,11 @@ __all__ = ["AdapterLoadError", "AdapterRef", "InferenceEngine", "ModelRef", "sto
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """An adapter to apply: its key within the base, and its directory when complete (None: not servable)."""
+    """An adapter to apply: its key within the base, and how to find its directory: called by the loader
+    thread only when the adapter is not resident (it may fetch it from a remote store); None: not servable."""
 
     key: str
-    path: Path | None
+    locate: Callable[[], Path | None]
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,10 @@ class InferenceEngine:
         `background`: throughput work (a batch's lines), admitted into a running batch in groups."""
         self.resident(ref.base)
         adapter = None if ref.adapter is None else ref.adapter.key
-        path = None if ref.adapter is None else ref.adapter.path
+        locate = None if ref.adapter is None else ref.adapter.locate
         for r in rows:
             r.adapter = adapter
-        self.scheduler.submit(Job(ref.base, ref.name, adapter, path, rows, done, background=background))
+        self.scheduler.submit(Job(ref.base, ref.name, adapter, locate, rows, done, background=background))
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:
         """Generate the rows (batched with every other request); raises the request's error, if any."""

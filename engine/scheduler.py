@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,11 +162,14 @@ class Scheduler:
         if key not in self.loading and key not in self.loaded:
             self.loading.add(key)
             dtype = res.model.dtype
-            self.loader.submit(self._load, key, job.model, job.path, dtype)
+            self.loader.submit(self._load, key, job.model, job.locate, dtype)
 
-    def _load(self, key: tuple[str, str], model: str, path: Path | None, dtype: torch.dtype) -> None:
+    def _load(
+        self, key: tuple[str, str], model: str, locate: Callable[[], Path | None] | None, dtype: torch.dtype
+    ) -> None:
         """Loader thread: read the adapter's safetensors into CPU tensors, then hand them to the batcher."""
         try:
+            path = None if locate is None else locate()
             if path is None:
                 raise AdapterLoadError(model, "no complete safetensors adapter on disk")
             result: LoadedAdapter | BaseException = read_adapter(path, dtype)

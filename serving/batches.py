@@ -103,7 +103,7 @@ class BatchRunner:
             self.store.finish(claimed.id, claimed.org, "completed", [])
             return
         try:
-            path = Storage(self.settings).file_path(claimed.input_file_id)
+            path = Storage(self.settings).local_file(claimed.input_file_id)
             lines = list(iter_batch_lines(path, self.settings.max_line_bytes))
         except (OSError, DatasetError) as exc:
             error = {"code": "invalid_input_file", "message": f"The input file cannot be read: {exc}"}

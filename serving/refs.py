@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from app.services.catalog import ResolvedModel
 from app.storage import Storage
 from engine.engine import AdapterRef, ModelRef
@@ -22,6 +24,11 @@ def model_ref(resolved: ResolvedModel, storage: Storage) -> ModelRef:
     """The engine's reference for a resolved model name."""
     if resolved.job_id is None:
         return ModelRef(resolved.name, resolved.base)
-    # Only a directory the service derived and the exporter marked complete: safetensors, never pickle.
-    path = storage.adapter_if_complete(resolved.job_id, resolved.step)
-    return ModelRef(resolved.name, resolved.base, AdapterRef(adapter_key(resolved.job_id, resolved.step), path))
+    job_id, step = resolved.job_id, resolved.step
+
+    def locate() -> Path | None:
+        # Only a directory the service derived and the exporter marked complete: safetensors, never pickle.
+        # On a remote store this fetches a local copy (once per host: later loads find it in the cache).
+        return storage.adapter_if_complete(job_id, step)
+
+    return ModelRef(resolved.name, resolved.base, AdapterRef(adapter_key(job_id, step), locate))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -15,6 +16,36 @@ from app.config import Settings, get_settings
 
 PG_ADMIN = os.environ.get("FTSERVE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FTSERVE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--storage",
+        choices=("local", "s3"),
+        default="local",
+        help="where the servers the tests start keep their artifacts: the data dir, or a real S3 server (Swift)",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def storage_mode(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """With --storage s3, one Swift server for the run: every server a test starts keeps its artifacts in
+    its own prefix of one bucket there (tests/servers.base_env reads FTSERVE_TEST_S3)."""
+    mode = str(request.config.getoption("--storage"))
+    if mode != "s3":
+        yield mode
+        return
+    from tests.s3server import make_bucket, start_swift
+    from tests.servers import free_port
+
+    server = start_swift(tmp_path_factory.mktemp("swift"), "127.0.0.1", free_port())
+    make_bucket(server, "ftserve-tests")
+    os.environ["FTSERVE_TEST_S3"] = json.dumps({"bucket": "ftserve-tests", **server.env()})
+    try:
+        yield mode
+    finally:
+        os.environ.pop("FTSERVE_TEST_S3", None)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,6 +28,7 @@ class Proc:
     """A child process whose output goes to a log file, printed if a test needs it."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env = args, env
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
@@ -81,6 +84,8 @@ class Service:
 
 
 def base_env(data_dir: Path, bases_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a server a test starts: its own data dir, the shared bases, and (in a run with
+    --storage s3) its own prefix of the run's S3 bucket, reached with the standard AWS variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTSERVE_")}
     env.update(
         FTSERVE_DATA_DIR=str(data_dir),
@@ -88,6 +93,11 @@ def base_env(data_dir: Path, bases_dir: Path, **extra: str) -> dict[str, str]:
         FTSERVE_PREPARE_BASES='["ftserve-tiny"]',
         PYTHONUNBUFFERED="1",
     )
+    s3 = os.environ.get("FTSERVE_TEST_S3")
+    if s3:
+        config = json.loads(s3)
+        env["FTSERVE_STORAGE_URL"] = f"s3://{config.pop('bucket')}/{secrets.token_hex(6)}"
+        env.update(config)
     env.update(extra)
     return env
 

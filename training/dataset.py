@@ -16,7 +16,7 @@ def load_tokenized(
     """Every example of the file as tokens and weights, over-long ones truncated or dropped."""
     stats = TokenizeStats()
     out: list[TokenizedExample] = []
-    path = Storage(settings).file_path(file_id)
+    path = Storage(settings).local_file(file_id)
     for lineno, _fmt, example in iter_examples(path, settings.max_line_bytes):
         stats.examples += 1
         ex = tokenize_example(tok, example, prompt_loss_weight)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from app.datasets.formats import DatasetError
 from app.errors import TrainingError
+from app.storage import StorageUnavailable
 from models.bases import BaseModelUnavailable
 
 __all__ = ["JobFailure", "TrainingError", "classify"]
@@ -27,6 +28,9 @@ def classify(exc: BaseException) -> JobFailure:
         return JobFailure(exc.code, exc.message, exc.param)
     if isinstance(exc, DatasetError):
         return JobFailure("invalid_training_file", f"Training file is invalid: {exc.describe()}", "training_file")
+    if isinstance(exc, StorageUnavailable):
+        # Retried with backoff already; the store keeps the last complete checkpoint for a rerun.
+        return JobFailure("storage_unavailable", f"{exc}; the job can be run again from its last checkpoint")
     if isinstance(exc, BaseModelUnavailable):
         return JobFailure("model_not_found", f"Base model unavailable: {exc}", "model")
     if _is_oom(exc):

@@ -4,7 +4,6 @@ job's training store."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +122,6 @@ def fit(
             except JobStopped as stop:
                 if not stop.paused:
                     raise
-        shutil.rmtree(resume.pause_dir(run.storage, spec.id), ignore_errors=True)
+        resume.drop_pause_point(run.storage, spec.id)
     finally:
         trainer.close()

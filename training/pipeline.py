@@ -57,6 +57,7 @@ def run_job(job_id: str, settings: Settings) -> None:
     if spec is None:
         log.info("job %s is not queued; nothing to do", job_id)
         return
+    log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
     store.start_heartbeat()
     try:
         _train(spec, settings, store)
@@ -190,14 +191,22 @@ def _method(
     if config.method == "dpo":
         assert hp.beta is not None
         storage = Storage(settings)
-        # Read only if the saved reference log-probs are lost (a resumed job), so not checked here.
-        start = storage.adapter_dir(spec.start_adapter.job_id, spec.start_adapter.step) if spec.start_adapter else None
-        reference = storage.job_dir(spec.id) / REFERENCE_FILE
+        start = None
+        if spec.start_adapter is not None:
+            key = storage.adapter_key(spec.start_adapter.job_id, spec.start_adapter.step)
+            # Read only if the saved reference log-probs are lost (a resumed job); a missing one fails then.
+            start = storage.directory(key) or Path(key)
+        reference = storage.job_file(spec.id, REFERENCE_FILE)
         first = (
             step_groups(len(train), hp.batch_size, spec.seed, 0),
             step_groups(len(valid), hp.batch_size, spec.seed, 0),
         )
-        return Dpo(model, train, valid, hp.beta, packed_row_cap(config, device), device, reference, start, first)
+        cap = packed_row_cap(config, device)
+
+        def publish(path: Path) -> None:
+            storage.publish_job_file(spec.id, REFERENCE_FILE, path)
+
+        return Dpo(model, train, valid, hp.beta, cap, device, reference, start, first, publish)
     pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
     return Supervised(train, valid, Layout.for_run(config, model, pad, device))
 

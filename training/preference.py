@@ -78,7 +78,7 @@ def load_pairs(
     """Every pair of a preference file as tokens; over-long ones truncated or dropped (counted in the stats)."""
     stats = TokenizeStats()
     out: list[PreferencePair] = []
-    for lineno, _fmt, example in iter_examples(Storage(settings).file_path(file_id), settings.max_line_bytes):
+    for lineno, _fmt, example in iter_examples(Storage(settings).local_file(file_id), settings.max_line_bytes):
         if not isinstance(example, Preference):
             raise TrainingError("invalid_training_file", f"line {lineno}: not a preference example", "training_file")
         stats.examples += 1

@@ -5,7 +5,6 @@ publishes nothing): checkpoints (servable models), resume points of paused jobs,
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from peft import PeftModel
@@ -21,7 +20,7 @@ T = TypeVar("T")
 
 def _staged(
     storage: Storage,
-    target: Path,
+    target: str,
     model: PeftModel,
     state: dict[str, Any] | None,
     record: Callable[[Callable[[], None]], T],
@@ -48,7 +47,7 @@ def checkpoint(
     """Save an epoch-end checkpoint (with the trainer state to resume from) and register it; its model name."""
     return _staged(
         storage,
-        storage.adapter_dir(spec.id, step),
+        storage.adapter_key(spec.id, step),
         model,
         state,
         lambda place: store.checkpoint(spec.org, spec.base, final_name, step, metrics, place),
@@ -60,7 +59,7 @@ def pause_point(
 ) -> bool:
     """Save a paused job's resume point; True when the job was resumed meanwhile and training goes on."""
     return _staged(
-        storage, storage.resume_dir(spec.id), model, state, lambda place: store.pause_point_saved(step, place)
+        storage, storage.resume_key(spec.id), model, state, lambda place: store.pause_point_saved(step, place)
     )
 
 
@@ -78,7 +77,7 @@ def finish(
     csv = results_csv(rows, columns)
     _staged(
         storage,
-        storage.adapter_dir(spec.id, None),
+        storage.adapter_key(spec.id, None),
         model,
         None,
         lambda place: store.finish(spec.org, spec.base, name, trained_tokens, csv, place),

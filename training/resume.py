@@ -55,13 +55,15 @@ def _read(path: Path) -> ResumePoint | None:
 
 
 def _points(storage: Storage, job_id: str, *, pause: bool) -> list[ResumePoint]:
-    folder = storage.job_dir(job_id)
-    if not folder.is_dir():
-        return []
-    candidates = [
-        p for p in folder.iterdir() if p.is_dir() and (p.name.startswith("ckpt-step-") or (pause and p.name == RESUME))
-    ]
-    return [point for p in candidates if (point := _read(p)) is not None]
+    kinds = ("checkpoint", RESUME) if pause else ("checkpoint",)
+    entries = [e for e in storage.job_entries(job_id) if e.complete and e.kind in kinds]
+    points = []
+    for entry in entries:
+        # A checkpoint never changes once complete; the resume point is rewritten at every pause.
+        local = storage.directory(f"{storage.job_key(job_id)}/{entry.name}", fresh=entry.kind == RESUME)
+        if local is not None and (point := _read(local)) is not None:
+            points.append(point)
+    return points
 
 
 def latest(storage: Storage, job_id: str) -> ResumePoint | None:
@@ -74,5 +76,6 @@ def checkpoints(storage: Storage, job_id: str) -> list[ResumePoint]:
     return sorted(_points(storage, job_id, pause=False), key=lambda r: r.progress.step)
 
 
-def pause_dir(storage: Storage, job_id: str) -> Path:
-    return storage.resume_dir(job_id)
+def drop_pause_point(storage: Storage, job_id: str) -> None:
+    """Delete a finished job's resume point (its checkpoints and final adapter stay)."""
+    storage.delete_dir(storage.resume_key(job_id))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Header, Query, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api.deps import OrgDep, SessionDep, SettingsDep
 from app.schemas.common import DeletedObject, ListPage
@@ -70,8 +70,23 @@ def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, org: O
     return DeletedObject(id=file_id, object="file")
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
-def file_content(file_id: str, session: SessionDep, settings: SettingsDep, org: OrgDep) -> FileResponse:
+@router.get("/{file_id}/content", response_class=StreamingResponse)
+def file_content(file_id: str, session: SessionDep, settings: SettingsDep, org: OrgDep) -> Response:
     row = service.get_file(session, org, file_id)
     media = "text/csv" if row.purpose == "fine-tune-results" else "application/jsonl"
-    return FileResponse(Storage(settings).file_path(file_id), media_type=media, filename=row.filename)
+    storage = Storage(settings)
+    if not storage.remote:
+        return FileResponse(storage.file_path(file_id), media_type=media, filename=row.filename)
+    disposition = {"Content-Disposition": f'attachment; filename="{_ascii(row.filename)}"'}
+    return StreamingResponse(_stream(storage.open_file(file_id)), media_type=media, headers=disposition)
+
+
+def _stream(source: IO[bytes]) -> Iterator[bytes]:
+    """The object's bytes in chunks, without holding the whole file (Starlette runs this in a thread)."""
+    with source:
+        while chunk := source.read(CHUNK):
+            yield chunk
+
+
+def _ascii(name: str) -> str:
+    return name.encode("ascii", "replace").decode().replace('"', "_")

@@ -110,8 +110,8 @@ def adapter_archive(session: Session, settings: Settings, org: str, name: str) -
             param="model",
             code="not_a_fine_tuned_model",
         )
-    folder = Storage(settings).adapter_dir(resolved.job_id, resolved.step)
-    files = [folder / f for f in ADAPTER_FILES if (folder / f).is_file()]
+    folder = Storage(settings).adapter_if_complete(resolved.job_id, resolved.step)
+    files = [folder / f for f in ADAPTER_FILES if (folder / f).is_file()] if folder is not None else []
     if len(files) != len(ADAPTER_FILES):
         raise model_not_found(name)
     buf = io.BytesIO()

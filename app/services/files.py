@@ -76,7 +76,7 @@ async def create_upload(
         status="uploaded",
     )
     try:
-        fmt, count = await asyncio.to_thread(_validate, storage.file_path(file_id), purpose, settings)
+        fmt, count = await asyncio.to_thread(lambda: _validate(storage.local_file(file_id), purpose, settings))
     except DatasetError as err:
         row.status, row.status_details = "error", err.describe()
         row.error_code, row.error_line = err.code, err.line

@@ -119,7 +119,7 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
     )
     session.commit()
     session.refresh(job)
-    enqueue_training(settings, job.id)
+    enqueue_training(settings, job.id, settings.base_models[resolved.base].queue)
     return job
 
 

@@ -11,14 +11,34 @@ from typing import Any
 
 from app.broker import RUN_JOB, TRAIN_QUEUE, celery_for
 from app.config import Settings
+from app.db.session import session_scope
+from app.db.tables import Job
+from app.errors import NotFound
+from app.services import catalog
 
 log = logging.getLogger(__name__)
 
 
-def enqueue_training(settings: Settings, job_id: str) -> bool:
-    """Send run_job(job_id) to the broker; False if the broker refused (the reaper re-sends queued jobs)."""
+def queue_of(settings: Settings, job_id: str) -> str:
+    """The training queue of a job's base (a job whose model is gone goes to the default queue and fails there)."""
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return TRAIN_QUEUE
+        try:
+            base = catalog.resolve(s, settings, job.org_id, job.model).base
+        except NotFound:
+            return TRAIN_QUEUE
+    return settings.base_models[base].queue
+
+
+def enqueue_training(settings: Settings, job_id: str, queue: str | None = None) -> bool:
+    """Send run_job(job_id) to its base's queue; False if the broker refused (the reaper re-sends queued jobs)."""
     try:
-        celery_for(settings).send_task(RUN_JOB, args=[job_id], retry=True, retry_policy={"max_retries": 3})
+        queue = queue or queue_of(settings, job_id)
+        celery_for(settings).send_task(
+            RUN_JOB, args=[job_id], queue=queue, retry=True, retry_policy={"max_retries": 3}
+        )
     except Exception:
         log.exception("could not enqueue job %s; it stays queued for the reaper", job_id)
         return False
@@ -33,19 +53,20 @@ def held_job_ids(settings: Settings, delivered_since: float) -> set[str] | None:
         with celery_for(settings).connection_for_read() as conn:
             channel: Any = conn.default_channel
             if hasattr(channel, "unacked_key"):  # kombu's Redis transport
-                return _ids(_redis_messages(channel, delivered_since))
+                return _ids(_redis_messages(channel, settings.training_queues(), delivered_since))
             if hasattr(channel, "data_folder_in"):  # the embedded filesystem transport: no unacked state
-                return _ids(_folder_messages(Path(channel.data_folder_in)))
+                return _ids(_folder_messages(Path(channel.data_folder_in), settings.training_queues()))
     except Exception:
         log.warning("could not inspect the broker's queue", exc_info=True)
     return None
 
 
-def _redis_messages(channel: Any, delivered_since: float) -> list[Any]:
+def _redis_messages(channel: Any, queues: list[str], delivered_since: float) -> list[Any]:
     client = channel.client
     raws: list[Any] = []
-    for priority in channel.priority_steps:
-        raws.extend(json.loads(r) for r in client.lrange(channel._q_for_pri(TRAIN_QUEUE, priority), 0, -1))
+    for queue in queues:
+        for priority in channel.priority_steps:
+            raws.extend(json.loads(r) for r in client.lrange(channel._q_for_pri(queue, priority), 0, -1))
     # kombu keeps a delivered, unacknowledged message in a hash, indexed by delivery time.
     tags = client.zrangebyscore(channel.unacked_index_key, delivered_since, "+inf")
     if tags:
@@ -55,9 +76,9 @@ def _redis_messages(channel: Any, delivered_since: float) -> list[Any]:
     return raws
 
 
-def _folder_messages(folder: Path) -> list[Any]:
+def _folder_messages(folder: Path, queues: list[str]) -> list[Any]:
     raws = []
-    for path in folder.glob(f"*.{TRAIN_QUEUE}.msg"):
+    for path in (p for queue in queues for p in folder.glob(f"*.{queue}.msg")):
         try:
             raws.append(json.loads(path.read_bytes()))
         except (FileNotFoundError, ValueError):

@@ -373,6 +373,7 @@ def test_a_100_mb_upload_streams_in_bounded_memory(embedded: Service) -> None:
     assert grown < 60 * 1024 * 1024, f"server RSS grew by {grown >> 20} MiB for a 100 MiB upload"
 
 
+@pytest.mark.local_storage  # looks at the data dir's files
 def test_a_file_corrupted_after_upload_fails_the_job_with_its_code(
     client: OpenAI, embedded: Service, tmp_path: Path
 ) -> None:

@@ -130,6 +130,7 @@ def test_sft_then_dpo_from_the_sft_model(server: Service, tmp_path: Path) -> Non
     assert _metrics(client, dpo.id)[0]["train_reward_margin"] == pytest.approx(0, abs=1e-5)  # reference: the SFT model
 
 
+@pytest.mark.local_storage  # looks at the data dir's files
 def test_a_dpo_job_pauses_resumes_and_cancels_like_any_job(server: Service, tmp_path: Path) -> None:
     client = client_for(server)
     train = _upload_pairs(client, tmp_path / "pairs.jsonl", TRAIN)

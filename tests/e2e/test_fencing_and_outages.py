@@ -91,6 +91,7 @@ def two_workers(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: s
     service.stop()
 
 
+@pytest.mark.local_storage  # looks at the data dir's files
 def test_a_worker_frozen_past_its_lease_writes_nothing_once_replaced(two_workers: Service, tmp_path: Path) -> None:
     client = client_for(two_workers)
     upload = client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune")

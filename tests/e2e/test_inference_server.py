@@ -19,6 +19,9 @@ from app.config import Settings
 from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, register, train_adapter
 from tests.servers import FTSERVE, Proc, Service, base_env, free_port, wait_http
 
+# The adapters are trained in-process straight into the server's data dir.
+pytestmark = pytest.mark.local_storage
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:

@@ -247,6 +247,7 @@ def test_out_of_memory_fails_cleanly_and_the_next_job_succeeds(oom_service: Serv
     assert health["status"] == "ok"
 
 
+@pytest.mark.local_storage  # looks at the data dir's files
 def test_pause_mid_training_then_resume_continues_where_it_stopped(oom_service: Service, tmp_path: Path) -> None:
     client = client_for(oom_service)
     job = client.fine_tuning.jobs.create(

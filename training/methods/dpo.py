@@ -4,6 +4,7 @@ log-probs, against reference log-probs computed once from the starting model."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,11 +71,13 @@ class Dpo:
         reference_file: Path,
         start_adapter: Path | None,
         first_groups: tuple[list[list[int]], list[list[int]]] | None = None,
+        publish_reference: Callable[[Path], None] | None = None,
     ) -> None:
         self.model, self.train, self.valid, self.beta = model, train, valid, beta
         self.n_train, self.n_valid = len(train), len(valid)
         self.row_cap, self.device = row_cap, device
         self.reference_file, self.start_adapter = reference_file, start_adapter
+        self.publish_reference = publish_reference
         # The first epoch's training and validation step groups: the reference runs in the same rows.
         self.first_groups = first_groups or (None, None)
         self.ref_train = torch.zeros((0, 2))
@@ -98,6 +101,8 @@ class Dpo:
             self.ref_train = dpo_reference.compute(self.model, self.train, self.row_cap, self.device, train_groups)
             self.ref_valid = dpo_reference.compute(self.model, self.valid, self.row_cap, self.device, valid_groups)
         dpo_reference.save(self.reference_file, key, self.ref_train, self.ref_valid)
+        if self.publish_reference is not None:
+            self.publish_reference(self.reference_file)
         return (
             f"Computed reference log-probs of {self.n_train + self.n_valid} preference pairs from the starting model "
             f"in {time.monotonic() - began:.1f} s (once; every epoch reuses them)"
