@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.constraint import Constraint
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -22,6 +24,8 @@ class Sampling:
     logit_bias: tuple[tuple[int, float], ...] = ()
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # Structured output: the grammar this row's tokens must follow (None = free text).
+    constraint: Constraint | None = None
 
     @property
     def shapes_logits(self) -> bool:
