@@ -33,7 +33,8 @@ JSON_OPTIONS: dict[str, Any] = {
 
 
 def strict_schema(schema: Any) -> Any:
-    """OpenAI's strict mode: objects that do not say otherwise take no properties beyond those they declare."""
+    """The schema with OpenAI's strict-mode objects: those that do not say otherwise take no properties beyond
+    those they declare (what a client means by a schema; a model must not invent keys)."""
     if isinstance(schema, list):
         return [strict_schema(s) for s in schema]
     if not isinstance(schema, dict):
