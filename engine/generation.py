@@ -90,7 +90,10 @@ def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenize
     grammar = row.grammar
     if grammar is not None:
         masked = grammar.mask(shape_logits(logits, row.sampling, row.token_ids))
-        token = int(masked.argmax()) if row.sampling.temperature <= 0 else sample(masked, row.sampling, row._gen)
+        # numpy's argmax: a fraction of torch's on one CPU row
+        token = (
+            int(masked.numpy().argmax()) if row.sampling.temperature <= 0 else sample(masked, row.sampling, row._gen)
+        )
     elif row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
         token = greedy  # one argmax over the whole batch beats one per row
     else:
