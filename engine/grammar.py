@@ -142,6 +142,10 @@ class Grammars:
         matcher = llguidance.LLMatcher(self.tokenizer(), grammar_text(c), log_level=0)
         if matcher.is_error():
             raise InvalidConstraint(matcher.get_error(), kind=c.kind)
+        try:  # a grammar whose first token this vocabulary cannot write would fail its rows: refuse it now
+            RowGrammar(matcher.deep_copy(), self.vocab).allowed()
+        except RuntimeError as exc:
+            raise InvalidConstraint(str(exc), kind=c.kind) from None
         with self._lock:
             self._compiled[c] = matcher
             while len(self._compiled) > self.size:
