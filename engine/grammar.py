@@ -93,9 +93,10 @@ class RowGrammar:
             raise RuntimeError("the grammar allows no token of this model's vocabulary here")
         return allowed
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+    def mask(self, logits: torch.Tensor, allowed: np.ndarray | None = None) -> torch.Tensor:
         """The row's logits (float32) with every token the grammar forbids at -inf."""
-        allowed = self.allowed()
+        if allowed is None:
+            allowed = self.allowed()
         x = logits.float().numpy()
         if allowed.shape[0] < x.shape[0]:  # logits past the tokenizer's vocabulary (padding) are never allowed
             allowed = np.concatenate([allowed, np.zeros(x.shape[0] - allowed.shape[0], dtype=np.bool_)])
