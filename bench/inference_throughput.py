@@ -19,7 +19,7 @@ when served one after another with the measured service times.
 
 --constrained measures grammar-constrained decoding instead: the same batch of concurrent requests to the
 base model, once with every row free and once with half the rows following a JSON schema (response_format;
-the schema's string field is unbounded, so constrained rows run to max_tokens like free ones), alternating
+the schema's story must be longer than max_tokens allows, so constrained rows run as long as free ones), alternating
 rounds on one server; it reports both throughputs and the cost ratio (free tokens/s ÷ half-constrained).
 
     python bench/inference_throughput.py --constrained --bases smollm2-135m-instruct
@@ -231,10 +231,11 @@ def served(
     return Result(mode, n * rounds, seconds, tokens, latencies, cpu_seconds(pid) - cpu)
 
 
-# Half the rows of the constrained batch follow this: a short title, then a story that runs to max_tokens.
+# Half the rows of the constrained batch follow this: a short title, then a story too long to end within
+# max_tokens, so constrained rows run as long as free ones and both batches keep their width to the end.
 STORY_SCHEMA = {
     "type": "object",
-    "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string"}},
+    "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string", "minLength": 2000}},
     "required": ["title", "story"],
     "additionalProperties": False,
 }
