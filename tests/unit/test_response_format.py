@@ -74,3 +74,11 @@ def test_strict_schema_closes_objects_at_any_depth_and_keeps_what_is_declared() 
     assert "additionalProperties" not in out["properties"]["patterned"]
     assert out["properties"]["properties"] == {"type": "string"}
     assert "additionalProperties" not in schema, "the client's schema is not modified"
+
+
+def test_allof_branches_stay_open_so_their_properties_combine() -> None:
+    a = {"type": "object", "properties": {"a": {"type": "integer"}, "inner": {"type": "object"}}}
+    b = {"type": "object", "properties": {"b": {"type": "integer"}}}
+    out = strict_schema({"allOf": [a, b]})
+    assert ["additionalProperties" in branch for branch in out["allOf"]] == [False, False]
+    assert out["allOf"][0]["properties"]["inner"]["additionalProperties"] is False, "nested objects still close"
