@@ -1,4 +1,5 @@
-"""Thin Celery tasks: they carry ids only and hand the work to the training pipeline."""
+"""Thin Celery tasks: they carry ids only and hand the work to the training pipeline (through the torchrun
+supervisor, worker/gang.py, which trains in this process unless the worker owns several devices)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,6 @@ from worker.app import celery
 @celery.task(name=RUN_JOB)
 def run_job(job_id: str) -> None:
     """Train one fine-tuning job; a duplicate delivery of a job already taken is a no-op."""
-    from training.pipeline import run_job as run
+    from worker.gang import run_job as run
 
     run(job_id, get_settings())

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import TypeAdapter
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -79,6 +80,18 @@ class JobSpec:
     extensions: FtserveExtensions
     attempt: int = 1  # this claim's number: the fencing token every write of it carries
     method: str = "supervised"
+
+    def to_json(self) -> str:
+        """The spec as JSON, for the processes of a torchrun gang that train it without reading the DB."""
+        return _SPEC.dump_json(self).decode()
+
+    @staticmethod
+    def from_json(text: str) -> JobSpec:
+        """A supervised job's spec back from to_json (a gang never trains DPO: see worker/gang.py)."""
+        return _SPEC.validate_json(text)
+
+
+_SPEC: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
 
 
 class JobStopped(Exception):
@@ -227,6 +240,25 @@ class TrainingStore:
         if spec is not None:
             self.attempt = spec.attempt
         return spec
+
+    def adopt(self, attempt: int) -> None:
+        """Write under a claim another process of this worker made (rank 0 of its torchrun gang): the same
+        owner and attempt, so every write stays fenced by that claim."""
+        self.attempt = attempt
+
+    def gang_lost(self, reason: str) -> bool:
+        """The gang training this claim died (a rank was killed): if the job is still running under it, end
+        the lease now, so the reaper requeues the job as a lost worker and the next claim resumes it."""
+
+        def work(s: Session) -> bool:
+            try:
+                self._fence(s, (S.RUNNING,), lease_expires_at=time.time() - 1.0)
+            except JobStopped:
+                return False
+            job_state.add_event(s, self.job_id, f"The training gang stopped: {reason}", level="warn")
+            return True
+
+        return self._run(work)
 
     def start_heartbeat(self) -> None:
         self._thread.start()
