@@ -5,8 +5,10 @@ lease ends, the reaper requeues it as a lost worker, and the next claim resumes 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,6 +67,13 @@ def _supervise(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
         log.warning("job %s: gang exited %d; the lease is released for the reaper to requeue it", spec.id, rc)
 
 
+def _die_with_parent() -> None:
+    """In the torchrun child before exec: SIGTERM it when the supervisor dies (even by SIGKILL), so a gang never
+    trains on for a worker that is gone (torchrun stops its ranks on SIGTERM)."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def launch(spec: JobSpec, settings: Settings, owner: str, hosts: int, endpoint: str | None) -> int:
     """Run this host's part of the job's gang (worker_procs processes) to the end; torchrun's exit code.
     One host: a standalone rendezvous; several: c10d at `endpoint` (the claiming worker's)."""
@@ -96,7 +105,7 @@ def launch(spec: JobSpec, settings: Settings, owner: str, hosts: int, endpoint: 
         ]
         env = {**os.environ, DIR_ENV: str(folder), OWNER_ENV: owner, ATTEMPT_ENV: str(spec.attempt)}
         log.info("job %s: %s", spec.id, " ".join(command))
-        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        proc = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
         try:
             return proc.wait()
         finally:
