@@ -3,7 +3,7 @@ supervisor, worker/gang.py, which trains in this process unless the worker owns 
 
 from __future__ import annotations
 
-from app.broker import RUN_JOB
+from app.broker import JOIN_JOB, RUN_JOB
 from app.config import get_settings
 from worker.app import celery
 
@@ -14,3 +14,11 @@ def run_job(job_id: str) -> None:
     from worker.gang import run_job as run
 
     run(job_id, get_settings())
+
+
+@celery.task(name=JOIN_JOB)
+def join_job(job_id: str, attempt: int) -> None:
+    """Join the gang of a multi-host job's claim `attempt` with this worker's devices, if it still needs a host."""
+    from worker.gang import join_job as join
+
+    join(job_id, attempt, get_settings())

@@ -113,6 +113,36 @@ class DatabaseUnavailable(JobStopped):
     failing it; the reaper requeues it once the database is back (an outage costs the job no attempt)."""
 
 
+def _spec(job: Job, resolved: catalog.ResolvedModel, attempt: int) -> JobSpec:
+    hp_type = DpoHyperparameters if job.method == "dpo" else Hyperparameters
+    hp = {k: v for k, v in job.hyperparameters.items() if k in hp_type.model_fields}
+    return JobSpec(
+        id=job.id,
+        org=job.org_id,
+        model=job.model,
+        base=resolved.base,
+        start_adapter=None if resolved.job_id is None else AdapterKey(resolved.job_id, resolved.step),
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        suffix=job.suffix,
+        seed=job.seed,
+        hyperparameters=hp_type.model_validate(hp),
+        extensions=FtserveExtensions.model_validate(job.extensions or {}),
+        attempt=attempt,
+        method=job.method,
+    )
+
+
+@dataclass(frozen=True)
+class GangSeat:
+    """A place in another worker's gang: the job, the claim it runs under, where its rendezvous is."""
+
+    spec: JobSpec
+    owner: str
+    endpoint: str
+    hosts: int
+
+
 class TrainingStore:
     """Reads and writes one job for the worker that claims it; progress is written only under its lease."""
 
@@ -217,24 +247,7 @@ class TrainingStore:
             if not ok:
                 return None
             attempt = int(s.scalar(select(Job.attempts).where(Job.id == self.job_id)) or 0)
-            hp_type = DpoHyperparameters if job.method == "dpo" else Hyperparameters
-            return JobSpec(
-                id=job.id,
-                org=job.org_id,
-                model=job.model,
-                base=resolved.base,
-                start_adapter=None if resolved.job_id is None else AdapterKey(resolved.job_id, resolved.step),
-                training_file=job.training_file,
-                validation_file=job.validation_file,
-                suffix=job.suffix,
-                seed=job.seed,
-                hyperparameters=hp_type.model_validate(
-                    {k: v for k, v in job.hyperparameters.items() if k in hp_type.model_fields}
-                ),
-                extensions=FtserveExtensions.model_validate(job.extensions or {}),
-                attempt=attempt,
-                method=job.method,
-            )
+            return _spec(job, resolved, attempt)
 
         spec = self._run(work)
         if spec is not None:
@@ -257,6 +270,72 @@ class TrainingStore:
                 return False
             job_state.add_event(s, self.job_id, f"The training gang stopped: {reason}", level="warn")
             return True
+
+        return self._run(work)
+
+    # -- a gang across hosts -------------------------------------------------------------------------
+    def gang_started(self, processes: int, hosts: int, message: str) -> None:
+        """Record the gang this claim trains on (processes, hosts) with its event; it closes the gang to joiners."""
+
+        def work(s: Session) -> None:
+            self._fence(s, gang_processes=processes, gang_hosts=hosts, gang_endpoint=None)
+            data = {"processes": processes, "hosts": hosts, "processes_per_host": processes // hosts}
+            job_state.add_event(s, self.job_id, message, data=data)
+
+        self._run(work)
+
+    def open_gang(self, endpoint: str, hosts: int) -> None:
+        """Publish this claim's rendezvous endpoint: workers on other hosts may join until `hosts` are in."""
+
+        def work(s: Session) -> None:
+            self._fence(s, gang_endpoint=endpoint, gang_attempt=self.attempt, gang_hosts=hosts, gang_joined=1)
+            job_state.add_event(
+                s,
+                self.job_id,
+                f"Waiting for {hosts - 1} more worker host{'s' if hosts > 2 else ''} to join the gang at {endpoint}",
+                data={"endpoint": endpoint, "hosts": hosts},
+            )
+
+        self._run(work)
+
+    def gang_members(self) -> int:
+        """How many hosts are in this claim's gang so far (renewing the lease; JobStopped if not ours)."""
+
+        def work(s: Session) -> int:
+            self._fence(s)
+            return int(s.scalar(select(Job.gang_joined).where(Job.id == self.job_id)) or 0)
+
+        return self._run(work)
+
+    def close_gang(self) -> None:
+        """No host may join any more (the gang is complete, or it gave up waiting)."""
+        self._run(lambda s: s.execute(update(Job).where(*self._mine()).values(gang_endpoint=None)))
+
+    def join_gang(self, attempt: int) -> GangSeat | None:
+        """Take a place in the open gang of claim `attempt` of this job; None if it is not open (complete,
+        given up, or the job moved on)."""
+
+        def work(s: Session) -> GangSeat | None:
+            row = s.execute(
+                update(Job)
+                .where(
+                    Job.id == self.job_id,
+                    Job.status == S.RUNNING,
+                    Job.attempts == attempt,
+                    Job.gang_attempt == attempt,
+                    Job.gang_endpoint.is_not(None),
+                    Job.gang_joined < Job.gang_hosts,
+                )
+                .values(gang_joined=Job.gang_joined + 1)
+                .returning(Job.lease_owner, Job.gang_endpoint, Job.gang_hosts)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if row is None:
+                return None
+            job = s.get(Job, self.job_id)
+            assert job is not None
+            spec = _spec(job, catalog.resolve(s, self.settings, job.org_id, job.model), attempt)
+            return GangSeat(spec, str(row.lease_owner), str(row.gang_endpoint), int(row.gang_hosts))
 
         return self._run(work)
 

@@ -63,3 +63,26 @@ def test_a_gang_of_two_trains_and_survives_a_killed_rank(gang_service: Service, 
     )
     assert answer.choices[0].text == " moo"
     _wait_for(lambda: _ranks(gang_service) == [], 30, "the gang to exit")  # no rank outlives its job
+
+
+def test_a_gang_that_cannot_be_completed_fails_cleanly(
+    tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str
+) -> None:
+    # The job needs two worker hosts; there is one, busy waiting for the other: the job fails in time.
+    extra = {"FTSERVE_JOB_HOSTS": "2", "FTSERVE_GANG_TIMEOUT_SECONDS": "4", "FTSERVE_GANG_ADDRESS": "127.0.0.1"}
+    service = start_distributed(tmp_path, bases_dir, postgres_url, redis_url, **extra)
+    try:
+        client = client_for(service)
+        training = write_prompt_completion(tmp_path / "t.jsonl").open("rb")
+        file_id = client.files.create(file=training, purpose="fine-tune").id
+        job = client.fine_tuning.jobs.create(training_file=file_id, model="ftserve-tiny")
+        done, _ = wait_job(client, job.id, timeout=120)
+        assert done.status == "failed" and done.error is not None, done
+        assert done.error.code == "gang_incomplete", done.error
+        assert "Only 1 of the 2 worker hosts" in done.error.message
+        messages = _messages(client, job.id)
+        assert any(m.startswith("Waiting for 1 more worker host to join the gang at 127.0.0.1:") for m in messages)
+        # The join request the worker sent itself finds the gang closed once it is free again: nothing runs.
+        _wait_for(lambda: "its gang (attempt 1) is not open; nothing to join" in service.logs(), 30, "the join")
+    finally:
+        service.stop()
