@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.services.training_store import JobSpec, TrainingStore
+from models.bases import prepare_base
 from training.pipeline import run_claimed
 from training.rank import Gang
 
@@ -27,6 +28,9 @@ def main() -> int:
     spec = JobSpec.from_json((folder / SPEC_FILE).read_text())
     gang = Gang.from_env()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {gang.rank} %(levelname)s %(name)s: %(message)s")
+    # Before the process group exists: transformers saves only on rank 0 of an initialised group, so a rank
+    # that had to build its host's copy of the base (ftserve-tiny) inside the gang would write no weights.
+    prepare_base(settings, spec.base)
     gang.start(timeout_s=settings.gang_timeout_seconds)
     store = TrainingStore(settings, spec.id, owner=os.environ[OWNER_ENV])
     store.adopt(int(os.environ[ATTEMPT_ENV]))
