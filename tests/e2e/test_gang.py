@@ -51,6 +51,7 @@ def test_a_gang_of_two_trains_and_survives_a_killed_rank(gang_service: Service, 
 
     done, _ = wait_job(client, job.id, timeout=400)
     assert done.status == "succeeded", (done.error, gang_service.logs()[-4000:])
+    assert done.model_extra is not None and done.model_extra.get("gang") == {"processes": 2, "hosts": 1}
     messages = _messages(client, job.id)
     assert sum(m == "Training as a torchrun gang of 2 processes (2 per host on 1 host)" for m in messages) == 2
     assert any(m.startswith("The training gang stopped: torchrun exited with code") for m in messages), messages
