@@ -168,6 +168,8 @@ def launch(
             "training.gang_entry",
         ]
         env = {**os.environ, DIR_ENV: str(folder), OWNER_ENV: owner, ATTEMPT_ENV: str(spec.attempt)}
+        # torchrun gives each rank one thread unless told; on CPU the ranks share this host's cores instead.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // settings.worker_procs)))
         if endpoint is not None:
             interface = _interface(_address(settings))
             if interface is not None:  # gloo and nccl talk over the interface that holds the gang address
