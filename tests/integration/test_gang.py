@@ -79,3 +79,23 @@ def test_two_processes_train_exactly_like_one(settings: Settings) -> None:
     for k in adapters[0]:
         torch.testing.assert_close(adapters[1][k], adapters[0][k], atol=1e-5, rtol=0)
     assert json.loads((storage.adapter_dir(two.id, None) / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_a_dpo_job_on_a_gang_worker_trains_in_one_process_and_says_so(settings: Settings) -> None:
+    from tests.integration.test_dpo_pipeline import _dpo
+    from tests.integration.test_dpo_pipeline import _upload as upload_pairs
+    from tests.preference_data import WORDS, pair_row
+
+    settings.worker_procs = 2
+    train = upload_pairs(settings, [pair_row(w) for w in WORDS[:10]])
+    req = JobCreate(model="ftserve-tiny", training_file=train, seed=1, method=_dpo(epochs=1, batch=5))
+    with session_scope(settings) as s:
+        job_id = create_job(s, settings, ORG, req).id
+    gang.run_job(job_id, settings)
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == "succeeded", job.error if job else None
+        assert job.gang_processes is None  # no gang ran it
+        messages = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))
+    assert "dpo jobs train in one process; the gang trains supervised jobs" in messages
+    assert not any(m.startswith("Training as a torchrun gang") for m in messages)
