@@ -63,14 +63,15 @@ def worker(args: argparse.Namespace) -> None:
 
 def run(procs: int, args: argparse.Namespace) -> dict[str, object]:
     cores = os.cpu_count() or 1
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // procs))}
+    threads = args.threads or max(1, cores // procs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
         "-m", "bench.gang_scaling", "--worker", "--model", args.model, "--steps", str(args.steps),
         "--batch", str(args.batch), "--data-dir", str(args.data_dir),
     ]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    return dict(json.loads(next(line for line in out.splitlines() if line.startswith("{"))))
+    return {**json.loads(next(line for line in out.splitlines() if line.startswith("{"))), "threads": threads}
 
 
 def main() -> None:
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (default: cores / procs)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -89,12 +91,12 @@ def main() -> None:
     results = [run(p, args) for p in args.procs]
     base = float(results[0]["examples_per_s"])  # type: ignore[arg-type]
     print(f"{args.model}, batch {args.batch}, {args.steps} timed steps, {device}")
-    print("| processes | examples/s | vs 1 process | first losses |")
-    print("|---|---|---|---|")
+    print("| processes | threads each | examples/s | vs first row | first losses |")
+    print("|---|---|---|---|---|")
     for r in results:
         eps = float(r["examples_per_s"])  # type: ignore[arg-type]
         losses = ", ".join(f"{x:.4f}" for x in r["losses"][:3])  # type: ignore[index]
-        print(f"| {r['procs']} | {eps:.2f} | {eps / base:.2f}x | {losses} |")
+        print(f"| {r['procs']} | {r['threads']} | {eps:.2f} | {eps / base:.2f}x | {losses} |")
 
 
 if __name__ == "__main__":
