@@ -46,12 +46,16 @@ def run_job(job_id: str, settings: Settings) -> None:
     log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
     store.start_heartbeat()
     try:
-        if spec.method != "supervised":
-            # DPO's loss is a mean over pairs with a reference pass per pair; it is not split across ranks yet.
-            store.event(f"{spec.method} jobs train in one process; the gang trains supervised jobs", level="warn")
-            pipeline.run_claimed(spec, settings, store)
+        if spec.method == "supervised":
+            _supervise(spec, settings, store)
             return
-        _supervise(spec, settings, store)
+        # DPO's loss is a mean over pairs with a reference pass per pair; it is not split across ranks yet.
+        try:
+            store.event(f"{spec.method} jobs train in one process; the gang trains supervised jobs", level="warn")
+        except JobStopped as stop:
+            log.info("job %s stopped: %s", job_id, stop)
+            return
+        pipeline.run_claimed(spec, settings, store)
     finally:
         store.stop_heartbeat()
 
