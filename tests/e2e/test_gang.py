@@ -87,3 +87,23 @@ def test_a_gang_that_cannot_be_completed_fails_cleanly(
         _wait_for(lambda: "its gang (attempt 1) is not open; nothing to join" in service.logs(), 30, "the join")
     finally:
         service.stop()
+
+
+def test_a_gang_pauses_together_and_resumes_where_it_stopped(gang_service: Service, tmp_path: Path) -> None:
+    client = client_for(gang_service)
+    file_id = client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(
+        training_file=file_id, model="ftserve-tiny", hyperparameters={"n_epochs": 20, "batch_size": 4}
+    )
+    _wait_for(lambda: any(m.startswith("Step 2/60") for m in _messages(client, job.id)), 240, "step 2")
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    _wait_for(lambda: any(m.startswith("Paused at step") for m in _messages(client, job.id)), 60, "the pause point")
+    _wait_for(lambda: _ranks(gang_service) == [], 30, "every rank to stop")  # rank 0 told the others
+    paused_at = int(next(m for m in _messages(client, job.id) if m.startswith("Paused at step")).split()[3].rstrip(";"))
+    client.fine_tuning.jobs.resume(job.id)
+    done, _ = wait_job(client, job.id, timeout=300)
+    assert done.status == "succeeded", done.error
+    resumed = [m for m in _messages(client, job.id) if m.startswith("Resuming from step")]
+    assert len(resumed) == 1 and int(resumed[0].split()[3]) == paused_at
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 61))  # no step lost or redone across the pause
