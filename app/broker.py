@@ -10,6 +10,8 @@ from celery import Celery
 from app.config import Settings
 
 RUN_JOB = "ftserve.run_job"
+# Sent by a worker that claimed a multi-host job, once per other host it needs (worker/gang.py).
+JOIN_JOB = "ftserve.join_job"
 TRAIN_QUEUE = "ftserve.train"
 
 

@@ -101,6 +101,18 @@ class Settings(BaseSettings):
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     checkpoints_keep: int = 3
 
+    # Past one device: the worker runs each job it claims as a torchrun gang of this many processes (one
+    # per GPU on CUDA; data parallel, the LoRA gradients summed over the gang) — docs/training.md.
+    worker_procs: int = Field(default=1, ge=1)
+    # Past one host: a job's gang spans this many worker hosts (each with worker_procs processes); the
+    # worker that claims it publishes its rendezvous endpoint and waits for the others to join.
+    job_hosts: int = Field(default=1, ge=1)
+    # How long a claimed job waits for its gang to be complete before it fails `gang_incomplete`.
+    gang_timeout_seconds: float = 300.0
+    # The address other worker hosts reach this one at (the rendezvous endpoint of the jobs it claims);
+    # default: this host's name as it resolves.
+    gang_address: str | None = None
+
     # Reliability: a running job's lease, renewed by the worker's heartbeat; the api's reaper requeues
     # jobs whose lease expired (worker gone) up to max_job_attempts times, then fails them worker_lost.
     lease_seconds: float = 120.0

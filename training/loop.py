@@ -5,6 +5,7 @@ job's training store."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from training.batching import step_groups
 from training.config import TrainingConfig
 from training.hyperparams import Resolved
 from training.methods.base import TrainingMethod
+from training.rank import SINGLE, Gang
 from training.trainer import LoraTrainer
 
 
@@ -32,6 +34,11 @@ class Run:
     store: TrainingStore
     storage: Storage
     fault_injection: dict[str, Any] | list[dict[str, Any]] | None = None
+    gang: Gang = SINGLE  # in a torchrun gang only rank 0 writes (store, files); all ranks train alike
+
+
+# What rank 0 tells the others after a step of its own (a check, a checkpoint, the final publish).
+_GO, _STOP, _AGAIN = 0, 1, 2
 
 
 def _trainer(run: Run, model: PeftModel, device: torch.device, total: int) -> LoraTrainer:
@@ -43,10 +50,32 @@ def _trainer(run: Run, model: PeftModel, device: torch.device, total: int) -> Lo
         warmup_ratio=run.config.warmup_ratio,
         scheduler=run.config.lr_scheduler,
         gradient_checkpointing=run.config.gradient_checkpointing,
+        gang=run.gang,
     )
 
 
+def _on_main(run: Run, action: Callable[[], object], *, again_on_pause: bool = False) -> int:
+    """Run action on rank 0 alone and tell every rank how it went: _GO, or it raised JobStopped; then rank 0
+    re-raises it and the others raise their own (_STOP), unless a pause says try again (_AGAIN)."""
+    stop: JobStopped | None = None
+    word = _GO
+    if run.gang.main:
+        try:
+            action()
+        except JobStopped as exc:
+            stop, word = exc, (_AGAIN if again_on_pause and exc.paused else _STOP)
+    word = run.gang.word_from_main(word)
+    if word == _STOP:
+        raise stop or JobStopped(None, "stopped (rank 0)")
+    return word
+
+
 def _check_or_pause(run: Run, trainer: LoraTrainer, model: PeftModel, here: resume.Progress) -> None:
+    """Raise JobStopped (on every rank) if the job is no longer ours, as rank 0 finds it."""
+    _on_main(run, lambda: _check_or_pause_main(run, trainer, model, here))
+
+
+def _check_or_pause_main(run: Run, trainer: LoraTrainer, model: PeftModel, here: resume.Progress) -> None:
     """Raise JobStopped if the job is no longer ours; a paused job first saves where it stands, and goes on
     training if it was resumed meanwhile (still under this worker's lease)."""
     try:
@@ -100,6 +129,8 @@ def fit(
                 if method.n_valid and i == steps_per_epoch - 1:
                     metrics.update(method.evaluate(trainer, None, "full_valid"))
                 rows.append({**metrics, "train_accuracy": metrics.get("train_mean_token_accuracy")})
+                if not run.gang.main:
+                    continue
                 eta = now() + int((time.monotonic() - started) / (step - first) * (total - step))
                 run.store.step(
                     f"Step {step}/{total}: {method.step_message(metrics)}",
@@ -108,20 +139,24 @@ def fit(
                     trained_tokens=trained_tokens,
                 )
             state = resume.trainer_state(trainer, resume.Progress(step, epoch + 1, 0, trained_tokens, rows))
-            with trainer.full_precision():
-                publish.checkpoint(run.store, run.storage, spec, model, final_name, step, rows[-1], state)
+
+            def save(step: int = step, state: dict[str, Any] = state) -> None:
+                with trainer.full_precision():
+                    publish.checkpoint(run.store, run.storage, spec, model, final_name, step, rows[-1], state)
+
+            _on_main(run, save)
         end = resume.Progress(step, hp.n_epochs, 0, trained_tokens, rows)
+
+        def finish() -> None:
+            with trainer.full_precision():
+                columns = method.csv_columns
+                publish.finish(run.store, run.storage, spec, model, final_name, trained_tokens, rows, columns)
+
         while True:  # a pause between the last check and the final transition saves a resume point too
             _check_or_pause(run, trainer, model, end)
-            try:
-                with trainer.full_precision():
-                    publish.finish(
-                        run.store, run.storage, spec, model, final_name, trained_tokens, rows, method.csv_columns
-                    )
+            if _on_main(run, finish, again_on_pause=True) == _GO:
                 break
-            except JobStopped as stop:
-                if not stop.paused:
-                    raise
-        resume.drop_pause_point(run.storage, spec.id)
+        if run.gang.main:
+            resume.drop_pause_point(run.storage, spec.id)
     finally:
         trainer.close()

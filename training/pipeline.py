@@ -31,6 +31,7 @@ from training.methods.dpo_reference import REFERENCE_FILE
 from training.methods.supervised import Supervised
 from training.planner import Layout, packed_row_cap
 from training.preference import PreferencePair, load_pairs
+from training.rank import Gang, is_gang_fault
 from training.tokenize import TokenizedExample, TokenizeStats
 
 log = logging.getLogger(__name__)
@@ -60,22 +61,45 @@ def run_job(job_id: str, settings: Settings) -> None:
     log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
     store.start_heartbeat()
     try:
-        _train(spec, settings, store)
-    except JobStopped as stop:
-        log.info("job %s stopped: %s", job_id, stop)
-    except BaseException as exc:
-        failure = classify(exc)
-        log.exception("job %s failed: %s", job_id, failure.code)
-        try:
-            store.fail(failure.code, failure.message, failure.param)
-        except JobStopped as stop:  # the database stayed unreachable: the reaper requeues the job later
-            log.warning("job %s: could not record the failure: %s", job_id, stop)
-        if not isinstance(exc, Exception):
-            raise
+        run_claimed(spec, settings, store)
     finally:
         store.stop_heartbeat()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def run_claimed(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang = Gang()) -> bool:
+    """Train a claimed job on this process (one rank of `gang`); False if it failed. Rank 0 records a
+    failure (its code from training/errors) through the store; an error of another rank, or of a collective
+    (a peer died), is raised instead: it fails the gang, whose supervisor hands the job back to be resumed."""
+    try:
+        _train(spec, settings, store if gang.main else FollowerStore(settings, spec.id), gang)
+    except JobStopped as stop:
+        log.info("job %s stopped: %s", spec.id, stop)
+    except BaseException as exc:
+        if not gang.main or (gang.size > 1 and is_gang_fault(exc)):
+            raise
+        failure = classify(exc)
+        log.exception("job %s failed: %s", spec.id, failure.code)
+        try:
+            store.fail(failure.code, failure.message, failure.param)
+        except JobStopped as stop:  # the database stayed unreachable: the reaper requeues the job later
+            log.warning("job %s: could not record the failure: %s", spec.id, stop)
+        if not isinstance(exc, Exception):
+            raise
+        return False
+    return True
+
+
+class FollowerStore(TrainingStore):
+    """The store of a gang's rank other than 0: what it would report is rank 0's to write, so it writes
+    nothing (the loop keeps checks, metrics and files on rank 0; training/loop)."""
+
+    def event(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        return None
+
+    def resolved_hyperparameters(self, hyperparameters: dict[str, Any], message: str, data: dict[str, Any]) -> None:
+        return None
 
 
 def _lora_config(config: TrainingConfig, base: PreTrainedModel, store: TrainingStore) -> LoraConfig:
@@ -185,6 +209,7 @@ def _method(
     tok: PreTrainedTokenizerBase,
     hp: Resolved,
     device: torch.device,
+    gang: Gang,
 ) -> TrainingMethod:
     """The job's training method on its tokenized data."""
     train, valid = data
@@ -208,20 +233,21 @@ def _method(
 
         return Dpo(model, train, valid, hp.beta, cap, device, reference, start, first, publish)
     pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
-    return Supervised(train, valid, Layout.for_run(config, model, pad, device))
+    return Supervised(train, valid, Layout.for_run(config, model, pad, device), gang)
 
 
-def _train(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
+def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) -> None:
     """Load the base, tokenize the files, attach LoRA (or resume), resolve hyperparameters, fit."""
     _check_disk(settings)
     config = TrainingConfig.resolve(spec, settings)
     storage = Storage(settings)
-    device = pick_device()
+    device = gang.device() if gang.size > 1 else pick_device()
     store.event(f"Loading base model {spec.base} on {device.type}")
     base, tok = _base(settings, config, device)
     data = _tokenize(settings, spec, config, tok, store)
     hp = config.hyperparameters(len(data[0]))
-    publish.register_found_checkpoints(store, storage, spec)
+    if gang.main:
+        publish.register_found_checkpoints(store, storage, spec)
     point = resume.latest(storage, spec.id)
     if point is None:
         model = _attach_adapter(storage, spec, config, base, store)
@@ -236,8 +262,8 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
         if config.method == "dpo" and attention == "flash_attention_2":
             # DPO's rows need a 4-D block mask, which flash-attention's varlen kernel cannot take.
             base.set_attn_implementation("sdpa")
-        method = _method(settings, spec, config, data, model, tok, hp, device)
-        run = Run(spec, config, hp, store, storage, settings.fault_injection)
+        method = _method(settings, spec, config, data, model, tok, hp, device, gang)
+        run = Run(spec, config, hp, store, storage, settings.fault_injection, gang)
         fit(run, model, method, device, point)
     finally:
         # Take the LoRA layers out again so the cached base serves the next job unchanged.

@@ -130,6 +130,18 @@ def packed_row_cap(config: TrainingConfig, device: torch.device) -> int:
     return config.packed_row_tokens or (config.batch_token_budget if device.type == "cuda" else CPU_PACKED_ROW_TOKENS)
 
 
+def split_step(examples: list[TokenizedExample], ranks: int, cost: CostModel) -> list[list[TokenizedExample]]:
+    """A step's examples dealt to `ranks` processes of a gang by estimated cost (longest first, each to the
+    rank with the least work so far): every rank computes the same split, and the union is the step."""
+    shares: list[list[TokenizedExample]] = [[] for _ in range(ranks)]
+    load = [0.0] * ranks
+    for ex in sorted(examples, key=len, reverse=True):
+        r = min(range(ranks), key=lambda i: (load[i], i))
+        shares[r].append(ex)
+        load[r] += cost.packed(len(ex), _kept(ex))
+    return shares
+
+
 class Layout:
     """Lays out each step's examples as padded micro-batches or packed rows, whichever costs less."""
 
@@ -143,5 +155,13 @@ class Layout:
         return cls(cost, pad, config.batch_token_budget, config.packing, packed_row_cap(config, device))
 
     def plan(self, examples: list[TokenizedExample]) -> list[MicroBatch]:
-        """Micro-batches for one step's examples (plan_step under the job's settings)."""
+        """Micro-batches for one step's examples (plan_step under the job's settings); none for none."""
+        if not examples:
+            return []
         return plan_step(examples, self.pad, self.budget, self.cost, self.packing, self.row_cap).micro_batches
+
+    def plan_share(self, examples: list[TokenizedExample], rank: int, ranks: int) -> list[MicroBatch]:
+        """Micro-batches for this rank's share of one step's examples (all of them outside a gang)."""
+        if ranks == 1:
+            return self.plan(examples)
+        return self.plan(split_step(examples, ranks, self.cost)[rank])

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.batching import MicroBatch
+from training.rank import Gang
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,11 @@ class LoraTrainer:
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
         gradient_checkpointing: bool = False,
+        gang: Gang = Gang(),
     ) -> None:
         self.model = model
         self.device = device
+        self.gang = gang
         if gradient_checkpointing:
             # Frozen embeddings give no input that requires grad; checkpointed blocks need one to backprop.
             model.enable_input_require_grads()  # type: ignore[operator]
@@ -109,6 +112,11 @@ class LoraTrainer:
         )
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
+        gang.same_weights(self.params)
+        if self.mixed:
+            with torch.no_grad():
+                for p, master in zip(self.live, self.params, strict=True):
+                    p.copy_(master)
 
     def close(self) -> None:
         """Undo what __init__ changed on the model, so a cached base serves the next job as it was."""
@@ -120,10 +128,16 @@ class LoraTrainer:
             self.model.disable_input_require_grads()  # type: ignore[operator]
 
     def step(self, micro_batches: list[MicroBatch]) -> StepResult:
-        """One optimizer step over all micro-batches: the loss is the weighted mean over the whole step."""
-        total_weight = float(sum(mb.weights[:, 1:].sum() for mb in micro_batches))
+        """One optimizer step over all micro-batches: the loss is the weighted mean over the whole step.
+
+        In a gang, micro_batches are this rank's share; the weight is summed over every rank first, so each
+        rank's loss is its part of the one step's mean, and the summed gradients are exactly one process's."""
+        local_weight = float(sum(mb.weights[:, 1:].sum() for mb in micro_batches))
+        real = sum(mb.real_tokens for mb in micro_batches)
+        (total_weight,) = self.gang.sums([local_weight])
         if total_weight <= 0:
-            return StepResult(float("nan"), None, sum(mb.real_tokens for mb in micro_batches), 0)
+            (tokens,) = self.gang.sums([float(real)])
+            return StepResult(float("nan"), None, int(tokens), 0)
         self.begin_step()
         loss_total = 0.0
         correct = completion = 0
@@ -134,12 +148,10 @@ class LoraTrainer:
             completion += sums.completion_tokens
         self.finish_step()
         loss_tokens = int(sum(int((mb.weights[:, 1:] > 0).sum()) for mb in micro_batches))
-        return StepResult(
-            loss_total,
-            correct / completion if completion else None,
-            sum(mb.real_tokens for mb in micro_batches),
-            loss_tokens,
+        loss, right, scored, tokens, weighted = self.gang.sums(
+            [loss_total, float(correct), float(completion), float(real), float(loss_tokens)]
         )
+        return StepResult(loss, right / scored if scored else None, int(tokens), int(weighted))
 
     # One optimizer step is begin_step, backward per micro-batch (losses already scaled to the step), finish_step;
     # every training method (supervised, DPO) steps through these, so precision and clipping are shared.
@@ -155,7 +167,9 @@ class LoraTrainer:
         return float(loss.detach())
 
     def finish_step(self) -> None:
-        """Clip, update the (master) weights, advance the schedule, refresh the live low-precision weights."""
+        """Sum the gradients over the gang, clip, update the (master) weights, advance the schedule, refresh
+        the live low-precision weights."""
+        self.gang.sum_grads(self.params)
         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -202,4 +216,5 @@ class LoraTrainer:
             weight += sums.weight
             correct += sums.correct
             completion += sums.completion_tokens
-        return (ce / weight if weight else float("nan")), (correct / completion if completion else None)
+        ce, weight, right, scored = self.gang.sums([ce, weight, float(correct), float(completion)])
+        return (ce / weight if weight else float("nan")), (right / scored if scored else None)

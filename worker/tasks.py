@@ -1,8 +1,9 @@
-"""Thin Celery tasks: they carry ids only and hand the work to the training pipeline."""
+"""Thin Celery tasks: they carry ids only and hand the work to the training pipeline (through the torchrun
+supervisor, worker/gang.py, which trains in this process unless the worker owns several devices)."""
 
 from __future__ import annotations
 
-from app.broker import RUN_JOB
+from app.broker import JOIN_JOB, RUN_JOB
 from app.config import get_settings
 from worker.app import celery
 
@@ -10,6 +11,14 @@ from worker.app import celery
 @celery.task(name=RUN_JOB)
 def run_job(job_id: str) -> None:
     """Train one fine-tuning job; a duplicate delivery of a job already taken is a no-op."""
-    from training.pipeline import run_job as run
+    from worker.gang import run_job as run
 
     run(job_id, get_settings())
+
+
+@celery.task(name=JOIN_JOB)
+def join_job(job_id: str, attempt: int) -> None:
+    """Join the gang of a multi-host job's claim `attempt` with this worker's devices, if it still needs a host."""
+    from worker.gang import join_job as join
+
+    join(job_id, attempt, get_settings())

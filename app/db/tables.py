@@ -96,6 +96,14 @@ class Job(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # When the job was last sent to the broker; the reaper re-sends jobs queued for too long.
     enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A torchrun gang across hosts (FTSERVE_JOB_HOSTS): the claiming worker's rendezvous endpoint for claim
+    # `gang_attempt`, the hosts it needs and how many have joined (itself first); workers join while
+    # gang_joined < gang_hosts. gang_processes: how many processes the job's last gang ran (1: no gang).
+    gang_endpoint: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    gang_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gang_hosts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gang_joined: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gang_processes: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_org_created", "org_id", "created_at", "id"),

@@ -122,6 +122,8 @@ class FineTuningJob(BaseModel):
     method: dict[str, Any] | None = None
     # --- ftserve extensions ---
     extensions: dict[str, Any] | None = None
+    # How the job's last run trained: {"processes": N, "hosts": H} of its torchrun gang; None: one process.
+    gang: dict[str, int] | None = None
 
 
 class JobEvent(BaseModel):

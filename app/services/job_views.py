@@ -33,6 +33,7 @@ def job_to_wire(job: Job) -> FineTuningJob:
         metadata=job.metadata_,
         method={"type": method, method: {"hyperparameters": hp}},
         extensions=job.extensions or None,
+        gang={"processes": job.gang_processes, "hosts": job.gang_hosts or 1} if job.gang_processes else None,
     )
 
 

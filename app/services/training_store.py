@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import TypeAdapter
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -80,6 +81,18 @@ class JobSpec:
     attempt: int = 1  # this claim's number: the fencing token every write of it carries
     method: str = "supervised"
 
+    def to_json(self) -> str:
+        """The spec as JSON, for the processes of a torchrun gang that train it without reading the DB."""
+        return _SPEC.dump_json(self).decode()
+
+    @staticmethod
+    def from_json(text: str) -> JobSpec:
+        """A supervised job's spec back from to_json (a gang never trains DPO: see worker/gang.py)."""
+        return _SPEC.validate_json(text)
+
+
+_SPEC: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
+
 
 class JobStopped(Exception):
     """The job is no longer ours to train: cancelled, paused, deleted, or its lease went to another worker."""
@@ -98,6 +111,36 @@ class JobStopped(Exception):
 class DatabaseUnavailable(JobStopped):
     """The database stayed unreachable for the whole retry budget: the worker lets the job go without
     failing it; the reaper requeues it once the database is back (an outage costs the job no attempt)."""
+
+
+def _spec(job: Job, resolved: catalog.ResolvedModel, attempt: int) -> JobSpec:
+    hp_type = DpoHyperparameters if job.method == "dpo" else Hyperparameters
+    hp = {k: v for k, v in job.hyperparameters.items() if k in hp_type.model_fields}
+    return JobSpec(
+        id=job.id,
+        org=job.org_id,
+        model=job.model,
+        base=resolved.base,
+        start_adapter=None if resolved.job_id is None else AdapterKey(resolved.job_id, resolved.step),
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        suffix=job.suffix,
+        seed=job.seed,
+        hyperparameters=hp_type.model_validate(hp),
+        extensions=FtserveExtensions.model_validate(job.extensions or {}),
+        attempt=attempt,
+        method=job.method,
+    )
+
+
+@dataclass(frozen=True)
+class GangSeat:
+    """A place in another worker's gang: the job, the claim it runs under, where its rendezvous is."""
+
+    spec: JobSpec
+    owner: str
+    endpoint: str
+    hosts: int
 
 
 class TrainingStore:
@@ -204,29 +247,97 @@ class TrainingStore:
             if not ok:
                 return None
             attempt = int(s.scalar(select(Job.attempts).where(Job.id == self.job_id)) or 0)
-            hp_type = DpoHyperparameters if job.method == "dpo" else Hyperparameters
-            return JobSpec(
-                id=job.id,
-                org=job.org_id,
-                model=job.model,
-                base=resolved.base,
-                start_adapter=None if resolved.job_id is None else AdapterKey(resolved.job_id, resolved.step),
-                training_file=job.training_file,
-                validation_file=job.validation_file,
-                suffix=job.suffix,
-                seed=job.seed,
-                hyperparameters=hp_type.model_validate(
-                    {k: v for k, v in job.hyperparameters.items() if k in hp_type.model_fields}
-                ),
-                extensions=FtserveExtensions.model_validate(job.extensions or {}),
-                attempt=attempt,
-                method=job.method,
-            )
+            return _spec(job, resolved, attempt)
 
         spec = self._run(work)
         if spec is not None:
             self.attempt = spec.attempt
         return spec
+
+    def adopt(self, attempt: int) -> None:
+        """Write under a claim another process of this worker made (rank 0 of its torchrun gang): the same
+        owner and attempt, so every write stays fenced by that claim."""
+        self.attempt = attempt
+
+    def gang_lost(self, reason: str) -> bool:
+        """The gang training this claim died (a rank was killed): if the job is still running under it, end
+        the lease now, so the reaper requeues the job as a lost worker and the next claim resumes it."""
+
+        def work(s: Session) -> bool:
+            try:
+                self._fence(s, (S.RUNNING,), lease_expires_at=time.time() - 1.0)
+            except JobStopped:
+                return False
+            job_state.add_event(s, self.job_id, f"The training gang stopped: {reason}", level="warn")
+            return True
+
+        return self._run(work)
+
+    # -- a gang across hosts -------------------------------------------------------------------------
+    def gang_started(self, processes: int, hosts: int, message: str) -> None:
+        """Record the gang this claim trains on (processes, hosts) with its event; it closes the gang to joiners."""
+
+        def work(s: Session) -> None:
+            self._fence(s, gang_processes=processes, gang_hosts=hosts, gang_endpoint=None)
+            data = {"processes": processes, "hosts": hosts, "processes_per_host": processes // hosts}
+            job_state.add_event(s, self.job_id, message, data=data)
+
+        self._run(work)
+
+    def open_gang(self, endpoint: str, hosts: int) -> None:
+        """Publish this claim's rendezvous endpoint: workers on other hosts may join until `hosts` are in."""
+
+        def work(s: Session) -> None:
+            self._fence(s, gang_endpoint=endpoint, gang_attempt=self.attempt, gang_hosts=hosts, gang_joined=1)
+            job_state.add_event(
+                s,
+                self.job_id,
+                f"Waiting for {hosts - 1} more worker host{'s' if hosts > 2 else ''} to join the gang at {endpoint}",
+                data={"endpoint": endpoint, "hosts": hosts},
+            )
+
+        self._run(work)
+
+    def gang_members(self) -> int:
+        """How many hosts are in this claim's gang so far (renewing the lease; JobStopped if not ours)."""
+
+        def work(s: Session) -> int:
+            self._fence(s)
+            return int(s.scalar(select(Job.gang_joined).where(Job.id == self.job_id)) or 0)
+
+        return self._run(work)
+
+    def close_gang(self) -> None:
+        """No host may join any more (the gang is complete, or it gave up waiting)."""
+        self._run(lambda s: s.execute(update(Job).where(*self._mine()).values(gang_endpoint=None)))
+
+    def join_gang(self, attempt: int) -> GangSeat | None:
+        """Take a place in the open gang of claim `attempt` of this job; None if it is not open (complete,
+        given up, or the job moved on)."""
+
+        def work(s: Session) -> GangSeat | None:
+            row = s.execute(
+                update(Job)
+                .where(
+                    Job.id == self.job_id,
+                    Job.status == S.RUNNING,
+                    Job.attempts == attempt,
+                    Job.gang_attempt == attempt,
+                    Job.gang_endpoint.is_not(None),
+                    Job.gang_joined < Job.gang_hosts,
+                )
+                .values(gang_joined=Job.gang_joined + 1)
+                .returning(Job.lease_owner, Job.gang_endpoint, Job.gang_hosts)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if row is None:
+                return None
+            job = s.get(Job, self.job_id)
+            assert job is not None
+            spec = _spec(job, catalog.resolve(s, self.settings, job.org_id, job.model), attempt)
+            return GangSeat(spec, str(row.lease_owner), str(row.gang_endpoint), int(row.gang_hosts))
+
+        return self._run(work)
 
     def start_heartbeat(self) -> None:
         self._thread.start()

@@ -115,6 +115,7 @@ def test_job_page_chart_has_one_point_per_step(
     assert "The job has successfully completed" in page.inner_text("#events")
     assert page.locator("#cancel").count() == 0
     assert page.inner_text("#job-method") == "supervised" and page.is_hidden("#margin-card")
+    assert page.inner_text("#job-gang") == "1 process"  # a gang's job: "2 processes on 1 host" (job.gang)
     shot(page, tmp_path, "dashboard-job.png")
     with page.expect_download() as download:
         page.click("#result-file")

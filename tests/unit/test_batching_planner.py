@@ -8,7 +8,7 @@ import random
 import pytest
 
 from training.batching import padded_groups
-from training.planner import CostModel, best_padded_split, plan_step
+from training.planner import CostModel, best_padded_split, plan_step, split_step
 from training.tokenize import TokenizedExample
 
 # SmolLM2-135M's shape, as CostModel.for_model computes it (checked in test_cost_model_from_shape).
@@ -105,3 +105,14 @@ def test_cost_model_from_shape(bases_dir: object) -> None:
     layer_params = sum(p.numel() for p in model.model.layers.parameters()) + cfg.hidden_size  # + final norm
     assert cost.pair == pytest.approx(4 * cfg.hidden_size * cfg.num_hidden_layers / (2 * layer_params))
     assert cost.head == pytest.approx(2 * cfg.hidden_size * cfg.vocab_size / (2 * layer_params))
+
+
+def test_a_step_is_dealt_to_ranks_whole_and_balanced_by_cost() -> None:
+    rng = random.Random(3)
+    step = [_example(rng.randint(8, 600), 4) for _ in range(13)]
+    shares = split_step(step, 4, COST)
+    assert sorted(id(e) for share in shares for e in share) == sorted(id(e) for e in step)  # each example once
+    load = [sum(COST.packed(len(e), len(e) - 4) for e in share) for share in shares]
+    assert max(load) - min(load) <= max(COST.packed(len(e), len(e) - 4) for e in step)  # within one example
+    assert split_step(step, 4, COST) == shares  # every rank computes the same split
+    assert [len(s) for s in split_step(step[:2], 3, COST)] == [1, 1, 0]  # fewer examples than ranks: some idle

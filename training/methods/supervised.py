@@ -5,6 +5,7 @@ from __future__ import annotations
 from training.export import RESULT_COLUMNS
 from training.methods.base import Metrics, StepOutcome
 from training.planner import Layout
+from training.rank import Gang
 from training.tokenize import TokenizedExample
 from training.trainer import LoraTrainer
 
@@ -14,8 +15,10 @@ class Supervised:
 
     csv_columns = RESULT_COLUMNS
 
-    def __init__(self, train: list[TokenizedExample], valid: list[TokenizedExample], layout: Layout) -> None:
-        self.train, self.valid, self.layout = train, valid, layout
+    def __init__(
+        self, train: list[TokenizedExample], valid: list[TokenizedExample], layout: Layout, gang: Gang = Gang()
+    ) -> None:
+        self.train, self.valid, self.layout, self.gang = train, valid, layout, gang
         self.n_train, self.n_valid = len(train), len(valid)
 
     def prepare(self, trainer: LoraTrainer, resumed: bool) -> str | None:
@@ -23,12 +26,13 @@ class Supervised:
         return None
 
     def train_step(self, trainer: LoraTrainer, indices: list[int]) -> StepOutcome:
-        result = trainer.step(self.layout.plan([self.train[j] for j in indices]))
+        # In a gang each rank trains its share; the trainer normalises by the whole step's weight.
+        result = trainer.step(self.layout.plan_share([self.train[j] for j in indices], self.gang.rank, self.gang.size))
         return StepOutcome({"train_loss": result.loss, "train_mean_token_accuracy": result.accuracy}, result.tokens)
 
     def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str) -> Metrics:
         examples = self.valid if indices is None else [self.valid[j] for j in indices]
-        loss, accuracy = trainer.evaluate(self.layout.plan(examples))
+        loss, accuracy = trainer.evaluate(self.layout.plan_share(examples, self.gang.rank, self.gang.size))
         return {f"{prefix}_loss": loss, f"{prefix}_mean_token_accuracy": accuracy}
 
     def step_message(self, metrics: Metrics) -> str:

@@ -6,6 +6,13 @@ import { badge, fmtClock, fmtNum, fmtTime, h, poll, showError, TERMINAL } from "
 const playLink = (model) => h("a.mono", { href: `#/playground?model=${encodeURIComponent(model)}` }, model);
 const methodOf = (job) => (job.method && job.method.type) || "supervised";
 
+// ftserve's `gang` field: the processes and hosts of the torchrun gang that trained the job (absent: one process).
+function ranOn(job) {
+  if (!job.gang) return job.status === "queued" || job.status === "validating_files" ? "—" : "1 process";
+  const { processes, hosts } = job.gang;
+  return `${processes} process${processes === 1 ? "" : "es"} on ${hosts} host${hosts === 1 ? "" : "s"}`;
+}
+
 function facts(job) {
   const rows = [
     ["Base model", job.model],
@@ -15,6 +22,7 @@ function facts(job) {
     ["Finished", fmtTime(job.finished_at)],
     ["Estimated finish", TERMINAL.has(job.status) ? "—" : fmtTime(job.estimated_finish)],
     ["Trained tokens", fmtNum(job.trained_tokens)],
+    ["Ran on", h("span#job-gang", {}, ranOn(job))],
     ["Training file", h("span.mono", {}, job.training_file)],
     ["Validation file", job.validation_file ? h("span.mono", {}, job.validation_file) : "—"],
     ["Seed", String(job.seed)],

@@ -1,0 +1,101 @@
+"""One job as a torchrun gang (real torch.distributed.run, gloo on CPU): 2 processes give the same per-step
+losses and the same adapter as 1 process, and only rank 0 writes (one event per step, one adapter)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db.session import session_scope
+from app.db.tables import Job, JobEvent
+from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
+from app.services.jobs import create_job
+from app.storage import Storage
+from tests.integration.test_training_pipeline import ORG, _upload
+from worker import gang
+
+# Uneven lengths and a validation file, so ranks get different shares and evaluation is split too.
+ROWS = [
+    {"prompt": f"Q{i}: what does the {a} say?" + " please" * (i % 4), "completion": f" {s}" + " loudly" * (i % 3)}
+    for i, (a, s) in enumerate(
+        [("cat", "meow"), ("dog", "woof"), ("cow", "moo"), ("sheep", "baa"), ("lion", "roar"), ("bird", "tweet")] * 2
+    )
+]
+
+
+def _job(settings: Settings, train: str, valid: str) -> tuple[Job, list[JobEvent]]:
+    req = JobCreate(
+        model="ftserve-tiny",
+        training_file=train,
+        validation_file=valid,
+        seed=7,
+        hyperparameters=Hyperparameters(n_epochs=2, batch_size=5),
+        extensions=FtserveExtensions(prompt_loss_weight=0.1),
+    )
+    with session_scope(settings) as s:
+        job_id = create_job(s, settings, ORG, req).id
+    gang.run_job(job_id, settings)
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+        s.expunge_all()
+    return job, events
+
+
+def _metrics(events: list[JobEvent], key: str) -> list[Any]:
+    return [e.data[key] for e in events if e.type == "metrics" and e.data and key in e.data]
+
+
+def test_two_processes_train_exactly_like_one(settings: Settings) -> None:
+    train, valid = _upload(settings, ROWS), _upload(settings, ROWS[:10])
+    one, one_events = _job(settings, train, valid)
+    settings.worker_procs = 2
+    two, two_events = _job(settings, train, valid)
+    assert one.status == two.status == "succeeded", (one.error, two.error)
+
+    gang_event = next(e for e in two_events if e.message.startswith("Training as a torchrun gang"))
+    assert gang_event.data == {"processes": 2, "hosts": 1, "processes_per_host": 2}
+    assert not any(e.message.startswith("Training as a torchrun gang") for e in one_events)
+    for key in ("train_loss", "valid_loss", "train_mean_token_accuracy"):
+        a, b = _metrics(one_events, key), _metrics(two_events, key)
+        assert len(a) == len(b) == 6  # 12 examples / batch 5 = 3 steps per epoch, 2 epochs; one event each
+        assert b == pytest.approx(a, rel=1e-4)
+    assert _metrics(two_events, "full_valid_loss") == pytest.approx(_metrics(one_events, "full_valid_loss"), rel=1e-4)
+    assert one.trained_tokens == two.trained_tokens
+    # Rank 0 alone wrote: one "Tokenized" event, one of each checkpoint.
+    assert sum(e.message.startswith("Tokenized") for e in two_events) == 1
+    assert sum(e.message.startswith("Checkpoint") for e in two_events) == 2
+
+    storage = Storage(settings)
+    adapters = [load_file(str(storage.adapter_dir(j.id, None) / "adapter_model.safetensors")) for j in (one, two)]
+    assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+    for k in adapters[0]:
+        torch.testing.assert_close(adapters[1][k], adapters[0][k], atol=1e-5, rtol=0)
+    assert json.loads((storage.adapter_dir(two.id, None) / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_a_dpo_job_on_a_gang_worker_trains_in_one_process_and_says_so(settings: Settings) -> None:
+    from tests.integration.test_dpo_pipeline import _dpo
+    from tests.integration.test_dpo_pipeline import _upload as upload_pairs
+    from tests.preference_data import WORDS, pair_row
+
+    settings.worker_procs = 2
+    train = upload_pairs(settings, [pair_row(w) for w in WORDS[:10]])
+    req = JobCreate(model="ftserve-tiny", training_file=train, seed=1, method=_dpo(epochs=1, batch=5))
+    with session_scope(settings) as s:
+        job_id = create_job(s, settings, ORG, req).id
+    gang.run_job(job_id, settings)
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == "succeeded", job.error if job else None
+        assert job.gang_processes is None  # no gang ran it
+        messages = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))
+    assert "dpo jobs train in one process; the gang trains supervised jobs" in messages
+    assert not any(m.startswith("Training as a torchrun gang") for m in messages)
