@@ -202,11 +202,25 @@ def _bare_calls(text: str, names: set[str] | None) -> list[ToolCall]:
     return [c for c in calls if c is not None] if items and all(c is not None for c in calls) else []
 
 
+_CANONICAL = re.compile(r'\{\s*"name"\s*:\s*"[a-zA-Z0-9_-]*"\s*,\s*"arguments"\s*:\s*')
+
+
 def _call_from_json(body: str, names: set[str] | None) -> ToolCall | None:
     try:
-        return _call_from_value(json.loads(body), names)
+        call = _call_from_value(json.loads(body), names)
     except ValueError:
         return None
+    # Arguments as the model wrote them when the block has the usual key order, so a streamed reply (sent as
+    # it is generated) and the whole one agree to the byte.
+    head = _CANONICAL.match(body)
+    if call is not None and head is not None and body[head.end() :].startswith("{"):
+        try:
+            _, end = json.JSONDecoder().raw_decode(body, head.end())
+        except ValueError:
+            return call
+        if body[end:].strip() == "}":
+            return ToolCall(call.name, body[head.end() : end])
+    return call
 
 
 def _call_from_value(value: Any, names: set[str] | None) -> ToolCall | None:
@@ -260,3 +274,31 @@ def tool_call_lark(tools: list[dict[str, Any]], name: str | None = None, paralle
         f"body: %json {json.dumps(schema, ensure_ascii=False)}\n"
     )
     return source
+
+
+_FORCED_HEAD = re.compile(re.escape(TOOL_CALL_OPEN + "\n") + r'\{"name": "([a-zA-Z0-9_-]+)", "arguments": ')
+_FORCED_CLOSE = "}\n" + TOOL_CALL_CLOSE
+
+
+def read_forced_calls(text: str, final: bool) -> list[tuple[str, str, bool]]:
+    """(name, arguments so far, complete) per call in text that `tool_call_lark` forced, as it is generated.
+
+    A call appears once its name is whole; until the text ends (`final`), the arguments hold back a tail that
+    may be the start of the closing `}\n</tool_call>`, so what is read never shrinks as text is added. JSON
+    strings hold no raw newline, so the closing text never occurs inside the arguments.
+    """
+    calls = []
+    pos = 0
+    while (head := _FORCED_HEAD.match(text, pos)) is not None:
+        end = text.find(_FORCED_CLOSE, head.end())
+        if end != -1:
+            calls.append((head.group(1), text[head.end() : end], True))
+            pos = end + len(_FORCED_CLOSE) + 1  # the newline between parallel calls
+            continue
+        args = text[head.end() :]
+        if not final:
+            held = next((n for n in range(len(_FORCED_CLOSE), 0, -1) if args.endswith(_FORCED_CLOSE[:n])), 0)
+            args = args[: len(args) - held]
+        calls.append((head.group(1), args, False))
+        break
+    return calls
