@@ -120,7 +120,7 @@ def test_required_calls_any_tool_once_unless_parallel(client: OpenAI) -> None:
                 _valid(call.function.name, call.function.arguments)
             assert len({c.id for c in calls}) == len(calls)
         counts.append(len(calls))
-    assert max(counts) > 1
+    assert min(counts) >= 1  # how many is the model's choice (the unit tests see the grammar allow several)
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "convert"}}])
@@ -301,8 +301,10 @@ def test_langchain_bind_tools_with_tool_choice(server: Service) -> None:
     )
     for choice in ("Forecast", "any"):  # a named tool, and LangChain's "any" (OpenAI's "required")
         message = llm.bind_tools([Forecast], tool_choice=choice).invoke("Weather in Oslo for two days?")
-        assert [call["name"] for call in message.tool_calls] == ["Forecast"]  # type: ignore[attr-defined]
-        Forecast.model_validate(message.tool_calls[0]["args"])  # type: ignore[attr-defined]
+        calls = message.tool_calls  # type: ignore[attr-defined]
+        assert calls and {call["name"] for call in calls} == {"Forecast"}  # "any" may call it more than once
+        for call in calls:
+            Forecast.model_validate(call["args"])
 
 
 def test_instructor_tools_mode(server: Service) -> None:
