@@ -32,11 +32,14 @@ JSON_OPTIONS: dict[str, Any] = {
 }
 
 
-def strict_schema(schema: Any) -> Any:
+def strict_schema(schema: Any, close: bool = True) -> Any:
     """The schema with OpenAI's strict-mode objects: those that do not say otherwise take no properties beyond
-    those they declare (what a client means by a schema; a model must not invent keys)."""
+    those they declare (what a client means by a schema; a model must not invent keys).
+
+    The branches of an `allOf` are left open themselves (`close` False): each sees only its own properties, so
+    closing two of them would refuse every object either one declares."""
     if isinstance(schema, list):
-        return [strict_schema(s) for s in schema]
+        return [strict_schema(s, close) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
@@ -46,11 +49,13 @@ def strict_schema(schema: Any) -> Any:
     for key in ("items", "additionalItems", "contains", "not", "if", "then", "else", "additionalProperties"):
         if isinstance(out.get(key), dict):
             out[key] = strict_schema(out[key])
-    for key in ("prefixItems", "anyOf", "oneOf", "allOf", "items"):
+    for key in ("prefixItems", "anyOf", "oneOf", "items"):
         if isinstance(out.get(key), list):
             out[key] = strict_schema(out[key])
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = strict_schema(out["allOf"], close=False)
     is_object = out.get("type") == "object" or "properties" in out
-    if is_object and "additionalProperties" not in out and "patternProperties" not in out:
+    if close and is_object and "additionalProperties" not in out and "patternProperties" not in out:
         out["additionalProperties"] = False
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -293,3 +294,36 @@ def test_litellm_response_format(server: Service, monkeypatch: pytest.MonkeyPatc
     )
     assert isinstance(json.loads(schema_reply.choices[0].message.content), dict)
     assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+
+
+def test_batch_lines_follow_their_response_format(client: OpenAI, tmp_path: Path) -> None:
+    """The Batch API runs response_format exactly as HTTP does: valid JSON, and a refused schema is that
+    line's 400 alone."""
+    ticket = {"type": "json_schema", "json_schema": {"name": "Ticket", "schema": Ticket.model_json_schema()}}
+    unique = {"type": "json_schema", "json_schema": {"name": "u", "schema": {"type": "array", "uniqueItems": True}}}
+    lines = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i, body in enumerate(
+            {"model": TINY, "messages": [{"role": "user", "content": f"t{i}"}], "max_tokens": 80, "response_format": f}
+            for i, f in enumerate([ticket, ticket, unique])
+        )
+    ]
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch = client.batches.create(
+        input_file_id=client.files.create(file=path.open("rb"), purpose="batch").id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    deadline = time.monotonic() + 300
+    while batch.status not in ("completed", "failed", "expired", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id and batch.error_file_id
+    out = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert [r["custom_id"] for r in out] == ["c0", "c1"]
+    for r in out:
+        Ticket.model_validate_json(r["response"]["body"]["choices"][0]["message"]["content"])
+    (err,) = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
+    assert err["custom_id"] == "c2" and err["response"]["status_code"] == 400
+    assert err["response"]["body"]["error"]["param"] == "response_format"

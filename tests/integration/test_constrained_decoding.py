@@ -174,3 +174,27 @@ def test_refused_constraints_and_the_bounded_cache(engine: InferenceEngine) -> N
         grammars.compile(c)
     assert len(grammars) == 3, "the cache holds grammar_cache_size entries"
     assert grammars.compile(schemas[0]) is not first, "the least recently used was dropped"
+
+
+def test_constrained_draws_follow_the_masked_distribution(engine: InferenceEngine) -> None:
+    """The free draw kept when allowed, else a masked draw: together exactly p restricted to the allowed tokens."""
+    import torch
+
+    from engine.generation import _draw_constrained
+
+    grammar = engine.resident(BASE).grammars.row(Constraint("lark", 'start: "cat" | "dog" | "cow" | "sheep"'))
+    allowed = torch.from_numpy(grammar.allowed().copy())
+    logits = torch.randn(allowed.shape[0], generator=torch.Generator().manual_seed(0)) * 2
+    logits[allowed.nonzero()[0]] += 4  # one allowed token likely enough that the free draw often keeps it
+    expected = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+    row = Row([1], None, Sampling(temperature=1.0, seed=7))
+    row._gen = torch.Generator().manual_seed(7)
+    draws = 4000
+    counts = torch.bincount(
+        torch.tensor([_draw_constrained(row, grammar, logits, int(logits.argmax())) for _ in range(draws)]),
+        minlength=allowed.shape[0],
+    )
+    assert int(counts[~allowed].sum()) == 0
+    assert float((counts / draws - expected).abs().max()) < 0.03
+    greedy = Row([1], None, Sampling(temperature=0))
+    assert _draw_constrained(greedy, grammar, logits, int(logits.argmax())) == int(expected.argmax())
