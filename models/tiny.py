@@ -54,7 +54,7 @@ def build_tokenizer(vocab_size: int = 768) -> PreTrainedTokenizerFast:
         additional_special_tokens=[IM_START, IM_END],
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.model_max_length = 512
+    fast.model_max_length = 1024
     return fast
 
 
@@ -68,7 +68,7 @@ def build_tiny(target: Path, seed: int = 0) -> None:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

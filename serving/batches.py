@@ -42,6 +42,7 @@ from serving.requests import (
     plan_chat,
     plan_completion,
 )
+from serving.tools import check_grammar
 
 log = logging.getLogger(__name__)
 FLUSH_RESULTS, FLUSH_SECONDS = 64, 0.5  # record finished requests in groups: fewer commits, little to redo
@@ -244,6 +245,8 @@ class BatchRunner:
             if isinstance(req, CompletionRequest)
             else plan_chat(req, tok, self.settings, ref.base)
         )
+        if isinstance(plan, ChatPlan) and plan.tools is not None:
+            check_grammar(self.engine, ref.base, plan.tools)  # a refused schema names its tool
         check_constraints(self.engine, ref.base, plan.rows)
         return Pending(line, plan, tok), ref
 

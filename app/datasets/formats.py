@@ -86,8 +86,7 @@ def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
     raise DatasetError(
         "unknown_format",
         'each line needs "prompt" and "completion", "messages", or "input" with "preferred_output" and '
-        '"non_preferred_output"; found keys '
-        + ", ".join(sorted(map(str, obj)))[:200],
+        '"non_preferred_output"; found keys ' + ", ".join(sorted(map(str, obj)))[:200],
         line,
     )
 
