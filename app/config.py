@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,19 @@ class BaseModelSpec(BaseModel):
     # The training queue its jobs go to: workers take jobs only from the queues they name
     # (`ftserve worker --queues …`), so a host whose GPUs cannot hold this base never gets its jobs.
     queue: str = "ftserve.train"
+    # Who generates for this base in the inference role: "builtin" (ftserve's own batched multi-LoRA engine)
+    # or "vllm" (the vLLM OpenAI servers at `vllm_urls`, all serving this same base; docs/inference.md).
+    backend: Literal["builtin", "vllm"] = "builtin"
+    vllm_urls: list[str] = Field(default_factory=list)
+    # A directory the vLLM servers can read (a shared volume): adapters are copied there before they are
+    # loaded. None: the inference role's own local copy is passed as is (vLLM on the same host).
+    vllm_adapter_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _vllm_needs_urls(self) -> BaseModelSpec:
+        if self.backend == "vllm" and not self.vllm_urls:
+            raise ValueError("a base with backend 'vllm' needs vllm_urls (one or more vLLM OpenAI servers)")
+        return self
 
 
 def _default_registry() -> dict[str, BaseModelSpec]:
@@ -100,6 +113,13 @@ class Settings(BaseSettings):
     warmup_ratio: float = 0.0
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     checkpoints_keep: int = 3
+
+    # The vllm backend: how long a replica that failed is skipped before it is tried again; how many more
+    # rows than the least loaded replica an adapter's own replica may hold before its requests go there
+    # instead; how long one vLLM request may take.
+    vllm_retry_seconds: float = 5.0
+    vllm_affinity_slack: int = 16
+    vllm_timeout_seconds: float = 600.0
 
     # Reliability: a running job's lease, renewed by the worker's heartbeat; the api's reaper requeues
     # jobs whose lease expired (worker gone) up to max_job_attempts times, then fails them worker_lost.

@@ -31,7 +31,8 @@ from app.schemas.completions import ChatCompletionRequest, CompletionRequest
 from app.services import catalog
 from app.services.batch_store import BatchLost, BatchStore, ClaimedBatch, Result, runner_id
 from app.storage import Storage
-from engine.engine import InferenceEngine, ModelRef
+from engine.engine import ModelRef
+from serving.backends.base import Backend
 from serving.refs import model_ref
 from serving.requests import ChatPlan, CompletionPlan, chat_body, completion_body, plan_chat, plan_completion
 
@@ -55,7 +56,7 @@ class Pending:
 class BatchRunner:
     """Runs one batch at a time through the engine; `run_forever` is the inference role's background loop."""
 
-    def __init__(self, engine: InferenceEngine, settings: Settings) -> None:
+    def __init__(self, engine: Backend, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         self.store = BatchStore(settings, runner_id())
