@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from app import metrics
 from app.config import BaseModelSpec, Settings
 from app.errors import InvalidRequest, ServiceError, Unavailable, bad_request
+from engine.constraint import Constraint
 from engine.engine import ModelRef
 from engine.errors import AdapterLoadError, EngineStopped, GenerationFailed
 from engine.generation import Row, accept, emit
@@ -42,20 +43,27 @@ class ReplicaFailed(Exception):
 
 
 def check_servable(base: str, rows: list[Row]) -> InvalidRequest | None:
-    """What the vllm backend does not forward (yet), as the 400 naming it; None when every row is served."""
+    """What the vllm backend does not forward (yet), as the 400 naming it; None when every row is served.
+
+    Logprobs would need vLLM's alternatives mapped back to token ids (`return_tokens_as_token_ids`); until
+    then they are refused rather than dropped."""
     for row in rows:
         s = row.sampling
         if s.logprobs is not None or s.prompt_logprobs:
             return bad_request(
                 f"logprobs are not served for base '{base}' (vllm backend)", param="logprobs", code=UNSUPPORTED
             )
-        if s.constraint is not None:
-            return bad_request(
-                f"Structured outputs (response_format, forced tools) are not served for base '{base}' (vllm backend)",
-                param="response_format",
-                code=UNSUPPORTED,
-            )
     return None
+
+
+def structured_outputs(constraint: Constraint) -> dict[str, Any]:
+    """A row's constraint as vLLM's `structured_outputs`: its own grammar backends (xgrammar, else llguidance,
+    which reads the same Lark syntax as ftserve's engine, `%json` included) enforce it."""
+    if constraint.kind == "json_object":
+        return {"json_object": True}
+    if constraint.kind == "json_schema":
+        return {"json": json.loads(constraint.source)}
+    return {"grammar": constraint.source}
 
 
 def request_body(model: str, row: Row, stops: set[int]) -> dict[str, Any]:
@@ -83,6 +91,8 @@ def request_body(model: str, row: Row, stops: set[int]) -> dict[str, Any]:
         body["frequency_penalty"] = s.frequency_penalty
     if s.presence_penalty:
         body["presence_penalty"] = s.presence_penalty
+    if s.constraint is not None:
+        body["structured_outputs"] = structured_outputs(s.constraint)
     return body
 
 
