@@ -40,6 +40,13 @@ class BaseModelSpec(BaseModel):
         return self
 
 
+class VllmServers(BaseModel):
+    """`vllm_backends` entry: serve a registered base through these vLLM servers (the registry's other fields kept)."""
+
+    urls: list[str]
+    adapter_dir: str | None = None
+
+
 def _default_registry() -> dict[str, BaseModelSpec]:
     return {
         "smollm2-135m-instruct": BaseModelSpec(
@@ -117,6 +124,9 @@ class Settings(BaseSettings):
     # The vllm backend: how long a replica that failed is skipped before it is tried again; how many more
     # rows than the least loaded replica an adapter's own replica may hold before its requests go there
     # instead; how long one vLLM request may take.
+    # Bases served by vLLM servers, over the registry: {"smollm2-135m-instruct": {"urls": ["http://vllm:8000"],
+    # "adapter_dir": "/adapters"}} sets that base's backend to "vllm" (docker-compose's vllm profile uses it).
+    vllm_backends: dict[str, VllmServers] | None = None
     vllm_retry_seconds: float = 5.0
     vllm_affinity_slack: int = 16
     vllm_timeout_seconds: float = 600.0
@@ -167,6 +177,15 @@ class Settings(BaseSettings):
     batch_lease_seconds: float = 60.0
     batch_poll_seconds: float = 1.0
     max_batch_requests: int = 50_000
+
+    @model_validator(mode="after")
+    def _apply_vllm_backends(self) -> Settings:
+        for name, servers in (self.vllm_backends or {}).items():
+            if name not in self.base_models:
+                raise ValueError(f"vllm_backends names '{name}', which is not a registered base model")
+            update = {"backend": "vllm", "vllm_urls": servers.urls, "vllm_adapter_dir": servers.adapter_dir}
+            self.base_models[name] = BaseModelSpec.model_validate({**self.base_models[name].model_dump(), **update})
+        return self
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

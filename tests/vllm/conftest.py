@@ -90,6 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path, bases_dir: P
         },
     }
     data = work / "ftserve"
+    data.mkdir()
     service = None
     try:
         for url, proc in started:
