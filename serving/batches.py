@@ -25,13 +25,14 @@ from app.config import Settings
 from app.datasets.batch import BatchLine, iter_batch_lines
 from app.datasets.formats import DatasetError
 from app.db.session import session_scope
-from app.errors import ServiceError, Unavailable, bad_request
+from app.errors import ServiceError, bad_request
 from app.ids import new_id, now
 from app.schemas.completions import ChatCompletionRequest, CompletionRequest
 from app.services import catalog
 from app.services.batch_store import BatchLost, BatchStore, ClaimedBatch, Result, runner_id
 from app.storage import Storage
 from engine.engine import ModelRef
+from engine.errors import EngineStopped
 from serving.backends.base import Backend
 from serving.refs import model_ref
 from serving.requests import ChatPlan, CompletionPlan, chat_body, completion_body, plan_chat, plan_completion
@@ -179,7 +180,9 @@ class BatchRunner:
             for pending, error in items:
                 del in_flight[pending.line.line]
                 rows_in_flight -= len(pending.plan.rows)
-                if isinstance(error, Unavailable):  # the engine is stopping: this request did not run
+                # The engine is stopping: this request did not run. (A vLLM base with no replica left is
+                # Unavailable too, but that fails the line like any other error.)
+                if isinstance(error, EngineStopped):
                     self.stopping.set()
                 elif not any(r.was_cancelled for r in pending.plan.rows):
                     buffer.append(self._failure(pending.line, error) if error else self._success(pending))
