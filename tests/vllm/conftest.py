@@ -98,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path, bases_dir: P
         service = start_embedded(
             data, bases_dir, FTSERVE_BASE_MODELS=json.dumps(registry), FTSERVE_VLLM_RETRY_SECONDS="2"
         )
-        settings = Settings(data_dir=data, bases_dir=bases_dir, storage_url=service.env.get("FTSERVE_STORAGE_URL"))
+        settings = Settings(data_dir=data, bases_dir=bases_dir, base_models=registry)  # type: ignore[arg-type]
         write_random_adapter(smol_dir, Storage(settings).adapter_dir(JOB, None), seed=1)
         client = OpenAI(base_url=f"{service.base_url}/v1", api_key="anything", max_retries=0, timeout=300)
         yield Stack(service, client, procs, adapter_dir, settings)
