@@ -123,7 +123,7 @@ class Settings(BaseSettings):
 
     # The vllm backend: how long a replica that failed is skipped before it is tried again; how many more
     # rows than the least loaded replica an adapter's own replica may hold before its requests go there
-    # instead; how long one vLLM request may take.
+    # instead; how long to wait for a vLLM server's next bytes (a streamed token, an answer) before giving up.
     # Bases served by vLLM servers, over the registry: {"smollm2-135m-instruct": {"urls": ["http://vllm:8000"],
     # "adapter_dir": "/adapters"}} sets that base's backend to "vllm" (docker-compose's vllm profile uses it).
     vllm_backends: dict[str, VllmServers] | None = None

@@ -143,7 +143,14 @@ class VllmBackend:
             self._call(self._unload(base, adapter))
 
     def resident_adapters(self) -> list[tuple[str, str]]:
-        return sorted({(base, key) for base, reps in self.replicas.items() for r in reps for key in r.adapters})
+        """(base, adapter key) of every adapter loaded on some replica (read on the loop that changes them)."""
+        if self._closed:
+            return []
+
+        async def collect() -> list[tuple[str, str]]:
+            return sorted({(base, key) for base, reps in self.replicas.items() for r in reps for key in r.adapters})
+
+        return asyncio.run_coroutine_threadsafe(collect(), self._loop).result(timeout=30)
 
     def close(self) -> None:
         if self._closed:
