@@ -281,19 +281,16 @@ class VllmBackend:
                         replica.adapters.discard(ref.adapter.key)
                         continue
                     await _check_status(resp, ref)
-                    if await self._consume(resp, row, tok, stops):
-                        return
-                # The stream ended without the row finishing: vLLM's own finish (a stop token it left out).
-                row.finish_reason = row.finish_reason or "stop"
-                emit(row, tok, final=True)
-                return
+                    await self._consume(resp, row, tok, stops)
+                    return
         except httpx.TransportError as exc:
             raise ReplicaFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
             replica.rows -= 1
 
-    async def _consume(self, resp: httpx.Response, row: Row, tok: PreTrainedTokenizerBase, stops: set[int]) -> bool:
-        """Feed the streamed token ids to the row; True once the row has finished (or was cancelled)."""
+    async def _consume(self, resp: httpx.Response, row: Row, tok: PreTrainedTokenizerBase, stops: set[int]) -> None:
+        """Feed the streamed token ids to the row until it finishes (or is cancelled); ReplicaFailed if the
+        stream breaks first."""
         vllm_reason: str | None = None
         async for line in resp.aiter_lines():
             if not line.startswith("data:"):
@@ -307,16 +304,16 @@ class VllmBackend:
             for choice in chunk.get("choices", []):
                 for token in choice.get("token_ids") or []:
                     if accept(row, int(token), tok, stops):
-                        return True  # leaving the stream closes it: vLLM aborts the request
+                        return  # leaving the stream closes it: vLLM aborts the request
                 vllm_reason = choice.get("finish_reason") or vllm_reason
             if row.abandoned or (row.cancelled is not None and row.cancelled()):
                 row.was_cancelled = True
-                return True
+                return
         if vllm_reason is None:
             raise ReplicaFailed("the stream ended before the request finished")
+        # vLLM finished without a token that ends the row here (a stop token it left out of token_ids).
         row.finish_reason = "length" if vllm_reason == "length" else "stop"
         emit(row, tok, final=True)
-        return True
 
     async def _model_on(self, replica: Replica, ref: ModelRef) -> str:
         """The model name to ask this replica for: the base's served name, or the adapter (loaded if needed)."""
