@@ -51,7 +51,10 @@ def check_servable(base: str, rows: list[Row]) -> InvalidRequest | None:
         s = row.sampling
         if s.logprobs is not None or s.prompt_logprobs:
             return bad_request(
-                f"logprobs are not served for base '{base}' (vllm backend)", param="logprobs", code=UNSUPPORTED
+                f"logprobs (and best_of above n, which ranks candidates by them) are not served for base '{base}' "
+                "(vllm backend)",
+                param="logprobs",
+                code=UNSUPPORTED,
             )
     return None
 
