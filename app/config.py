@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,26 @@ class BaseModelSpec(BaseModel):
     # The training queue its jobs go to: workers take jobs only from the queues they name
     # (`ftserve worker --queues …`), so a host whose GPUs cannot hold this base never gets its jobs.
     queue: str = "ftserve.train"
+    # Who generates for this base in the inference role: "builtin" (ftserve's own batched multi-LoRA engine)
+    # or "vllm" (the vLLM OpenAI servers at `vllm_urls`, all serving this same base; docs/inference.md).
+    backend: Literal["builtin", "vllm"] = "builtin"
+    vllm_urls: list[str] = Field(default_factory=list)
+    # A directory the vLLM servers can read (a shared volume): adapters are copied there before they are
+    # loaded. None: the inference role's own local copy is passed as is (vLLM on the same host).
+    vllm_adapter_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _vllm_needs_urls(self) -> BaseModelSpec:
+        if self.backend == "vllm" and not self.vllm_urls:
+            raise ValueError("a base with backend 'vllm' needs vllm_urls (one or more vLLM OpenAI servers)")
+        return self
+
+
+class VllmServers(BaseModel):
+    """`vllm_backends` entry: serve a registered base through these vLLM servers (the registry's other fields kept)."""
+
+    urls: list[str]
+    adapter_dir: str | None = None
 
 
 def _default_registry() -> dict[str, BaseModelSpec]:
@@ -114,6 +134,15 @@ class Settings(BaseSettings):
     # The address other worker hosts reach this one at (the rendezvous endpoint of the jobs it claims);
     # default: this host's name as it resolves.
     gang_address: str | None = None
+    # The vllm backend: how long a replica that failed is skipped before it is tried again; how many more
+    # rows than the least loaded replica an adapter's own replica may hold before its requests go there
+    # instead; how long to wait for a vLLM server's next bytes (a streamed token, an answer) before giving up.
+    # Bases served by vLLM servers, over the registry: {"smollm2-135m-instruct": {"urls": ["http://vllm:8000"],
+    # "adapter_dir": "/adapters"}} sets that base's backend to "vllm" (docker-compose's vllm profile uses it).
+    vllm_backends: dict[str, VllmServers] | None = None
+    vllm_retry_seconds: float = 5.0
+    vllm_affinity_slack: int = 16
+    vllm_timeout_seconds: float = 600.0
 
     # Reliability: a running job's lease, renewed by the worker's heartbeat; the api's reaper requeues
     # jobs whose lease expired (worker gone) up to max_job_attempts times, then fails them worker_lost.
@@ -163,6 +192,15 @@ class Settings(BaseSettings):
     batch_lease_seconds: float = 60.0
     batch_poll_seconds: float = 1.0
     max_batch_requests: int = 50_000
+
+    @model_validator(mode="after")
+    def _apply_vllm_backends(self) -> Settings:
+        for name, servers in (self.vllm_backends or {}).items():
+            if name not in self.base_models:
+                raise ValueError(f"vllm_backends names '{name}', which is not a registered base model")
+            update = {"backend": "vllm", "vllm_urls": servers.urls, "vllm_adapter_dir": servers.adapter_dir}
+            self.base_models[name] = BaseModelSpec.model_validate({**self.base_models[name].model_dump(), **update})
+        return self
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -23,6 +23,13 @@ the schema's story must be longer than max_tokens allows, so constrained rows ru
 rounds on one server; it reports both throughputs and the cost ratio (free tokens/s ÷ half-constrained).
 
     python bench/inference_throughput.py --constrained --bases smollm2-135m-instruct
+
+With --backend vllm the same requests go through one ftserve inference server to both of its backends
+for the same base: (c)/(d) on ftserve's engine, and (e)/(f) on a real vLLM server (vLLM's CPU build from
+.venv-vllm, `make vllm`) behind ftserve (the `vllm` backend: token ids in, runtime LoRA loading), side by
+side. (a) and (b) are skipped. vLLM is built for GPUs; on a CPU this compares its CPU build only.
+
+    python bench/inference_throughput.py --backend vllm --bases smollm2-135m-instruct
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,11 +95,35 @@ class Result:
 
 
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one by default), all threads included."""
+    """User + system CPU seconds of a process (this one by default), all threads included, and of its
+    child processes (vLLM's engine core runs in one)."""
     if pid is None:
         return time.process_time()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for child in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def prompts(n: int, of: int = 64) -> list[str]:
@@ -99,8 +132,9 @@ def prompts(n: int, of: int = 64) -> list[str]:
     return [f"Story {i}: write a short story about a {TOPICS[i % len(TOPICS)]}.\n" for i in range(0, step * n, step)]
 
 
-def make_adapters(settings: Settings, base: str, count: int) -> list[str]:
-    """Random (untrained) rank-8 all-linear LoRA adapters saved and registered like a job's; returns model names."""
+def make_adapters(settings: Settings, base: str, count: int, also: str | None = None) -> list[str]:
+    """Random (untrained) rank-8 all-linear LoRA adapters saved and registered like a job's; returns model names
+    (`also`: each adapter registered under that base name too, e.g. the same base on the vllm backend)."""
     model, _ = load_base(settings, base, torch.device("cpu"))
     config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
@@ -119,6 +153,8 @@ def make_adapters(settings: Settings, base: str, count: int) -> list[str]:
             name = f"ft:{base}:personal:bench{i}:{job_id.removeprefix('ftjob-')}"
             catalog.register(s, name, "personal", base, job_id, None)
             names.append(name)
+            if also is not None:
+                catalog.register(s, name.replace(f"ft:{base}:", f"ft:{also}:", 1), "personal", also, job_id, None)
         s.commit()
     return names
 
@@ -210,7 +246,7 @@ async def _http(url: str, models: list[str], n: int, max_tokens: int) -> tuple[f
 
 def served(
     url: str,
-    pid: int,
+    pid: int | list[int],
     mode: str,
     models: list[str],
     n: int,
@@ -222,13 +258,14 @@ def served(
     first; repeated (at least min_rounds and min_seconds) because one burst of the tiny model lasts a
     fraction of a second, too short to time on a shared machine."""
     asyncio.run(_http(url, models, len(models), 2))  # every adapter resident, as in (b)
-    cpu = cpu_seconds(pid)
+    pids = pid if isinstance(pid, list) else [pid]
+    cpu = sum(cpu_seconds(p) for p in pids)
     seconds, tokens, latencies, rounds = 0.0, 0, [], 0
     while rounds < min_rounds or seconds < min_seconds:
         s, t, lat = asyncio.run(_http(url, models, n, max_tokens))
         seconds, tokens, rounds = seconds + s, tokens + t, rounds + 1
         latencies += lat
-    return Result(mode, n * rounds, seconds, tokens, latencies, cpu_seconds(pid) - cpu)
+    return Result(mode, n * rounds, seconds, tokens, latencies, sum(cpu_seconds(p) for p in pids) - cpu)
 
 
 # Half the rows of the constrained batch follow this: a short title, then a story too long to end within
@@ -317,7 +354,9 @@ def constrained_main(args: argparse.Namespace) -> None:
     print("\n".join(ratios))
 
 
-def start_server(data: Path, bases_dir: Path, cache_size: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    data: Path, bases_dir: Path, cache_size: int, threads: int, registry: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = 18000 + os.getpid() % 1000
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTSERVE_")}
     env.update(
@@ -327,6 +366,8 @@ def start_server(data: Path, bases_dir: Path, cache_size: int, threads: int) -> 
         OMP_NUM_THREADS=str(threads),
         PYTHONUNBUFFERED="1",
     )
+    if registry is not None:
+        env["FTSERVE_BASE_MODELS"] = registry
     log = (data / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "inference", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
@@ -341,6 +382,90 @@ def start_server(data: Path, bases_dir: Path, cache_size: int, threads: int) -> 
         except httpx.HTTPError:
             time.sleep(0.2)
     raise TimeoutError("server did not start")
+
+
+def start_vllm(venv: Path, model: Path, max_loras: int, dtype: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """vLLM's OpenAI server (CPU build) for one base, runtime LoRA loading on."""
+    port = 19000 + os.getpid() % 1000
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTSERVE_")}
+    env.update(VLLM_CPU_KVCACHE_SPACE="2", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", PYTHONUNBUFFERED="1")
+    args = [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    args += ["--dtype", dtype, "--max-model-len", "2048", "--enable-lora", "--max-lora-rank", "8"]
+    args += ["--max-loras", str(max_loras), "--host", "127.0.0.1", "--port", str(port)]
+    out = log.open("wb")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(3000):
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError("vLLM did not start")
+
+
+def compare_backends(args: argparse.Namespace) -> None:
+    """The same workload through ftserve's engine and through vLLM behind ftserve, base by base."""
+    with tempfile.TemporaryDirectory(prefix="ftserve-bench-") as tmp:
+        data = Path(tmp)
+        bases_dir = (args.bases_dir or data / "bases").resolve()
+        settings = Settings(data_dir=data, bases_dir=bases_dir)
+        most = max(args.adapters)
+        registry: dict[str, dict[str, object]] = {}
+        vllms: list[subprocess.Popen[bytes]] = []
+        try:
+            for i, base in enumerate(args.bases):
+                path = prepare_base(settings, base, progress=lambda m: print(f"  {m}", file=sys.stderr))
+                proc, url = start_vllm(args.vllm_venv, path, most, args.dtype, data / f"vllm-{i}.log")
+                vllms.append(proc)
+                spec = {"source": str(path), "dtype": args.dtype, "max_seq_len": 2048}
+                registry[base] = spec
+                registry[f"{base}-vllm"] = {**spec, "backend": "vllm", "vllm_urls": [url]}
+            settings = Settings(data_dir=data, bases_dir=bases_dir, base_models=registry)  # type: ignore[arg-type]
+            upgrade_head(settings.resolved_database_url())
+            models = {base: make_adapters(settings, base, most, also=f"{base}-vllm") for base in args.bases}
+            proc, url = start_server(data, bases_dir, most, args.threads, json.dumps(registry))
+            lines = [
+                "| base | adapters | mode | requests | requests/s | tokens/s | p50 s | p95 s | tokens/CPU-s |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            ratios = []
+            try:
+                for base, vllm in zip(args.bases, vllms, strict=True):
+                    on_vllm = f"{base}-vllm"
+                    for count in args.adapters:
+                        chosen = models[base][:count]
+                        chosen_vllm = [m.replace(f"ft:{base}:", f"ft:{on_vllm}:", 1) for m in chosen]
+                        pids = [proc.pid, vllm.pid]
+                        d = served(url, pids, "(d) builtin engine, base model", [base], args.requests, args.tokens)
+                        c = served(url, pids, "(c) builtin engine, adapters", chosen, args.requests, args.tokens)
+                        f = served(url, pids, "(f) vLLM backend, base model", [on_vllm], args.requests, args.tokens)
+                        e = served(url, pids, "(e) vLLM backend, adapters", chosen_vllm, args.requests, args.tokens)
+                        lines += [r.row(base, count) for r in (c, d, e, f)]
+                        ratios.append(
+                            f"| {base} | {count} | {d.tokens_per_s / f.tokens_per_s:.2f}× | "
+                            f"{c.tokens_per_s / e.tokens_per_s:.2f}× | "
+                            f"{d.tokens_per_cpu_s / f.tokens_per_cpu_s:.2f}× | "
+                            f"{c.tokens_per_cpu_s / e.tokens_per_cpu_s:.2f}× |"
+                        )
+                        print(*lines[-4:], sep="\n", file=sys.stderr)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        finally:
+            for v in vllms:
+                os.killpg(v.pid, signal.SIGTERM)
+                v.wait(60)
+    print("\n".join(lines))
+    print()
+    print(
+        "| base | adapters | builtin/vLLM base tokens/s | builtin/vLLM adapters tokens/s "
+        "| base per CPU-s | adapters per CPU-s |"
+    )
+    print("|---|---|---|---|---|---|")
+    print("\n".join(ratios))
 
 
 def main() -> None:
@@ -361,11 +486,17 @@ def main() -> None:
     )
     ap.add_argument("--constrained", action="store_true", help="measure grammar-constrained rows (see above)")
     ap.add_argument("--rounds", type=int, default=3, help="--constrained: bursts per mode")
+    ap.add_argument("--backend", choices=["builtin", "vllm"], default="builtin", help="vllm: builtin against vLLM")
+    ap.add_argument("--vllm-venv", type=Path, default=ROOT / ".venv-vllm", help="vLLM's CPU build (`make vllm`)")
+    ap.add_argument("--dtype", default="float32", help="--backend vllm: both engines' dtype")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     if args.constrained:
         constrained_main(args)
+        return
+    if args.backend == "vllm":
+        compare_backends(args)
         return
     with tempfile.TemporaryDirectory(prefix="ftserve-bench-") as tmp:
         data = Path(tmp)

@@ -122,6 +122,12 @@ def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenize
         else:
             row.token_logprobs.append(float(lp[token]))
             row.top_logprobs.append(alternatives)
+    return accept(row, token, tok, stop_ids)
+
+
+def accept(row: Row, token: int, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
+    """Take the row's next token (from this engine or another one): stop tokens, stop strings, max_tokens
+    and the text sent so far are handled here alone; True when the row has finished."""
     if token in stop_ids:
         row.stop_token = token
         row.finish_reason = "stop"

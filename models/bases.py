@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from app.config import BaseModelSpec, Settings
 
@@ -190,14 +196,31 @@ def load_base(
     path = prepare_base(settings, name, progress)
     device = device or pick_device()
     dtype = resolve_dtype(settings.base_models[name], device)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = _tokenizer(path)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     model.to(device)  # type: ignore[arg-type]
     head = model.get_output_embeddings()
     if head is not None:
         head.register_forward_pre_hook(_contiguous_input)
+    return model, tokenizer
+
+
+def _tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:
         # No pad token (GPT-2, Llama, Phi): padding positions carry zero weight, so any id serves.
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
+
+
+def load_tokenizer(
+    settings: Settings, name: str, progress: Progress = log.info
+) -> tuple[PreTrainedTokenizerBase, GenerationConfig | None]:
+    """A prepared base's tokenizer and generation config, without its weights (another engine serves them)."""
+    path = prepare_base(settings, name, progress)
+    try:
+        generation = GenerationConfig.from_pretrained(str(path))
+    except OSError:  # no generation_config.json: the tokenizer's EOS is the stop set
+        generation = None
+    return _tokenizer(path), generation

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.services.catalog import ResolvedModel
-from engine.engine import InferenceEngine
+from serving.backends.dispatch import Backends
 from serving.batches import BatchRunner
 from serving.refs import adapter_key
 from serving.routes import router
@@ -16,7 +16,8 @@ from serving.sweep import sweep_forever
 
 def install(app: FastAPI, settings: Settings, sweep: bool) -> None:
     """Serve completions from this process; `sweep`: no api role here, so watch the DB for deleted models."""
-    engine = InferenceEngine(settings)
+    # Each base's own engine: ftserve's (builtin) or its vLLM servers (vllm), per the registry.
+    engine = Backends(settings)
     app.state.engine = engine
     app.include_router(router)
 

@@ -25,13 +25,15 @@ from app.config import Settings
 from app.datasets.batch import BatchLine, iter_batch_lines
 from app.datasets.formats import DatasetError
 from app.db.session import session_scope
-from app.errors import ServiceError, Unavailable, bad_request
+from app.errors import ServiceError, bad_request
 from app.ids import new_id, now
 from app.schemas.completions import ChatCompletionRequest, CompletionRequest
 from app.services import catalog
 from app.services.batch_store import BatchLost, BatchStore, ClaimedBatch, Result, runner_id
 from app.storage import Storage
-from engine.engine import InferenceEngine, ModelRef
+from engine.engine import ModelRef
+from engine.errors import EngineStopped
+from serving.backends.base import Backend
 from serving.refs import model_ref
 from serving.requests import (
     ChatPlan,
@@ -64,7 +66,7 @@ class Pending:
 class BatchRunner:
     """Runs one batch at a time through the engine; `run_forever` is the inference role's background loop."""
 
-    def __init__(self, engine: InferenceEngine, settings: Settings) -> None:
+    def __init__(self, engine: Backend, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         self.store = BatchStore(settings, runner_id())
@@ -187,7 +189,9 @@ class BatchRunner:
             for pending, error in items:
                 del in_flight[pending.line.line]
                 rows_in_flight -= len(pending.plan.rows)
-                if isinstance(error, Unavailable):  # the engine is stopping: this request did not run
+                # The engine is stopping: this request did not run. (A vLLM base with no replica left is
+                # Unavailable too, but that fails the line like any other error.)
+                if isinstance(error, EngineStopped):
                     self.stopping.set()
                 elif not any(r.was_cancelled for r in pending.plan.rows):
                     buffer.append(self._failure(pending.line, error) if error else self._success(pending))

@@ -16,7 +16,8 @@ from app.schemas.completions import ChatCompletion, ChatCompletionRequest, Compl
 from app.schemas.errors import ERROR_RESPONSES
 from app.services import catalog
 from app.storage import Storage
-from engine.engine import InferenceEngine, ModelRef
+from engine.engine import ModelRef
+from serving.backends.base import Backend
 from serving.logprobs import StreamCursor
 from serving.refs import model_ref
 from serving.requests import (
@@ -33,8 +34,8 @@ from serving.tools import ChoiceStream, check_grammar
 router = APIRouter(tags=["inference"], responses=ERROR_RESPONSES)
 
 
-def _engine(request: Request) -> InferenceEngine:
-    engine: InferenceEngine = request.app.state.engine
+def _engine(request: Request) -> Backend:
+    engine: Backend = request.app.state.engine
     return engine
 
 

@@ -15,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import envelope
 from app.schemas.completions import ChatCompletionRequest, CompletionRequest
-from engine.engine import InferenceEngine, ModelRef
+from engine.engine import ModelRef
 from engine.generation import Row
+from serving.backends.base import Backend
 from serving.protocol import usage
 
 # A choice's text delta (or its finish) as one chunk, or several (a tool call's name, then its arguments).
@@ -25,7 +26,7 @@ _DONE = object()
 
 
 async def stream(
-    engine: InferenceEngine, ref: ModelRef, rows: list[Row], chunk: Chunk, final: Callable[[], Any]
+    engine: Backend, ref: ModelRef, rows: list[Row], chunk: Chunk, final: Callable[[], Any]
 ) -> EventSourceResponse:
     """Submit the rows and relay each row's text deltas as SSE chunks as they are produced, then [DONE].
 

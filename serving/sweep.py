@@ -9,13 +9,13 @@ import logging
 from app.config import Settings
 from app.db.session import session_scope
 from app.services import catalog
-from engine.engine import InferenceEngine
+from serving.backends.base import Backend
 from serving.refs import parse_adapter_key
 
 log = logging.getLogger(__name__)
 
 
-def unload_deleted(engine: InferenceEngine, settings: Settings) -> int:
+def unload_deleted(engine: Backend, settings: Settings) -> int:
     """Unload resident adapters whose model no longer exists or was deleted; how many were unloaded.
 
     Requests for such a model already get 404 (resolution reads the DB); this frees the memory too.
@@ -31,7 +31,7 @@ def unload_deleted(engine: InferenceEngine, settings: Settings) -> int:
     return len(gone)
 
 
-async def sweep_forever(engine: InferenceEngine, settings: Settings) -> None:
+async def sweep_forever(engine: Backend, settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.adapter_sweep_seconds)
         try:
