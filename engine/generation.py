@@ -127,7 +127,9 @@ def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenize
 
 def accept(row: Row, token: int, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
     """Take the row's next token (from this engine or another one): stop tokens, stop strings, max_tokens
-    and the text sent so far are handled here alone; True when the row has finished."""
+    and the text sent so far are handled here alone; True when the row has finished. A row with a grammar
+    (the builtin engine's constrained rows) advances its matcher here too."""
+    grammar = row.grammar
     if token in stop_ids:
         row.stop_token = token
         row.finish_reason = "stop"

@@ -18,10 +18,10 @@ from app.schemas.completions import (
     CompletionChoice,
     CompletionRequest,
 )
-from engine.engine import InferenceEngine
 from engine.errors import InvalidConstraint
 from engine.generation import Row
 from models.chat import render_chat
+from serving.backends.base import Backend
 from serving.logprobs import chat_logprobs, choice_logprobs
 from serving.protocol import (
     best,
@@ -158,7 +158,7 @@ def chat_body(plan: ChatPlan, tok: PreTrainedTokenizerBase, cid: str, created: i
     )
 
 
-def check_constraints(engine: InferenceEngine, base: str, rows: list[Row], param: str = "response_format") -> None:
+def check_constraints(engine: Backend, base: str, rows: list[Row], param: str = "response_format") -> None:
     """Compile the rows' constraints before they are submitted (cached per base; blocking: call it off the event
     loop); a constraint the grammar library refuses is a 400 naming `param`."""
     for constraint in {r.sampling.constraint for r in rows if r.sampling.constraint is not None}:

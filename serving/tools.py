@@ -15,11 +15,11 @@ from app.errors import bad_request
 from app.ids import new_id
 from app.schemas.completions import ChatCompletionRequest, ReplyFunctionCall, ReplyToolCall
 from engine.constraint import Constraint
-from engine.engine import InferenceEngine
 from engine.errors import InvalidConstraint
 from engine.generation import Row
 from engine.grammar import strict_schema
 from models.tools import ToolCall, parse_tool_calls, read_forced_calls, tool_call_lark
+from serving.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class ChoiceStream:
         return out
 
 
-def check_grammar(engine: InferenceEngine, base: str, plan: ToolPlan) -> None:
+def check_grammar(engine: Backend, base: str, plan: ToolPlan) -> None:
     """Compile the forced-call grammar now (cached by the engine): a 400 naming the tool whose parameter schema
     the grammar library cannot take (tried one by one when several tools share the grammar)."""
     if plan.constraint is None:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
+from engine.constraint import Constraint
 from engine.engine import ModelRef
 from engine.generation import Row
 from engine.messages import Done
@@ -19,6 +20,10 @@ class Backend(Protocol):
     failure: `done(error)` reports it (from another thread), so a batch's other lines go on."""
 
     def tokenizer(self, base: str) -> PreTrainedTokenizerBase: ...
+
+    def check_constraint(self, base: str, constraint: Constraint) -> None:
+        """Compile a row's constraint for the base now (cached): engine.errors.InvalidConstraint when refused."""
+        ...
 
     def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None: ...
 

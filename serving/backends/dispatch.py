@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from app.config import Settings
+from engine.constraint import Constraint
 from engine.engine import InferenceEngine, ModelRef
 from engine.generation import Row
 from engine.messages import Done
@@ -28,6 +29,9 @@ class Backends:
 
     def tokenizer(self, base: str) -> PreTrainedTokenizerBase:
         return self._for(base).tokenizer(base)
+
+    def check_constraint(self, base: str, constraint: Constraint) -> None:
+        self._for(base).check_constraint(base, constraint)
 
     def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None:
         self._for(ref.base).submit(ref, rows, done, background)

@@ -27,6 +27,7 @@ from engine.constraint import Constraint
 from engine.engine import ModelRef
 from engine.errors import AdapterLoadError, EngineStopped, GenerationFailed
 from engine.generation import Row, accept, emit
+from engine.grammar import Grammars
 from engine.messages import Done
 from models.bases import load_tokenizer
 from models.special_tokens import stop_token_ids
@@ -108,6 +109,7 @@ class VllmBackend:
         self.replicas = {name: [Replica(u.rstrip("/")) for u in spec.vllm_urls] for name, spec in bases.items()}
         self._tokenizers: dict[str, tuple[PreTrainedTokenizerBase, set[int]]] = {}
         self._tok_lock = threading.Lock()
+        self._grammars: dict[str, Grammars] = {}
         self._load_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -120,6 +122,18 @@ class VllmBackend:
 
     def tokenizer(self, base: str) -> PreTrainedTokenizerBase:
         return self._tokenizer(base)[0]
+
+    def check_constraint(self, base: str, constraint: Constraint) -> None:
+        """Compiled here with the builtin engine's library (llguidance, which vLLM's `guidance` structured-output
+        backend runs too), so a constraint vLLM would refuse is the same 400 before any replica is asked."""
+        with self._tok_lock:
+            grammars = self._grammars.get(base)
+        if grammars is None:
+            tok, stops = self._tokenizer(base)
+            grammars = Grammars(tok, len(tok), stops, self.settings.grammar_cache_size)
+            with self._tok_lock:
+                grammars = self._grammars.setdefault(base, grammars)
+        grammars.compile(constraint)
 
     def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None:
         if self._closed:
