@@ -23,6 +23,9 @@ from app.config import Settings
 from models.bases import prepare_base
 from tests.servers import Service, start_embedded
 
+# Base models only, no artifact kept: the S3 pass of `make test` would repeat it for nothing.
+pytestmark = pytest.mark.local_storage
+
 SMOL = "smollm2-135m-instruct"
 TINY = "ftserve-tiny"
 
