@@ -268,7 +268,11 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) 
             # DPO's rows need a 4-D block mask, which flash-attention's varlen kernel cannot take.
             base.set_attn_implementation("sdpa")
         if sharded:
-            shard_base(model, gang, device)
+            held = shard_base(model, gang, device)
+            store.event(
+                f"Sharded the base over {gang.size} processes (FSDP): each holds {held:.0%} of its weights",
+                data={"sharded_share": round(held, 4)},
+            )
         method = _method(settings, spec, config, data, model, tok, hp, device, gang)
         run = Run(spec, config, hp, store, storage, settings.fault_injection, gang, sharded)
         fit(run, model, method, device, point)
