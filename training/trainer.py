@@ -169,7 +169,7 @@ class LoraTrainer:
         return real + [None] * (self.gang.most(len(real)) - len(real))
 
     def _idle_pass(self) -> torch.Tensor:
-        """A forward on two pad tokens: its gathers keep this rank in step with the gang; its output (a scalar
+        """A forward on two tokens of id 0: its gathers keep this rank in step with the gang; its output (a scalar
         that, times zero, adds nothing to any gradient) lets a training step backward through it too."""
         ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
         positions = torch.arange(2, device=self.device).unsqueeze(0)
