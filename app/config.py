@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # Past one device: the worker runs each job it claims as a torchrun gang of this many processes (one
     # per GPU on CUDA; data parallel, the LoRA gradients summed over the gang) — docs/training.md.
     worker_procs: int = Field(default=1, ge=1)
+    # How the gang holds the base: "none" (a whole copy per process, data parallel) or "fsdp" (torch FSDP2
+    # shards the frozen base over the gang's processes; for bases too big for one device) — docs/training.md.
+    gang_sharding: Literal["none", "fsdp"] = "none"
     # Past one host: a job's gang spans this many worker hosts (each with worker_procs processes); the
     # worker that claims it publishes its rendezvous endpoint and waits for the others to join.
     job_hosts: int = Field(default=1, ge=1)

@@ -191,15 +191,18 @@ def load_base(
     device: torch.device | None = None,
     progress: Progress = log.info,
     attn_implementation: str = "sdpa",
+    move: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a prepared base model and its tokenizer onto the device in its resolved dtype."""
+    """Load a prepared base model and its tokenizer onto the device in its resolved dtype (left in CPU memory,
+    still in the device's dtype, when not `move`: FSDP then moves each rank's shard)."""
     path = prepare_base(settings, name, progress)
     device = device or pick_device()
     dtype = resolve_dtype(settings.base_models[name], device)
     tokenizer = _tokenizer(path)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    model.to(device)  # type: ignore[arg-type]
+    if move:
+        model.to(device)  # type: ignore[arg-type]
     head = model.get_output_embeddings()
     if head is not None:
         head.register_forward_pre_hook(_contiguous_input)

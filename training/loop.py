@@ -35,6 +35,7 @@ class Run:
     storage: Storage
     fault_injection: dict[str, Any] | list[dict[str, Any]] | None = None
     gang: Gang = SINGLE  # in a torchrun gang only rank 0 writes (store, files); all ranks train alike
+    sharded: bool = False  # the base is sharded over the gang (FSDP): ranks run forwards in lockstep
 
 
 # What rank 0 tells the others after a step of its own (a check, a checkpoint, the final publish).
@@ -51,6 +52,7 @@ def _trainer(run: Run, model: PeftModel, device: torch.device, total: int) -> Lo
         scheduler=run.config.lr_scheduler,
         gradient_checkpointing=run.config.gradient_checkpointing,
         gang=run.gang,
+        lockstep=run.sharded,
     )
 
 

@@ -32,6 +32,7 @@ from training.methods.supervised import Supervised
 from training.planner import Layout, packed_row_cap
 from training.preference import PreferencePair, load_pairs
 from training.rank import Gang, is_gang_fault
+from training.sharding import shard_base
 from training.tokenize import TokenizedExample, TokenizeStats
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,14 @@ _BASES: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
 
 
 def _base(
-    settings: Settings, config: TrainingConfig, device: torch.device
+    settings: Settings, config: TrainingConfig, device: torch.device, *, sharded: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The job's base on device; one to be sharded (FSDP) stays in CPU memory, whence each rank takes its shard."""
     if config.base not in _BASES:
         _BASES.clear()
         gc.collect()
         attention = training_attention(config.attn_implementation, device)
-        _BASES[config.base] = load_base(settings, config.base, device, attn_implementation=attention)
+        _BASES[config.base] = load_base(settings, config.base, device, attn_implementation=attention, move=not sharded)
     return _BASES[config.base]
 
 
@@ -242,8 +244,11 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) 
     config = TrainingConfig.resolve(spec, settings)
     storage = Storage(settings)
     device = gang.device() if gang.size > 1 else pick_device()
-    store.event(f"Loading base model {spec.base} on {device.type}")
-    base, tok = _base(settings, config, device)
+    # A gang trains supervised jobs only (worker/gang.py); FSDP shards its base when the setting asks.
+    sharded = gang.size > 1 and settings.gang_sharding == "fsdp"
+    how = f", sharded over {gang.size} processes (FSDP)" if sharded else ""
+    store.event(f"Loading base model {spec.base} on {device.type}{how}")
+    base, tok = _base(settings, config, device, sharded=sharded)
     data = _tokenize(settings, spec, config, tok, store)
     hp = config.hyperparameters(len(data[0]))
     if gang.main:
@@ -262,12 +267,21 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) 
         if config.method == "dpo" and attention == "flash_attention_2":
             # DPO's rows need a 4-D block mask, which flash-attention's varlen kernel cannot take.
             base.set_attn_implementation("sdpa")
+        if sharded:
+            held = shard_base(model, gang, device)
+            store.event(
+                f"Sharded the base over {gang.size} processes (FSDP): each holds {held:.0%} of its weights",
+                data={"sharded_share": round(held, 4)},
+            )
         method = _method(settings, spec, config, data, model, tok, hp, device, gang)
-        run = Run(spec, config, hp, store, storage, settings.fault_injection, gang)
+        run = Run(spec, config, hp, store, storage, settings.fault_injection, gang, sharded)
         fit(run, model, method, device, point)
     finally:
-        # Take the LoRA layers out again so the cached base serves the next job unchanged.
-        unloaded = model.unload()  # type: ignore[operator]
-        if unloaded.config._attn_implementation != attention:
-            unloaded.set_attn_implementation(attention)
-        _BASES[spec.base] = (unloaded, tok)
+        if sharded:  # FSDP changed the base in place; the rank's process ends with this job anyway
+            _BASES.pop(spec.base, None)
+        else:
+            # Take the LoRA layers out again so the cached base serves the next job unchanged.
+            unloaded = model.unload()  # type: ignore[operator]
+            if unloaded.config._attn_implementation != attention:
+                unloaded.set_attn_implementation(attention)
+            _BASES[spec.base] = (unloaded, tok)

@@ -64,6 +64,14 @@ class Gang:
         dist.all_reduce(t)
         return [float(v) for v in t.cpu()]
 
+    def most(self, value: int) -> int:
+        """The largest of every rank's value."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self._device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
     def word_from_main(self, value: int) -> int:
         """Rank 0's value, on every rank (what the others pass is ignored)."""
         if self.size == 1:

@@ -85,10 +85,14 @@ class LoraTrainer:
         max_grad_norm: float = 1.0,
         gradient_checkpointing: bool = False,
         gang: Gang = Gang(),
+        lockstep: bool = False,
     ) -> None:
         self.model = model
         self.device = device
         self.gang = gang
+        # Under FSDP (training/sharding) every forward gathers weights across the gang: every rank must run as
+        # many forwards (and backwards) as the others, so a rank with fewer micro-batches runs idle passes.
+        self.lockstep = lockstep and gang.size > 1
         if gradient_checkpointing:
             # Frozen embeddings give no input that requires grad; checkpointed blocks need one to backprop.
             model.enable_input_require_grads()  # type: ignore[operator]
@@ -141,7 +145,10 @@ class LoraTrainer:
         self.begin_step()
         loss_total = 0.0
         correct = completion = 0
-        for mb in micro_batches:
+        for mb in self._passes(micro_batches):
+            if mb is None:
+                self.backward(self._idle_pass() * 0.0)
+                continue
             sums = loss_sums(self.model, mb, self.device)
             loss_total += self.backward(sums.weighted_ce / total_weight)
             correct += sums.correct
@@ -152,6 +159,22 @@ class LoraTrainer:
             [loss_total, float(correct), float(completion), float(real), float(loss_tokens)]
         )
         return StepResult(loss, right / scored if scored else None, int(tokens), int(weighted))
+
+    def _passes(self, micro_batches: list[MicroBatch]) -> list[MicroBatch | None]:
+        """The micro-batches to run; in lockstep, each one with no weighted token (which loss_sums would skip)
+        and the gang's longest share's excess become None: an idle pass."""
+        if not self.lockstep:
+            return list(micro_batches)
+        real: list[MicroBatch | None] = [mb if bool((mb.weights[:, 1:] > 0).any()) else None for mb in micro_batches]
+        return real + [None] * (self.gang.most(len(real)) - len(real))
+
+    def _idle_pass(self) -> torch.Tensor:
+        """A forward on two tokens of id 0: its gathers keep this rank in step with the gang; its output (a scalar
+        that, times zero, adds nothing to any gradient) lets a training step backward through it too."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        positions = torch.arange(2, device=self.device).unsqueeze(0)
+        out = self.model(input_ids=ids, position_ids=positions, logits_to_keep=1, use_cache=False)
+        return out.logits.float().sum()
 
     # One optimizer step is begin_step, backward per micro-batch (losses already scaled to the step), finish_step;
     # every training method (supervised, DPO) steps through these, so precision and clipping are shared.
@@ -210,7 +233,10 @@ class LoraTrainer:
         self.model.eval()
         ce = weight = 0.0
         correct = completion = 0
-        for mb in micro_batches:
+        for mb in self._passes(micro_batches):
+            if mb is None:
+                self._idle_pass()
+                continue
             sums = loss_sums(self.model, mb, self.device)
             ce += float(sums.weighted_ce)
             weight += sums.weight

@@ -1,5 +1,6 @@
 """Through the API, on a worker that owns two processes (FTSERVE_WORKER_PROCS=2, gloo on CPU): a job trains as a
-torchrun gang and succeeds; killing one rank mid-job fails the gang, the job is requeued and resumed."""
+torchrun gang and succeeds; killing one rank mid-job fails the gang, the job is requeued and resumed; a gang whose
+base is sharded (FTSERVE_GANG_SHARDING=fsdp) pauses together and resumes from rank 0's pause point."""
 
 from __future__ import annotations
 
@@ -17,9 +18,19 @@ from tests.e2e.test_reliability import FAST_LEASE, _messages, _wait_for
 from tests.servers import Service, start_distributed
 
 
-@pytest.fixture()
-def gang_service(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str) -> Iterator[Service]:
-    service = start_distributed(tmp_path, bases_dir, postgres_url, redis_url, FTSERVE_WORKER_PROCS="2", **FAST_LEASE)
+@pytest.fixture(params=["none"])
+def gang_service(
+    request: pytest.FixtureRequest, tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str
+) -> Iterator[Service]:
+    service = start_distributed(
+        tmp_path,
+        bases_dir,
+        postgres_url,
+        redis_url,
+        FTSERVE_WORKER_PROCS="2",
+        FTSERVE_GANG_SHARDING=request.param,
+        **FAST_LEASE,
+    )
     yield service
     service.stop()
 
@@ -89,6 +100,7 @@ def test_a_gang_that_cannot_be_completed_fails_cleanly(
         service.stop()
 
 
+@pytest.mark.parametrize("gang_service", ["fsdp"], indirect=True)  # the sharded gang's checkpoints, too
 def test_a_gang_pauses_together_and_resumes_where_it_stopped(gang_service: Service, tmp_path: Path) -> None:
     client = client_for(gang_service)
     file_id = client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune").id
@@ -107,3 +119,4 @@ def test_a_gang_pauses_together_and_resumes_where_it_stopped(gang_service: Servi
     assert len(resumed) == 1 and int(resumed[0].split()[3]) == paused_at
     rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
     assert [int(r["step"]) for r in rows] == list(range(1, 61))  # no step lost or redone across the pause
+    assert sum(m.startswith("Sharded the base over 2 processes (FSDP)") for m in _messages(client, job.id)) == 2

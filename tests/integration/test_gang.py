@@ -1,5 +1,6 @@
 """One job as a torchrun gang (real torch.distributed.run, gloo on CPU): 2 processes give the same per-step
-losses and the same adapter as 1 process, and only rank 0 writes (one event per step, one adapter)."""
+losses and the same adapter as 1 process, data parallel or with the base sharded by FSDP, and only rank 0 writes
+(one event per step, one adapter)."""
 
 from __future__ import annotations
 
@@ -53,12 +54,19 @@ def _metrics(events: list[JobEvent], key: str) -> list[Any]:
     return [e.data[key] for e in events if e.type == "metrics" and e.data and key in e.data]
 
 
-def test_two_processes_train_exactly_like_one(settings: Settings) -> None:
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_processes_train_exactly_like_one(settings: Settings, sharding: str) -> None:
     train, valid = _upload(settings, ROWS), _upload(settings, ROWS[:10])
+    if sharding == "fsdp":  # small micro-batches, so ranks get unequal counts of them and must run idle passes
+        settings.batch_token_budget, settings.packing = 40, "off"
     one, one_events = _job(settings, train, valid)
-    settings.worker_procs = 2
+    settings.worker_procs, settings.gang_sharding = 2, sharding  # type: ignore[assignment]
     two, two_events = _job(settings, train, valid)
     assert one.status == two.status == "succeeded", (one.error, two.error)
+    loading = next(e.message for e in two_events if e.message.startswith("Loading base model"))
+    assert loading.endswith("sharded over 2 processes (FSDP)") == (sharding == "fsdp")
+    shares = [e.data["sharded_share"] for e in two_events if e.data and "sharded_share" in e.data]
+    assert shares == ([pytest.approx(0.5, abs=0.01)] if sharding == "fsdp" else [])  # rank 0 holds half the base
 
     gang_event = next(e for e in two_events if e.message.startswith("Training as a torchrun gang"))
     assert gang_event.data == {"processes": 2, "hosts": 1, "processes_per_host": 2}
