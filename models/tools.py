@@ -295,9 +295,20 @@ def read_forced_calls(text: str, final: bool) -> list[tuple[str, str, bool]]:
             pos = end + len(_FORCED_CLOSE) + 1  # the newline between parallel calls
             continue
         args = text[head.end() :]
-        if not final:
-            held = next((n for n in range(len(_FORCED_CLOSE), 0, -1) if args.endswith(_FORCED_CLOSE[:n])), 0)
+        held = next((n for n in range(len(_FORCED_CLOSE), 0, -1) if args.endswith(_FORCED_CLOSE[:n])), 0)
+        # A call cut short (max_tokens) right after its arguments: the start of the closing text is not part of
+        # them. Past the newline that is certain (forced JSON has no raw newline); a lone "}" is the call's own
+        # only when the arguments are not whole JSON without it.
+        if not final or held >= 2 or (held == 1 and _is_json(args[:-1]) and not _is_json(args)):
             args = args[: len(args) - held]
         calls.append((head.group(1), args, False))
         break
     return calls
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

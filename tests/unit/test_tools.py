@@ -254,3 +254,19 @@ def _chat_request(extra: dict[str, Any]) -> Any:
     return ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
     )
+
+
+def test_a_forced_call_cut_short_after_its_arguments_keeps_only_them() -> None:
+    """max_tokens ending inside the closing text: the arguments are the JSON object, streamed or not."""
+    from serving.tools import read_reply, tool_plan
+
+    plan = tool_plan(_chat_request({"tools": TOOLS, "tool_choice": "required"}))
+    assert plan is not None
+    whole = format_tool_call("get_weather", '{"city": "Oslo", "days": 2}')
+    args_end = whole.index('"days": 2}') + len('"days": 2}')
+    for cut in range(args_end - 1, len(whole)):
+        content, calls, reason = read_reply(plan, whole[:cut], "length")
+        streamed = _streamed(plan, whole[:cut], "length")
+        assert streamed[:3] == (content, [(c.name, c.arguments) for c in calls], reason)
+        expected = '{"city": "Oslo", "days": 2' if cut == args_end - 1 else '{"city": "Oslo", "days": 2}'
+        assert [c.arguments for c in calls] == [expected], cut
