@@ -117,29 +117,11 @@ class InferenceEngine:
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:
         """Generate the rows (batched with every other request); raises the request's error, if any."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def done(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, error)
-
-        await loop.run_in_executor(None, self.submit, ref, rows, done)
-        await future
+        await generate_via(self.submit, ref, rows)
 
     def run(self, ref: ModelRef, rows: list[Row]) -> None:
         """Blocking form of generate, for scripts and tests."""
-        finished = threading.Event()
-        errors: list[BaseException] = []
-
-        def done(error: BaseException | None) -> None:
-            if error is not None:
-                errors.append(error)
-            finished.set()
-
-        self.submit(ref, rows, done)
-        finished.wait()
-        if errors:
-            raise errors[0]
+        run_via(self.submit, ref, rows)
 
     def unload(self, base: str, adapter: str) -> None:
         """Drop an adapter (its model was deleted) from memory, now or when its running rows finish."""
@@ -153,6 +135,38 @@ class InferenceEngine:
     def close(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop()
+
+
+Submit = Callable[[ModelRef, list[Row], Done], None]
+
+
+async def generate_via(submit: Submit, ref: ModelRef, rows: list[Row]) -> None:
+    """`generate` over any `submit` (this engine's, or another backend's): submit off the event loop, then await
+    its `done`; raises the request's error, if any."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def done(error: BaseException | None) -> None:
+        loop.call_soon_threadsafe(_settle, future, error)
+
+    await loop.run_in_executor(None, submit, ref, rows, done)
+    await future
+
+
+def run_via(submit: Submit, ref: ModelRef, rows: list[Row]) -> None:
+    """`run` (blocking) over any `submit`."""
+    finished = threading.Event()
+    errors: list[BaseException] = []
+
+    def done(error: BaseException | None) -> None:
+        if error is not None:
+            errors.append(error)
+        finished.set()
+
+    submit(ref, rows, done)
+    finished.wait()
+    if errors:
+        raise errors[0]
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

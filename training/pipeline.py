@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,11 @@ def _base(
     return _BASES[config.base]
 
 
-def run_job(job_id: str, settings: Settings) -> None:
-    """Train one job end to end; a job that is not queued (a duplicate delivery) is left alone."""
+def run_job(
+    job_id: str, settings: Settings, train: Callable[[JobSpec, Settings, TrainingStore], object] | None = None
+) -> None:
+    """Claim one job and train it while its lease is renewed: here (`run_claimed`), or as `train` does it (the
+    gang supervisor's); a job that is not queued (a duplicate delivery) is left alone."""
     store = TrainingStore(settings, job_id)
     spec = store.claim()
     if spec is None:
@@ -63,7 +67,7 @@ def run_job(job_id: str, settings: Settings) -> None:
     log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
     store.start_heartbeat()
     try:
-        run_claimed(spec, settings, store)
+        (train or run_claimed)(spec, settings, store)
     finally:
         store.stop_heartbeat()
         if torch.cuda.is_available():

@@ -37,27 +37,22 @@ def run_job(job_id: str, settings: Settings) -> None:
     """Train one job: in this process on one device, else as a gang of worker_procs × job_hosts processes."""
     if settings.worker_procs == 1 and settings.job_hosts == 1:
         pipeline.run_job(job_id, settings)
+    else:
+        pipeline.run_job(job_id, settings, train=_train_claimed)
+
+
+def _train_claimed(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
+    """A claimed job (its lease renewed by the caller): supervised jobs as a gang, others in this process."""
+    if spec.method == "supervised":
+        _supervise(spec, settings, store)
         return
-    store = TrainingStore(settings, job_id)
-    spec = store.claim()
-    if spec is None:
-        log.info("job %s is not queued; nothing to do", job_id)
-        return
-    log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
-    store.start_heartbeat()
+    # DPO's loss is a mean over pairs with a reference pass per pair; it is not split across ranks yet.
     try:
-        if spec.method == "supervised":
-            _supervise(spec, settings, store)
-            return
-        # DPO's loss is a mean over pairs with a reference pass per pair; it is not split across ranks yet.
-        try:
-            store.event(f"{spec.method} jobs train in one process; the gang trains supervised jobs", level="warn")
-        except JobStopped as stop:
-            log.info("job %s stopped: %s", job_id, stop)
-            return
-        pipeline.run_claimed(spec, settings, store)
-    finally:
-        store.stop_heartbeat()
+        store.event(f"{spec.method} jobs train in one process; the gang trains supervised jobs", level="warn")
+    except JobStopped as stop:
+        log.info("job %s stopped: %s", spec.id, stop)
+        return
+    pipeline.run_claimed(spec, settings, store)
 
 
 def join_job(job_id: str, attempt: int, settings: Settings) -> None:

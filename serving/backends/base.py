@@ -3,8 +3,6 @@ see only this, whichever engine serves a base (engine.InferenceEngine, or vLLM s
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
@@ -37,39 +35,3 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-
-async def generate_via(backend: Backend, ref: ModelRef, rows: list[Row]) -> None:
-    """`generate` for any backend: submit, then await its `done`; raises the request's error, if any."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def done(error: BaseException | None) -> None:
-        loop.call_soon_threadsafe(_settle, future, error)
-
-    await loop.run_in_executor(None, backend.submit, ref, rows, done)
-    await future
-
-
-def run_via(backend: Backend, ref: ModelRef, rows: list[Row]) -> None:
-    """`run` (blocking) for any backend."""
-    finished = threading.Event()
-    errors: list[BaseException] = []
-
-    def done(error: BaseException | None) -> None:
-        if error is not None:
-            errors.append(error)
-        finished.set()
-
-    backend.submit(ref, rows, done)
-    finished.wait()
-    if errors:
-        raise errors[0]
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)

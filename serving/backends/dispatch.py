@@ -6,10 +6,10 @@ from transformers import PreTrainedTokenizerBase
 
 from app.config import Settings
 from engine.constraint import Constraint
-from engine.engine import InferenceEngine, ModelRef
+from engine.engine import InferenceEngine, ModelRef, generate_via, run_via
 from engine.generation import Row
 from engine.messages import Done
-from serving.backends.base import Backend, generate_via, run_via
+from serving.backends.base import Backend
 from serving.backends.vllm import VllmBackend
 
 
@@ -37,10 +37,10 @@ class Backends:
         self._for(ref.base).submit(ref, rows, done, background)
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:
-        await generate_via(self, ref, rows)
+        await generate_via(self.submit, ref, rows)
 
     def run(self, ref: ModelRef, rows: list[Row]) -> None:
-        run_via(self, ref, rows)
+        run_via(self.submit, ref, rows)
 
     def unload(self, base: str, adapter: str) -> None:
         self._for(base).unload(base, adapter)

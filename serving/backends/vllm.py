@@ -24,14 +24,13 @@ from app import metrics
 from app.config import BaseModelSpec, Settings
 from app.errors import InvalidRequest, ServiceError, Unavailable, bad_request
 from engine.constraint import Constraint
-from engine.engine import ModelRef
+from engine.engine import ModelRef, generate_via, run_via
 from engine.errors import AdapterLoadError, EngineStopped, GenerationFailed
 from engine.generation import Row, accept, emit
 from engine.grammar import Grammars
 from engine.messages import Done
 from models.bases import load_tokenizer
 from models.special_tokens import stop_token_ids
-from serving.backends.base import generate_via, run_via
 from serving.backends.replicas import Replica, order
 
 log = logging.getLogger(__name__)
@@ -149,10 +148,10 @@ class VllmBackend:
         self._call(self._job(ref, rows, done, tok, stops))
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:
-        await generate_via(self, ref, rows)
+        await generate_via(self.submit, ref, rows)
 
     def run(self, ref: ModelRef, rows: list[Row]) -> None:
-        run_via(self, ref, rows)
+        run_via(self.submit, ref, rows)
 
     def unload(self, base: str, adapter: str) -> None:
         """Unload a deleted model's adapter from every replica holding it, and drop its copy (in the background)."""
