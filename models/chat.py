@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 def render_chat(
     tok: PreTrainedTokenizerBase,
-    msgs: list[dict[str, str]],
+    msgs: list[dict[str, Any]],
     add_generation_prompt: bool = False,
     tools: list[Any] | None = None,
 ) -> str:

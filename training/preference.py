@@ -45,7 +45,7 @@ def _reply(tok: PreTrainedTokenizerBase, ex: Preference, content: str) -> tuple[
 def tokenize_pair(tok: PreTrainedTokenizerBase, ex: Preference) -> PreferencePair:
     """The pair's tokens; refuses tools the base's chat template would drop."""
     if ex.tools:
-        msgs = [{"role": m.role, "content": m.content} for m in ex.messages]
+        msgs = [m.as_openai() for m in ex.messages]
         if render_chat(tok, msgs, True, list(ex.tools)) == render_chat(tok, msgs, True):
             raise TrainingError(
                 "tools_not_supported",

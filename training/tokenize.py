@@ -82,7 +82,7 @@ def chat_segments(
             "This base model has no chat template; use prompt/completion examples or register a chat model",
             "training_file",
         )
-    msgs = [{"role": m.role, "content": m.content} for m in example.messages]
+    msgs = [m.as_openai() for m in example.messages]
     full = render_chat(tok, msgs, tools=tools)
     eot = end_of_turn_token(tok)
     segments: list[Segment] = []
@@ -111,7 +111,7 @@ def chat_segments(
 def _turn_end(
     tok: PreTrainedTokenizerBase,
     full: str,
-    msgs: list[dict[str, str]],
+    msgs: list[dict[str, Any]],
     i: int,
     start: int,
     eot: str | None,
