@@ -15,6 +15,9 @@ PAD = "<|pad|>"
 
 # ChatML, like SmolLM2 and Qwen. The end-of-turn token (<|im_end|>) is not the EOS token on purpose:
 # it makes every test exercise the case where generation must stop on a token other than EOS.
+# Room for a chat with function tools in ftserve's own format (the tiny tokenizer spells JSON nearly letter by
+# letter: three tools take ~1000 tokens). RoPE has no position weights, so this changes no weight.
+MAX_LEN = 2048
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -54,7 +57,7 @@ def build_tokenizer(vocab_size: int = 768) -> PreTrainedTokenizerFast:
         additional_special_tokens=[IM_START, IM_END],
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.model_max_length = 512
+    fast.model_max_length = MAX_LEN
     return fast
 
 
@@ -68,7 +71,7 @@ def build_tiny(target: Path, seed: int = 0) -> None:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=MAX_LEN,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
