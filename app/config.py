@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     # Requests arriving within this window share one prefill; later ones join the running batch.
     batch_window_ms: float = 10.0
     max_batch_rows: int = 64  # rows decoded together per base
+    # Compiled grammars (response_format schemas, forced tool calls) kept per base, least recently used dropped.
+    grammar_cache_size: int = 256
     # An inference role running apart from the api checks this often for resident adapters whose model
     # was deleted (the api role cannot reach its memory) and unloads them.
     adapter_sweep_seconds: float = 10.0

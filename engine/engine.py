@@ -14,8 +14,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.config import Settings
 from engine.adapters import AdapterCache
+from engine.constraint import Constraint
 from engine.errors import AdapterLoadError
 from engine.generation import DecodeBatch, Row
+from engine.grammar import Grammars
 from engine.lora import LoraContext, SlotTable
 from engine.messages import Done, Job
 from engine.scheduler import Resident, Scheduler
@@ -82,24 +84,35 @@ class InferenceEngine:
                 model.requires_grad_(False)
                 ctx = LoraContext(model.dtype, self.device)
                 s = self.settings
+                stops = stop_token_ids(model, tok)
+                batch = DecodeBatch(model, tok, stops, self.device, ctx)
                 self._bases[base] = Resident(
                     model,
                     tok,
-                    stop_token_ids(model, tok),
+                    stops,
                     AdapterCache(SlotTable(model, ctx), s.adapter_cache_size, s.adapter_cache_bytes),
-                    DecodeBatch(model, tok, stop_token_ids(model, tok), self.device, ctx),
+                    batch,
+                    Grammars(tok, batch.vocab, stops, s.grammar_cache_size),
                 )
             return self._bases[base]
+
+    def check_constraint(self, base: str, constraint: Constraint) -> None:
+        """Compile the constraint for the base now (cached), in the caller's thread, never the batcher's;
+        InvalidConstraint when the grammar library cannot compile it."""
+        self.resident(base).grammars.compile(constraint)
 
     def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None:
         """Queue rows for generation; `done(error_or_None)` is called from the batcher thread when all finish.
 
+        Rows with a constraint get their grammar here (InvalidConstraint if it cannot be compiled).
         `background`: throughput work (a batch's lines), admitted into a running batch in groups."""
-        self.resident(ref.base)
+        res = self.resident(ref.base)
         adapter = None if ref.adapter is None else ref.adapter.key
         locate = None if ref.adapter is None else ref.adapter.locate
         for r in rows:
             r.adapter = adapter
+            if r.sampling.constraint is not None and r.grammar is None:
+                r.grammar = res.grammars.row(r.sampling.constraint)  # compiled here, not in the batcher
         self.scheduler.submit(Job(ref.base, ref.name, adapter, locate, rows, done, background=background))
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:

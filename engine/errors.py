@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.errors import ServerFault, Unavailable
+from app.errors import InvalidRequest, ServerFault, Unavailable
 
 
 class AdapterLoadError(ServerFault):
@@ -26,3 +26,13 @@ class EngineStopped(Unavailable):
 
     def __init__(self) -> None:
         super().__init__("The inference server is shutting down")
+
+
+class InvalidConstraint(InvalidRequest):
+    """The grammar library cannot compile a row's constraint (a schema feature it does not implement, a
+    grammar that does not parse). Serving names the parameter it came from (`response_format`, a tool's
+    parameters) when it turns this into a 400."""
+
+    def __init__(self, message: str, kind: str = "json_schema") -> None:
+        super().__init__(message, code="invalid_json_schema" if kind != "lark" else "invalid_grammar")
+        self.kind = kind

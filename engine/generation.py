@@ -21,6 +21,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from engine.detokenize import decode_reply
+from engine.grammar import RowGrammar
 from engine.lora import BASE_SLOT, LoraContext
 from engine.sampling import Sampling, sample, shape_logits
 
@@ -35,6 +36,8 @@ class Row:
     on_text: Callable[[str], None] | None = None
     on_finish: Callable[[], None] | None = None  # called once the row's finish_reason is final
     cancelled: Callable[[], bool] | None = None
+    # The row's place in its constraint's grammar (sampling.constraint), set by the engine at submit.
+    grammar: RowGrammar | None = None
     # Filled while generating:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -81,8 +84,14 @@ def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
 
 
 def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
-    """Sample the row's next token from its logits (`greedy`: their argmax); True when the row has finished."""
-    if row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
+    """Sample the row's next token from its logits (`greedy`: their argmax); True when the row has finished.
+
+    A constrained row draws from its logits masked by its grammar; its logprobs stay the model's own."""
+    grammar = row.grammar
+    if grammar is not None:
+        masked = grammar.mask(shape_logits(logits, row.sampling, row.token_ids))
+        token = int(masked.argmax()) if row.sampling.temperature <= 0 else sample(masked, row.sampling, row._gen)
+    elif row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
         token = greedy  # one argmax over the whole batch beats one per row
     else:
         token = sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row._gen)
@@ -100,10 +109,13 @@ def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenize
         row.finish_reason = "stop"
         emit(row, tok, final=True)
         return True
+    if grammar is not None:
+        grammar.accept(token)
     row.token_ids.append(token)
     row._pending = token
     emit(row, tok, final=False)
-    if row.finish_reason == "stop":
+    if row.finish_reason == "stop" or (grammar is not None and grammar.complete):
+        row.finish_reason = "stop"  # a stop string, or a grammar that allows nothing but the end
         emit(row, tok, final=True)
         return True
     if len(row.token_ids) >= row.sampling.max_tokens:

@@ -26,6 +26,7 @@ from engine.adapter_files import LoadedAdapter, read_adapter
 from engine.adapters import AdapterCache
 from engine.errors import AdapterLoadError, EngineStopped, GenerationFailed
 from engine.generation import DecodeBatch, Row
+from engine.grammar import Grammars
 from engine.lora import BASE_SLOT
 from engine.messages import Job, ListResident, Loaded, Message, Stop, Submit, Unload
 
@@ -34,13 +35,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Resident:
-    """One base in memory: its model, tokenizer, adapter slots and running batch."""
+    """One base in memory: its model, tokenizer, adapter slots, running batch and compiled grammars."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     stop_ids: set[int]
     adapters: AdapterCache
     batch: DecodeBatch
+    grammars: Grammars
 
 
 class Scheduler:

@@ -3,8 +3,9 @@
 Requests follow OpenAI's SDK conventions: an explicit `null` means "the default"; fields that do not
 change the output (`store`, `metadata`, `service_tier`, `prompt_cache_key`, `safety_identifier`, `user`)
 are accepted and ignored; text that is not valid Unicode (a lone surrogate) is a 400 naming its field.
-What the engine cannot serve yet (content parts other than text, tool calls) is refused in one place,
-serving/protocol.py, not silently dropped here.
+What the engine cannot serve yet (content parts other than text, legacy function calls) is refused in one
+place, serving/protocol.py, not silently dropped here; tool rules between fields (a `tool` message answering
+no call, a named tool_choice naming no tool) are checked in serving/tools.py.
 """
 
 from __future__ import annotations
@@ -151,13 +152,72 @@ class CompletionRequest(_SamplingFields):
         return list(p)  # type: ignore[arg-type]
 
 
+# OpenAI's rule for function names.
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionCall(_Request):
+    """A call in an assistant message of the history: the function's name and its arguments as JSON text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Request):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
-    # Extra fields (tool_calls, audio, …) are kept so serving can refuse what it does not honour by name.
+    # Extra fields (audio, …) are kept so serving can refuse what it does not honour by name.
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    # An assistant message's calls (its content may then be null).
+    tool_calls: list[MessageToolCall] | None = None
+    # A `tool` message answers the call with this id, earlier in the conversation.
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(_Request):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    # A JSON schema of the arguments object; none means the function takes no arguments.
+    parameters: dict[str, Any] | None = None
+    # Objects take no properties beyond those they declare (OpenAI's strict mode) when the call is constrained.
+    strict: bool | None = None
+
+
+class ChatTool(_Request):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(_Request):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -166,6 +226,10 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=5)
+    # Function tools (docs/tools.md): what the model may call, whether it must, and whether several at once.
+    tools: list[ChatTool] | None = Field(default=None, min_length=1, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class Usage(BaseModel):
@@ -199,9 +263,22 @@ class Completion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class ReplyFunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ReplyToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ReplyFunctionCall
+
+
 class ChatChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    # null when the reply is only tool calls
+    content: str | None
+    tool_calls: list[ReplyToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -222,7 +299,7 @@ class ChatChoiceLogprobs(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: ChatChoiceMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChatChoiceLogprobs | None = None
 
 

@@ -133,18 +133,19 @@ def test_saved_reference_is_used_only_for_the_same_data(tmp_path: Path) -> None:
     assert dpo_reference.load(tmp_path / "missing.pt", "x") is None
 
 
-def test_tools_are_rendered_by_a_template_that_takes_them() -> None:
-    from app.errors import TrainingError
+def test_tools_are_rendered_by_the_template_or_in_ftserve_own_format() -> None:
     from models.tiny import CHAT_TEMPLATE
 
     tools = ({"type": "function", "function": {"name": "lookup_weather", "parameters": {"type": "object"}}},)
     example = Preference((Message("user", "Weather in Oslo?"),), "It is cold.", "No idea.", tools)
     tok = build_tokenizer()
-    with pytest.raises(TrainingError) as err:  # the tiny model's ChatML template ignores tools
-        tokenize_pair(tok, example)
-    assert err.value.code == "tools_not_supported"
+    # The tiny model's ChatML template ignores tools: ftserve's own format puts them in a system turn.
+    pair = tokenize_pair(tok, example)
+    assert "<tools>" in tok.decode(pair.prompt) and "lookup_weather" in tok.decode(pair.prompt)
     tok.chat_template = "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}" + (
         CHAT_TEMPLATE
     )
     pair = tokenize_pair(tok, example)
-    assert "lookup_weather" in tok.decode(pair.prompt) and tok.decode(pair.chosen) == "It is cold.<|im_end|>"
+    prompt = tok.decode(pair.prompt)
+    assert "Tools: " in prompt and "lookup_weather" in prompt and "<tools>" not in prompt
+    assert tok.decode(pair.chosen) == "It is cold.<|im_end|>"

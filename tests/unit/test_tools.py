@@ -1,0 +1,185 @@
+"""models/tools: tools and tool calls rendered (own format or the template's), parsed back, and forced by grammar."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import jsonschema
+import llguidance
+import llguidance.hf
+import pytest
+
+from models.chat import render_chat
+from models.tiny import build_tokenizer
+from models.tools import (
+    ToolCall,
+    format_tool_call,
+    parse_tool_calls,
+    template_takes_tools,
+    tool_call_lark,
+    tools_system_text,
+)
+from tests.family_models import LLAMA3_TEMPLATE, PHI3_TEMPLATE, TOOLS_CHATML
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "unit": {"type": "string", "maxLength": 4},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Forecast", "parameters": WEATHER}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    },
+]
+CONVERSATION: list[dict[str, Any]] = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Oslo and the time?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Oslo","days":2}'},
+            },
+            {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_a", "content": "cold"},
+    {"role": "tool", "tool_call_id": "call_b", "content": "noon"},
+    {"role": "assistant", "content": "Cold, and it is noon."},
+]
+
+
+def _tok(template: str | None = None) -> Any:
+    tok = build_tokenizer()
+    if template is not None:
+        tok.chat_template = template
+    return tok
+
+
+def test_own_format_renders_tools_calls_and_results_through_a_plain_template() -> None:
+    tok = _tok()
+    assert not template_takes_tools(tok)
+    text = render_chat(tok, CONVERSATION, tools=TOOLS)
+    # The tools join the caller's system message; each call is a <tool_call> block; both results are one user turn.
+    assert text.startswith("<|im_start|>system\nBe brief.\n\n" + tools_system_text(TOOLS) + "<|im_end|>\n")
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}\n'
+        '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call><|im_end|>\n'
+    ) in text
+    assert "<|im_start|>user\n<tool_response>\ncold\n</tool_response>\n<tool_response>\nnoon\n</tool_response>" in text
+    # Without a system message, the tools get one of their own; without tools, nothing is added.
+    assert render_chat(tok, CONVERSATION[1:2], tools=TOOLS).startswith("<|im_start|>system\n# Tools")
+    assert render_chat(tok, CONVERSATION[1:2]) == "<|im_start|>user\nWeather in Oslo and the time?<|im_end|>\n"
+
+
+@pytest.mark.parametrize("template", [None, TOOLS_CHATML], ids=["own-format", "template-takes-tools"])
+def test_rendered_calls_parse_back_and_conversations_render_prefix_by_prefix(template: str | None) -> None:
+    tok = _tok(template)
+    full = render_chat(tok, CONVERSATION, tools=TOOLS)
+    # What training needs: each assistant turn starts where the prompt before it (with generation prompt) ends.
+    for i, m in enumerate(CONVERSATION):
+        if m["role"] == "assistant":
+            prefix = render_chat(tok, CONVERSATION[:i], add_generation_prompt=True, tools=TOOLS)
+            assert full.startswith(prefix)
+    # The assistant's calls, as rendered, parse back to the same calls (arguments as equal JSON).
+    prompt = render_chat(tok, CONVERSATION[:2], add_generation_prompt=True, tools=TOOLS)
+    reply = render_chat(tok, CONVERSATION[:3], tools=TOOLS)[len(prompt) :].removesuffix("<|im_end|>\n")
+    content, calls = parse_tool_calls(reply, {"get_weather", "get_time"})
+    assert content is None
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Oslo", "days": 2}),
+        ("get_time", {}),
+    ]
+
+
+def test_template_detection_goes_by_what_the_template_renders() -> None:
+    assert template_takes_tools(_tok(TOOLS_CHATML))
+    for template in (None, LLAMA3_TEMPLATE, PHI3_TEMPLATE):
+        assert not template_takes_tools(_tok(template))
+    tok = _tok(TOOLS_CHATML)
+    text = render_chat(tok, CONVERSATION[:2], add_generation_prompt=True, tools=TOOLS)
+    assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n<tools>\n") and "You may call" not in text
+
+
+def test_parse_keeps_text_and_refuses_what_is_not_a_call() -> None:
+    call = format_tool_call("get_time", "{}")
+    assert parse_tool_calls("Let me check.\n" + call) == ("Let me check.", [ToolCall("get_time", "{}")])
+    assert parse_tool_calls("Just text.") == ("Just text.", [])
+    # Not JSON, no name, an undeclared name, a block cut off by max_tokens: all stay content.
+    for bad in ("<tool_call>\n{oops}\n</tool_call>", '<tool_call>\n{"arguments": {}}\n</tool_call>'):
+        assert parse_tool_calls(bad) == (bad, [])
+    assert parse_tool_calls(call, {"get_weather"}) == (call, [])
+    assert parse_tool_calls('<tool_call>\n{"name": "get_time", "argu') == (
+        '<tool_call>\n{"name": "get_time", "argu',
+        [],
+    )
+    # Llama 3.1's bare JSON call ("parameters"), and a list of them; arguments given as a JSON string.
+    assert parse_tool_calls('{"name": "get_time", "parameters": {}}') == (None, [ToolCall("get_time", "{}")])
+    assert parse_tool_calls('[{"name": "a", "arguments": "{\\"x\\": 1}"}]')[1] == [ToolCall("a", '{"x": 1}')]
+    assert parse_tool_calls('{"answer": 42}') == ('{"answer": 42}', [])
+
+
+def _sample(source: str, seed: int, max_tokens: int = 200) -> str:
+    """Random tokens under the grammar's mask, as a random-weights model would pick them."""
+    tok = _tok()
+    matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tok), llguidance.LLMatcher.grammar_from_lark(source))
+    rnd = random.Random(seed)
+    out: list[int] = []
+    for _ in range(max_tokens):
+        mask = matcher.compute_logit_bias()
+        allowed = [t for t in range(len(tok)) if mask[t]]
+        token = rnd.choice(allowed)
+        if token == tok.eos_token_id:
+            break
+        assert matcher.consume_token(token), matcher.get_error()
+        out.append(token)
+        if matcher.is_stopped():
+            break
+    assert matcher.is_accepting()
+    return str(tok.decode(out))
+
+
+def test_grammar_forces_a_named_call_with_schema_valid_arguments() -> None:
+    source = tool_call_lark(TOOLS, "get_weather", parallel=True)  # a named function is one call, parallel or not
+    for seed in range(8):
+        text = _sample(source, seed)
+        content, calls = parse_tool_calls(text, {"get_weather", "get_time"})
+        assert content is None and [c.name for c in calls] == ["get_weather"]
+        jsonschema.validate(json.loads(calls[0].arguments), WEATHER)
+        # What the grammar forces is exactly what rendering writes: a trained reply and a forced one agree.
+        assert text == format_tool_call("get_weather", calls[0].arguments)
+
+
+def test_grammar_for_required_picks_any_tool_and_repeats_only_when_parallel() -> None:
+    single, parallel = tool_call_lark(TOOLS), tool_call_lark(TOOLS, parallel=True)
+    names: set[str] = set()
+    counts: set[int] = set()
+    for seed in range(12):
+        _, calls = parse_tool_calls(_sample(single, seed))
+        assert len(calls) == 1
+        names.add(calls[0].name)
+        _, many = parse_tool_calls(_sample(parallel, seed, max_tokens=400))
+        counts.add(len(many))
+        for call in calls + many:
+            if call.name == "get_weather":
+                jsonschema.validate(json.loads(call.arguments), WEATHER)
+            else:
+                assert call.arguments == "{}"
+    assert names == {"get_weather", "get_time"} and max(counts) > 1
+    with pytest.raises(ValueError):
+        tool_call_lark(TOOLS, "missing")
