@@ -155,8 +155,8 @@ def build_tiny(target: Path, seed: int = 0) -> None:
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     rows = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        emb = model.get_input_embeddings().weight
-        emb[first:] = torch.randn(len(tokenizer) - first, emb.shape[1], generator=rows) * config.initializer_range
+        emb = model.model.embed_tokens.weight  # tied: the output layer's rows too
+        emb[first:] = torch.randn(len(tokenizer) - first, config.hidden_size, generator=rows) * config.initializer_range
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
         pad_token_id=tokenizer.pad_token_id,
