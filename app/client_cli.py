@@ -109,9 +109,7 @@ def jobs() -> None:
 @click.option("--n-epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--learning-rate-multiplier", type=float, default=None)
-@click.option(
-    "--method", type=click.Choice(["supervised", "dpo"]), default=None, help="dpo needs a preference file."
-)
+@click.option("--method", type=click.Choice(["supervised", "dpo"]), default=None, help="dpo needs a preference file.")
 @click.option("--beta", type=float, default=None, help="DPO's beta (implies --method dpo).")
 @click.option("--seed", type=int, default=None)
 @click.option("--follow", is_flag=True, help="Follow the job until it ends (as `jobs follow`).")

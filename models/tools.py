@@ -75,7 +75,8 @@ def format_tool_call(name: str, arguments: str | dict[str, Any]) -> str:
 
 
 def tools_system_text(tools: list[dict[str, Any]]) -> str:
-    """The system section that lists the tools (name, description, parameters) in ftserve's format."""
+    """The system section that lists the tools in ftserve's format: compact JSON (name, description,
+    parameters), one per line, so small contexts hold them."""
     lines = []
     for tool in tools:
         fn = function_of(tool)
@@ -83,14 +84,12 @@ def tools_system_text(tools: list[dict[str, Any]]) -> str:
         if fn.get("description"):
             spec["description"] = fn["description"]
         spec["parameters"] = parameters_of(tool)
-        lines.append(json.dumps({"type": "function", "function": spec}, ensure_ascii=False))
+        lines.append(json.dumps(spec, ensure_ascii=False, separators=(",", ":")))
     return (
-        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        "# Tools\nYou may call these functions:\n<tools>\n"
         + "\n".join(lines)
-        + "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-        f'{TOOL_CALL_OPEN}{TOOL_CALL_CLOSE} XML tags:\n{TOOL_CALL_OPEN}\n{{"name": <function-name>, '
-        f'"arguments": <args-json-object>}}\n{TOOL_CALL_CLOSE}'
+        + "\n</tools>\nTo call one, write "
+        + f'{TOOL_CALL_OPEN}\n{{"name": <name>, "arguments": <object>}}\n{TOOL_CALL_CLOSE}'
     )
 
 

@@ -268,4 +268,3 @@ def _record(line: BatchLine, status: int, body: dict[str, Any]) -> dict[str, Any
 
 def _put(finished: queue.Queue[tuple[Pending, BaseException | None]], p: Pending, error: BaseException | None) -> None:
     finished.put((p, error))
-

@@ -2,13 +2,16 @@
 each choice into a Row with its sampling parameters; usage and best_of on the way back.
 
 `chat_messages` is the one place that decides which chat message fields and content parts are served:
-what it does not honour yet (images, audio, files, tool calls) is refused by name, never dropped.
+what it does not honour yet (images, audio, files, legacy function calls) is refused by name, never dropped.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from app.errors import bad_request
-from app.schemas.completions import ChatCompletionRequest, ChatMessage, CompletionRequest, Usage
+from app.schemas.completions import ChatCompletionRequest, ChatMessage, CompletionRequest, MessageToolCall, Usage
 from engine.generation import Row
 from engine.sampling import Sampling
 
@@ -26,16 +29,15 @@ def check_supported(req: CompletionRequest | ChatCompletionRequest) -> None:
         )
 
 
-def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
-    """The messages as the chat template takes them (`developer` is the system role); 400 for any part not served.
-
-    The one place to extend when tool calls or other content parts are supported (issue 15).
-    """
-    out = []
+def chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The messages as rendering takes them (OpenAI's shape; `developer` is the system role); 400 for any part not
+    served, and for tool history that does not hold together (a `tool` message answering no earlier call)."""
+    out: list[dict[str, Any]] = []
+    call_ids: set[str] = set()
     for i, m in enumerate(req.messages):
-        if m.role in ("tool", "function"):
+        if m.role == "function":
             raise bad_request(
-                f"messages[{i}]: '{m.role}' messages are not supported (tool calling is not available yet)",
+                f"messages[{i}]: legacy 'function' messages are not supported; send 'tool' messages (tool_call_id)",
                 param=f"messages[{i}].role",
                 code="unsupported_message",
             )
@@ -43,12 +45,62 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
             if key not in _MESSAGE_FIELDS and value not in ([], {}, ""):
                 raise bad_request(
                     f"messages[{i}].{key} is not supported"
-                    + (" (tool calling is not available yet)" if key in ("tool_calls", "function_call") else ""),
+                    + (" (legacy function calling: use tool_calls)" if key == "function_call" else ""),
                     param=f"messages[{i}].{key}",
                     code="unsupported_message",
                 )
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)})
+        if m.tool_calls and m.role != "assistant":
+            raise bad_request(
+                f"messages[{i}]: only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls"
+            )
+        if m.tool_call_id is not None and m.role != "tool":
+            raise bad_request(
+                f"messages[{i}]: only tool messages carry a tool_call_id", param=f"messages[{i}].tool_call_id"
+            )
+        message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)}
+        if m.tool_calls:
+            message["tool_calls"] = [_history_call(i, j, c, call_ids) for j, c in enumerate(m.tool_calls)]
+        if m.role == "tool":
+            message["tool_call_id"] = _answered_call(i, m.tool_call_id, call_ids)
+        out.append(message)
     return out
+
+
+def _history_call(i: int, j: int, call: MessageToolCall, seen: set[str]) -> dict[str, Any]:
+    """An assistant's earlier call, checked: a fresh id and arguments that are a JSON object."""
+    where = f"messages[{i}].tool_calls[{j}]"
+    if call.id in seen:
+        raise bad_request(
+            f"{where}: the id '{call.id}' is used twice", param=f"{where}.id", code="duplicate_tool_call_id"
+        )
+    try:
+        arguments = json.loads(call.function.arguments)
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise bad_request(
+            f"{where}.function.arguments must be a JSON object, as text",
+            param=f"{where}.function.arguments",
+            code="invalid_tool_arguments",
+        )
+    seen.add(call.id)
+    return call.model_dump()
+
+
+def _answered_call(i: int, call_id: str | None, calls: set[str]) -> str:
+    if call_id is None:
+        raise bad_request(
+            f"messages[{i}]: a tool message needs the tool_call_id of the call it answers",
+            param=f"messages[{i}].tool_call_id",
+            code="missing_tool_call_id",
+        )
+    if call_id not in calls:
+        raise bad_request(
+            f"messages[{i}].tool_call_id '{call_id}' answers no tool call of an earlier assistant message",
+            param=f"messages[{i}].tool_call_id",
+            code="unknown_tool_call_id",
+        )
+    return call_id
 
 
 def _text(m: ChatMessage, i: int) -> str:

@@ -3,7 +3,7 @@ routes and the batch runner share it, so a batch line is answered exactly as the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -32,6 +32,7 @@ from serving.protocol import (
     sampling,
     usage,
 )
+from serving.tools import ToolPlan, reply_message, tool_plan
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ChatPlan:
     prompt_len: int
     rows: list[Row]
     top: int | None  # top_logprobs when logprobs are asked for
+    tools: ToolPlan | None = None
 
 
 def plan_completion(
@@ -107,7 +109,8 @@ def plan_chat(req: ChatCompletionRequest, tok: PreTrainedTokenizerBase, settings
         raise bad_request(
             f"Model '{req.model}' has no chat template; use /v1/completions", param="model", code="chat_not_supported"
         )
-    text = render_chat(tok, chat_messages(req), add_generation_prompt=True)
+    tools = tool_plan(req)
+    text = render_chat(tok, chat_messages(req), add_generation_prompt=True, tools=tools.tools if tools else None)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     limit = settings.base_models[base].max_seq_len
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -118,21 +121,27 @@ def plan_chat(req: ChatCompletionRequest, tok: PreTrainedTokenizerBase, settings
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
     top = (req.top_logprobs or 0) if req.logprobs else None
-    rows = [Row(list(ids), None, sampling(req, max_tokens, top, c, len(tok))) for c in range(req.n)]
-    return ChatPlan(req, len(ids), rows, top)
+    constraint = tools.constraint if tools else None
+    rows = [
+        Row(list(ids), None, replace(sampling(req, max_tokens, top, c, len(tok)), constraint=constraint))
+        for c in range(req.n)
+    ]
+    return ChatPlan(req, len(ids), rows, top, tools)
 
 
 def chat_body(plan: ChatPlan, tok: PreTrainedTokenizerBase, cid: str, created: int) -> ChatCompletion:
     """The finished rows as OpenAI's ChatCompletion."""
-    choices = [
-        ChatChoice(
-            index=i,
-            message=ChatChoiceMessage(content=r.text),
-            finish_reason=r.finish_reason,  # type: ignore[arg-type]
-            logprobs=chat_logprobs(tok, r, plan.top) if plan.top is not None else None,
+    choices = []
+    for i, r in enumerate(plan.rows):
+        content, calls, finish = reply_message(plan.tools, r)
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=ChatChoiceMessage(content=content, tool_calls=calls),
+                finish_reason=finish,  # type: ignore[arg-type]
+                logprobs=chat_logprobs(tok, r, plan.top) if plan.top is not None else None,
+            )
         )
-        for i, r in enumerate(plan.rows)
-    ]
     n = len(plan.rows)
     return ChatCompletion(
         id=cid, created=created, model=plan.req.model, choices=choices, usage=usage([plan.prompt_len] * n, plan.rows)

@@ -21,6 +21,7 @@ from serving.logprobs import StreamCursor
 from serving.refs import model_ref
 from serving.requests import chat_body, completion_body, plan_chat, plan_completion
 from serving.streaming import stream, usage_chunk
+from serving.tools import ChoiceStream, check_grammar
 
 router = APIRouter(tags=["inference"], responses=ERROR_RESPONSES)
 
@@ -74,20 +75,37 @@ async def chat_completions(
     engine = _engine(request)
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
     plan = plan_chat(req, tok, settings, ref.base)
+    if plan.tools is not None:
+        await run_in_threadpool(check_grammar, engine, ref.base, plan.tools)
     rows, top = plan.rows, plan.top
     cid, created = new_id("chatcmpl-"), now()
     if req.stream:
         started: set[int] = set()
         cursor = StreamCursor(rows)
         envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
+        choices = [ChoiceStream(plan.tools) for _ in rows]
+        # Tool calls' first chunk has content null, as OpenAI's; a text reply's has "".
+        empty = None if plan.tools is not None and plan.tools.choice != "none" else ""
 
-        def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
-            delta: dict[str, Any] = {} if finish else {"content": text}
-            if i not in started:  # every choice's first chunk names the role, even one that ends at once
-                delta = {"role": "assistant", "content": text}
-                started.add(i)
-            lp = None if top is None else cursor.chat(tok, i, top).model_dump()
-            return {**envelope, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
+        def chunk(i: int, text: str, finish: str | None) -> list[dict[str, Any]]:
+            deltas, reason = (choices[i].feed(text), None) if finish is None else choices[i].finish(finish)
+            if finish is not None:
+                deltas.append({})  # the finish_reason goes in a chunk of its own
+            events = []
+            for n, delta in enumerate(deltas):
+                if i not in started:  # every choice's first chunk names the role, even one that ends at once
+                    delta = {"role": "assistant", "content": empty, **delta}
+                    started.add(i)
+                # Logprobs of the tokens generated since the last chunk (held text sends none until it goes).
+                lp = None if top is None else cursor.chat(tok, i, top).model_dump()
+                event = {
+                    "index": i,
+                    "delta": delta,
+                    "logprobs": lp,
+                    "finish_reason": reason if n == len(deltas) - 1 else None,
+                }
+                events.append({**envelope, "choices": [event]})
+            return events
 
         final = partial(usage_chunk, req, envelope, [plan.prompt_len] * req.n, rows)
         return await stream(engine, ref, rows, chunk, final)

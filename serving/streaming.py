@@ -19,7 +19,8 @@ from engine.engine import InferenceEngine, ModelRef
 from engine.generation import Row
 from serving.protocol import usage
 
-Chunk = Callable[[int, str, str | None], dict[str, Any]]
+# A choice's text delta (or its finish) as one chunk, or several (a tool call's name, then its arguments).
+Chunk = Callable[[int, str, str | None], dict[str, Any] | list[dict[str, Any]]]
 _DONE = object()
 
 
@@ -54,7 +55,9 @@ async def stream(
             while item[0] is not _DONE:
                 i, text = item
                 # Each choice's finish_reason chunk goes out when that choice ends, as OpenAI's streams do.
-                yield json.dumps(chunk(i, "", rows[i].finish_reason) if text is None else chunk(i, text, None))
+                out = chunk(i, "", rows[i].finish_reason) if text is None else chunk(i, text, None)
+                for event in out if isinstance(out, list) else [out]:
+                    yield json.dumps(event)
                 item = await queue.get()
             if item[1] is not None:  # a failed forward pass after the stream began
                 yield json.dumps(envelope(item[1])[1])

@@ -15,7 +15,10 @@ from app.errors import bad_request
 from app.ids import new_id
 from app.schemas.completions import ChatCompletionRequest, ReplyFunctionCall, ReplyToolCall
 from engine.constraint import Constraint
+from engine.engine import InferenceEngine
+from engine.errors import InvalidConstraint
 from engine.generation import Row
+from engine.grammar import strict_schema
 from models.tools import ToolCall, parse_tool_calls, read_forced_calls, tool_call_lark
 
 
@@ -79,8 +82,6 @@ def tool_plan(req: ChatCompletionRequest) -> ToolPlan | None:
 
 def _constrained(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The tools as the grammar takes them: a strict function's objects take no undeclared properties."""
-    from engine.grammar import strict_schema
-
     out = []
     for t in tools:
         fn = t["function"]
@@ -181,3 +182,23 @@ class ChoiceStream:
                 out.append({"tool_calls": [{"index": index, "function": {"arguments": args[sent:]}}]})
                 self.calls[index] = (call_id, len(args))
         return out
+
+
+def check_grammar(engine: InferenceEngine, base: str, plan: ToolPlan) -> None:
+    """Compile the forced-call grammar now (cached by the engine): a 400 naming the tool whose parameter schema
+    the grammar library cannot take (tried one by one when several tools share the grammar)."""
+    if plan.constraint is None:
+        return
+    try:
+        engine.check_constraint(base, plan.constraint)
+    except InvalidConstraint as exc:
+        exc.param = plan.param()
+        if plan.named is None:
+            for i, tool in enumerate(_constrained(plan.tools)):
+                try:
+                    engine.check_constraint(base, Constraint("lark", tool_call_lark([tool], None, False)))
+                except InvalidConstraint:
+                    exc.param = f"tools[{i}].function.parameters"
+                    break
+        exc.message = f"{exc.param}: the grammar for forced tool calls cannot be built: {exc.message}"
+        raise

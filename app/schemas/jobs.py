@@ -34,7 +34,7 @@ class DpoHyperparameters(Hyperparameters):
     @classmethod
     def _beta_range(cls, value: Auto | float | None) -> Auto | float | None:
         if isinstance(value, float | int) and not 0 < value <= 2:
-            raise ValueError("beta must be \"auto\" or a number greater than 0 and at most 2")
+            raise ValueError('beta must be "auto" or a number greater than 0 and at most 2')
         return value
 
 

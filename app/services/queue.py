@@ -36,9 +36,7 @@ def enqueue_training(settings: Settings, job_id: str, queue: str | None = None) 
     """Send run_job(job_id) to its base's queue; False if the broker refused (the reaper re-sends queued jobs)."""
     try:
         queue = queue or queue_of(settings, job_id)
-        celery_for(settings).send_task(
-            RUN_JOB, args=[job_id], queue=queue, retry=True, retry_policy={"max_retries": 3}
-        )
+        celery_for(settings).send_task(RUN_JOB, args=[job_id], queue=queue, retry=True, retry_policy={"max_retries": 3})
     except Exception:
         log.exception("could not enqueue job %s; it stays queued for the reaper", job_id)
         return False

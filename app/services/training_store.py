@@ -265,9 +265,14 @@ class TrainingStore:
 
         def work(s: Session) -> None:
             row = s.execute(select(Job.status, Job.lease_owner, Job.attempts).where(Job.id == self.job_id)).first()
-            if row is None or row.status is not S.RUNNING or (row.lease_owner, row.attempts) != (
-                self.owner,
-                self.attempt,
+            if (
+                row is None
+                or row.status is not S.RUNNING
+                or (row.lease_owner, row.attempts)
+                != (
+                    self.owner,
+                    self.attempt,
+                )
             ):
                 raise self._why_stopped(s)
 

@@ -183,3 +183,74 @@ def test_grammar_for_required_picks_any_tool_and_repeats_only_when_parallel() ->
     assert names == {"get_weather", "get_time"} and max(counts) > 1
     with pytest.raises(ValueError):
         tool_call_lark(TOOLS, "missing")
+
+
+def _streamed(plan: Any, text: str, finish: str) -> tuple[str | None, list[tuple[str, str]], str | None, int]:
+    """Feed the text one character at a time and assemble the deltas as the SDK does."""
+    from serving.tools import ChoiceStream
+
+    stream = ChoiceStream(plan)
+    deltas = [d for ch in text for d in stream.feed(ch)]
+    tail, reason = stream.finish(finish)
+    content: str | None = None
+    calls: list[list[str]] = []
+    for d in deltas + tail:
+        if "content" in d:
+            content = (content or "") + d["content"]
+        for c in d.get("tool_calls", []):
+            if c["index"] == len(calls):
+                assert c["id"].startswith("call_") and c["type"] == "function"
+                calls.append([c["function"]["name"], ""])
+            calls[c["index"]][1] += c["function"]["arguments"]
+    return content, [(n, a) for n, a in calls], reason, len(deltas)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Plain text, no call.",
+        "  Let me check.\n\n" + format_tool_call("get_time", "{}") + "\n",
+        format_tool_call("get_weather", '{"city": "Oslo", "days": 2}') + "\n" + format_tool_call("get_time", "{}"),
+        "Maybe <tool_c but not a call.",
+        "<tool_call>\n{broken}\n</tool_call> then text",
+        '{"name": "get_time", "parameters": {}}',
+        '{"answer": 1}',
+        "Before " + format_tool_call("nope", "{}") + " after",
+    ],
+)
+def test_auto_stream_assembles_to_the_whole_reply(text: str) -> None:
+    from models.tools import ToolCall as Call
+    from serving.tools import read_reply, tool_plan
+
+    req = _chat_request({"tools": TOOLS})
+    plan = tool_plan(req)
+    content, calls, reason = read_reply(plan, text, "stop")
+    streamed = _streamed(plan, text, "stop")
+    assert streamed[:3] == (content, [(c.name, c.arguments) for c in calls], reason)
+    if calls:
+        assert reason == "tool_calls" and all(isinstance(c, Call) for c in calls)
+
+
+def test_forced_stream_sends_arguments_as_they_come_and_agrees_when_cut_short() -> None:
+    from serving.tools import read_reply, tool_plan
+
+    plan = tool_plan(_chat_request({"tools": TOOLS, "tool_choice": "required"}))
+    assert plan is not None and plan.constraint is not None and plan.constraint.kind == "lark"
+    text = format_tool_call("get_weather", '{"city": "Oslo", "days": 2}') + "\n" + format_tool_call("get_time", "{}")
+    for cut, finish in ((len(text), "stop"), (70, "length"), (5, "length")):
+        content, calls, reason = read_reply(plan, text[:cut], finish)
+        streamed = _streamed(plan, text[:cut], finish)
+        assert streamed[:3] == (content, [(c.name, c.arguments) for c in calls], reason)
+    assert reason == "length" and calls == [] and content is None
+    # Whole: two calls, arguments streamed in many pieces, finish_reason tool_calls.
+    content, pairs, reason, pieces = _streamed(plan, text, "stop")
+    assert pairs == [("get_weather", '{"city": "Oslo", "days": 2}'), ("get_time", "{}")] and reason == "tool_calls"
+    assert content is None and pieces > 10
+
+
+def _chat_request(extra: dict[str, Any]) -> Any:
+    from app.schemas.completions import ChatCompletionRequest
+
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    )
