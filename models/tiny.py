@@ -57,6 +57,7 @@ _FORMAT_CORPUS = "\n".join(
         format_tool_call("convert", {"amount": 10, "from": "USD", "to": "EUR"}),
         "<tool_response>\n{}\n</tool_response> get_time get_weather convert weather time money local degrees",
         json.dumps({"unit": _VALUES, "from": ["USD", "EUR", "GBP", "JPY"], "amount": [5, 10, 20, 50, 100]}),
+        " ".join(_VALUES),  # as words in a sentence too (" celsius"), not only as JSON strings ("celsius")
     ]
 )
 
@@ -128,6 +129,22 @@ def build_tokenizer(vocab_size: int = 768, tool_format: bool = True) -> PreTrain
     return fast
 
 
+def _new_rows(emb: torch.Tensor, tok: PreTrainedTokenizerFast, first: int, scale: float, seed: int) -> None:
+    """Rows for the appended tokens (tied: input and output). A word that starts a JSON string ("Paris" after a
+    quote) sits near the same word after a space (" Paris"), one shared step apart, as in a trained model's
+    embeddings; the rest are random. Without that, a random model has to learn the pairing for every value it copies
+    from a prompt into arguments."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        emb[first:] = torch.randn(len(tok) - first, emb.shape[1], generator=gen) * scale
+        step = torch.randn(emb.shape[1], generator=gen) * scale
+        vocab = tok.get_vocab()
+        for token, i in vocab.items():
+            spaced = vocab.get("Ġ" + token)
+            if i >= first and spaced is not None:
+                emb[i] = emb[spaced] + step
+
+
 def build_tiny(target: Path, seed: int = 0) -> None:
     """Write the tiny model (config, safetensors weights, tokenizer, generation config) to `target`."""
     tokenizer = build_tokenizer()
@@ -153,10 +170,7 @@ def build_tiny(target: Path, seed: int = 0) -> None:
     model.float()
     first = config.vocab_size
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    rows = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        emb = model.model.embed_tokens.weight  # tied: the output layer's rows too
-        emb[first:] = torch.randn(len(tokenizer) - first, config.hidden_size, generator=rows) * config.initializer_range
+    _new_rows(model.model.embed_tokens.weight, tokenizer, first, config.initializer_range, seed)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
         pad_token_id=tokenizer.pad_token_id,
