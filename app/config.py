@@ -40,7 +40,8 @@ def _default_registry() -> dict[str, BaseModelSpec]:
             base_learning_rate=1e-2,
             # fp32: the tiny model is for tests, where exact arithmetic matters more than speed.
             dtype="float32",
-            # models/tiny.py's MAX_LEN (app never imports models): room for a few function tools.
+            # Room for a few function tools in ftserve's own tool format (its small tokenizer spends about a
+            # token per JSON character).
             max_seq_len=1024,
             description="A few-MB random Llama-architecture model for tests and demos",
         ),
