@@ -16,6 +16,13 @@ when served one after another with the measured service times.
 
     python bench/inference_throughput.py                  # both bases, 1/8/32 adapters (a few minutes)
     python bench/inference_throughput.py --bases ftserve-tiny --adapters 8
+
+--constrained measures grammar-constrained decoding instead: the same batch of concurrent requests to the
+base model, once with every row free and once with half the rows following a JSON schema (response_format;
+the schema's story must be longer than max_tokens allows, so constrained rows run as long as free ones), alternating
+rounds on one server; it reports both throughputs and the cost ratio (free tokens/s ÷ half-constrained).
+
+    python bench/inference_throughput.py --constrained --bases smollm2-135m-instruct
 """
 
 from __future__ import annotations
@@ -224,6 +231,92 @@ def served(
     return Result(mode, n * rounds, seconds, tokens, latencies, cpu_seconds(pid) - cpu)
 
 
+# Half the rows of the constrained batch follow this: a short title, then a story too long to end within
+# max_tokens, so constrained rows run as long as free ones and both batches keep their width to the end.
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string", "minLength": 2000}},
+    "required": ["title", "story"],
+    "additionalProperties": False,
+}
+
+
+async def _burst(url: str, base: str, n: int, max_tokens: int, constrained: bool) -> tuple[float, int, list[float]]:
+    """n concurrent requests to the base; with `constrained`, every other one carries the JSON schema."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=n)) as client:
+
+        async def one(i: int, prompt: str) -> tuple[float, int]:
+            t0 = time.perf_counter()
+            body = {"model": base, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+            if constrained and i % 2:
+                body["response_format"] = fmt
+            r = await client.post("/v1/completions", json=body)
+            r.raise_for_status()
+            return time.perf_counter() - t0, int(r.json()["usage"]["completion_tokens"])
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts(n))))
+        return time.perf_counter() - started, sum(t for _, t in results), [lat for lat, _ in results]
+
+
+def constrained_cost(url: str, pid: int, base: str, n: int, max_tokens: int, rounds: int) -> tuple[Result, Result]:
+    """Free and half-constrained bursts alternating (each warmed once: the schema compiled, the base loaded)."""
+    for constrained in (False, True):
+        asyncio.run(_burst(url, base, n, 2, constrained))
+    runs: dict[bool, list[tuple[float, int, list[float], float]]] = {False: [], True: []}
+    for _ in range(rounds):
+        for constrained in (False, True):
+            cpu = cpu_seconds(pid)
+            seconds, tokens, latencies = asyncio.run(_burst(url, base, n, max_tokens, constrained))
+            runs[constrained].append((seconds, tokens, latencies, cpu_seconds(pid) - cpu))
+
+    def total(mode: str, rs: list[tuple[float, int, list[float], float]]) -> Result:
+        latencies = [lat for r in rs for lat in r[2]]
+        return Result(mode, n * len(rs), sum(r[0] for r in rs), sum(r[1] for r in rs), latencies, sum(r[3] for r in rs))
+
+    return total("free rows", runs[False]), total("half the rows JSON-schema constrained", runs[True])
+
+
+def constrained_main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="ftserve-bench-") as tmp:
+        data = Path(tmp)
+        bases_dir = (args.bases_dir or data / "bases").resolve()
+        settings = Settings(data_dir=data, bases_dir=bases_dir)
+        upgrade_head(settings.resolved_database_url())
+        for base in args.bases:
+            prepare_base(settings, base, progress=lambda m: print(f"  {m}", file=sys.stderr))
+        proc, url = start_server(data, bases_dir, cache_size=1, threads=args.threads)
+        lines = [
+            "| base | mode | requests | tokens/s | p50 s | p95 s | tokens/CPU-s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        ratios = []
+        try:
+            for base in args.bases:
+                free, half = constrained_cost(url, proc.pid, base, args.requests, args.tokens, args.rounds)
+                for r in (free, half):
+                    lat = sorted(r.latencies)
+                    p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+                    lines.append(
+                        f"| {base} | {r.mode} | {r.requests} | {r.tokens_per_s:.1f} | {p50:.2f} | {p95:.2f} | "
+                        f"{r.tokens_per_cpu_s:.1f} |"
+                    )
+                ratios.append(
+                    f"| {base} | {args.requests} | {free.tokens_per_s / half.tokens_per_s:.2f}× | "
+                    f"{free.tokens_per_cpu_s / half.tokens_per_cpu_s:.2f}× |"
+                )
+                print(*lines[-2:], ratios[-1], sep="\n", file=sys.stderr)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print("\n".join(lines))
+    print()
+    print("| base | rows per batch | cost (free ÷ half constrained, tokens/s) | cost per CPU-s |")
+    print("|---|---|---|---|")
+    print("\n".join(ratios))
+
+
 def start_server(data: Path, bases_dir: Path, cache_size: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     port = 18000 + os.getpid() % 1000
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTSERVE_")}
@@ -266,9 +359,14 @@ def main() -> None:
         help="torch intra-op threads, the same for every mode (1: on a small shared machine, two spinning "
         "OpenMP threads per process stall each other)",
     )
+    ap.add_argument("--constrained", action="store_true", help="measure grammar-constrained rows (see above)")
+    ap.add_argument("--rounds", type=int, default=3, help="--constrained: bursts per mode")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    if args.constrained:
+        constrained_main(args)
+        return
     with tempfile.TemporaryDirectory(prefix="ftserve-bench-") as tmp:
         data = Path(tmp)
         bases_dir = (args.bases_dir or data / "bases").resolve()

@@ -83,18 +83,36 @@ def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
         row.text = text
 
 
+def _draw(row: Row, logits: torch.Tensor, greedy: int) -> int:
+    if row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
+        return greedy  # one argmax over the whole batch beats one per row
+    return sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row._gen)
+
+
+def _draw_constrained(row: Row, grammar: RowGrammar, logits: torch.Tensor, greedy: int) -> int:
+    """A token from the row's distribution restricted to what its grammar allows.
+
+    The free draw is tried first and kept when the grammar allows it; only otherwise are the logits masked and
+    the draw made again. Both are exact: the greedy pick over the allowed tokens is the free argmax when that is
+    allowed, and a draw from p kept only when allowed (else drawn from p masked) is a draw from p masked. Top-p
+    is the exception (the nucleus of p masked is not the nucleus of p, masked): it always masks first."""
+    s = row.sampling
+    allowed = grammar.allowed()
+    if s.temperature <= 0 or s.top_p >= 1.0:
+        first = _draw(row, logits, greedy)
+        if first < allowed.shape[0] and allowed[first]:
+            return first
+    masked = grammar.mask(shape_logits(logits, s, row.token_ids), allowed)
+    # numpy's argmax: a fraction of torch's on one CPU row
+    return int(masked.numpy().argmax()) if s.temperature <= 0 else sample(masked, s, row._gen)
+
+
 def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
     """Sample the row's next token from its logits (`greedy`: their argmax); True when the row has finished.
 
     A constrained row draws from its logits masked by its grammar; its logprobs stay the model's own."""
     grammar = row.grammar
-    if grammar is not None:
-        masked = grammar.mask(shape_logits(logits, row.sampling, row.token_ids))
-        token = int(masked.argmax()) if row.sampling.temperature <= 0 else sample(masked, row.sampling, row._gen)
-    elif row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
-        token = greedy  # one argmax over the whole batch beats one per row
-    else:
-        token = sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row._gen)
+    token = _draw(row, logits, greedy) if grammar is None else _draw_constrained(row, grammar, logits, greedy)
     if row.sampling.logprobs is not None:
         lp = torch.log_softmax(logits.float(), -1)
         top = lp.topk(max(row.sampling.logprobs, 1))

@@ -33,7 +33,16 @@ from app.services.batch_store import BatchLost, BatchStore, ClaimedBatch, Result
 from app.storage import Storage
 from engine.engine import InferenceEngine, ModelRef
 from serving.refs import model_ref
-from serving.requests import ChatPlan, CompletionPlan, chat_body, completion_body, plan_chat, plan_completion
+from serving.requests import (
+    ChatPlan,
+    CompletionPlan,
+    chat_body,
+    check_constraints,
+    completion_body,
+    plan_chat,
+    plan_completion,
+)
+from serving.tools import check_grammar
 
 log = logging.getLogger(__name__)
 FLUSH_RESULTS, FLUSH_SECONDS = 64, 0.5  # record finished requests in groups: fewer commits, little to redo
@@ -236,6 +245,9 @@ class BatchRunner:
             if isinstance(req, CompletionRequest)
             else plan_chat(req, tok, self.settings, ref.base)
         )
+        if isinstance(plan, ChatPlan) and plan.tools is not None:
+            check_grammar(self.engine, ref.base, plan.tools)  # a refused schema names its tool
+        check_constraints(self.engine, ref.base, plan.rows)
         return Pending(line, plan, tok), ref
 
     def _resolve(self, session: Session, org: str, model: str) -> ModelRef:

@@ -11,8 +11,18 @@ import json
 from typing import Any
 
 from app.errors import bad_request
-from app.schemas.completions import ChatCompletionRequest, ChatMessage, CompletionRequest, MessageToolCall, Usage
+from app.schemas.completions import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    MessageToolCall,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    Usage,
+)
+from engine.constraint import Constraint
 from engine.generation import Row
+from engine.grammar import strict_schema
 from engine.sampling import Sampling
 
 # Chat message fields that rendering honours; any other one a client sets is refused by name.
@@ -120,6 +130,22 @@ def _text(m: ChatMessage, i: int) -> str:
     return "".join(texts)
 
 
+def response_constraint(req: CompletionRequest | ChatCompletionRequest) -> Constraint | None:
+    """The grammar response_format asks for: None for text, any JSON object, or JSON matching the schema.
+
+    Every schema is enforced, `strict` or not, and objects that do not declare `additionalProperties` take no
+    undeclared properties (OpenAI's strict mode; xgrammar's and vLLM's default): a model must not invent keys."""
+    fmt = req.response_format
+    if isinstance(fmt, ResponseFormatJsonObject):
+        return Constraint("json_object")
+    if not isinstance(fmt, ResponseFormatJsonSchema):
+        return None
+    schema = fmt.json_schema.schema_
+    if schema is None:  # a named format without a schema: any JSON object
+        return Constraint("json_object")
+    return Constraint("json_schema", json.dumps(strict_schema(schema)))
+
+
 def check_prompt_ids(ids: list[int], vocab: int, index: int) -> None:
     """Token-id prompts must name tokens the model has."""
     bad = [t for t in ids if t >= vocab]
@@ -145,6 +171,7 @@ def sampling(
     choice: int,
     vocab: int,
     prompt_logprobs: bool = False,
+    constraint: Constraint | None = None,
 ) -> Sampling:
     """One choice's sampling parameters (choice i of a seeded request samples with seed + i, modulo 2**64)."""
     stops = req.stop_list()
@@ -167,6 +194,7 @@ def sampling(
         logit_bias=bias,
         frequency_penalty=req.frequency_penalty or 0.0,
         presence_penalty=req.presence_penalty or 0.0,
+        constraint=constraint,
     )
 
 

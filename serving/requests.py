@@ -3,7 +3,7 @@ routes and the batch runner share it, so a batch line is answered exactly as the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
@@ -18,6 +18,8 @@ from app.schemas.completions import (
     CompletionChoice,
     CompletionRequest,
 )
+from engine.engine import InferenceEngine
+from engine.errors import InvalidConstraint
 from engine.generation import Row
 from models.chat import render_chat
 from serving.logprobs import chat_logprobs, choice_logprobs
@@ -29,6 +31,7 @@ from serving.protocol import (
     check_max_tokens,
     check_prompt_ids,
     check_supported,
+    response_constraint,
     sampling,
     usage,
 )
@@ -71,6 +74,7 @@ def plan_completion(
     # echo + logprobs: the prompt's own tokens are scored too (what eval harnesses ask for).
     prompt_scores = req.echo and req.logprobs is not None
     plan = CompletionPlan(req, [], [], [], best_of)
+    constraint = response_constraint(req)
     for index, prompt in enumerate(req.prompt_list()):
         if isinstance(prompt, str):
             ids, text = tok(prompt, add_special_tokens=True)["input_ids"], prompt
@@ -83,7 +87,7 @@ def plan_completion(
         plan.prompt_texts.append(text)
         plan.prompt_lens.append(len(ids))
         for c in range(best_of):
-            s = sampling(req, max_tokens, scored, c, len(tok), prompt_logprobs=prompt_scores)
+            s = sampling(req, max_tokens, scored, c, len(tok), prompt_logprobs=prompt_scores, constraint=constraint)
             plan.rows.append(Row(list(ids), None, s))
     return plan
 
@@ -121,10 +125,16 @@ def plan_chat(req: ChatCompletionRequest, tok: PreTrainedTokenizerBase, settings
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
     top = (req.top_logprobs or 0) if req.logprobs else None
-    constraint = tools.constraint if tools else None
+    constraint = response_constraint(req)
+    if tools is not None and tools.constraint is not None:
+        if constraint is not None:
+            raise bad_request(
+                "response_format cannot be combined with a tool_choice that forces tool calls",
+                param="response_format",
+            )
+        constraint = tools.constraint
     rows = [
-        Row(list(ids), None, replace(sampling(req, max_tokens, top, c, len(tok)), constraint=constraint))
-        for c in range(req.n)
+        Row(list(ids), None, sampling(req, max_tokens, top, c, len(tok), constraint=constraint)) for c in range(req.n)
     ]
     return ChatPlan(req, len(ids), rows, top, tools)
 
@@ -146,3 +156,17 @@ def chat_body(plan: ChatPlan, tok: PreTrainedTokenizerBase, cid: str, created: i
     return ChatCompletion(
         id=cid, created=created, model=plan.req.model, choices=choices, usage=usage([plan.prompt_len] * n, plan.rows)
     )
+
+
+def check_constraints(engine: InferenceEngine, base: str, rows: list[Row], param: str = "response_format") -> None:
+    """Compile the rows' constraints before they are submitted (cached per base; blocking: call it off the event
+    loop); a constraint the grammar library refuses is a 400 naming `param`."""
+    for constraint in {r.sampling.constraint for r in rows if r.sampling.constraint is not None}:
+        try:
+            engine.check_constraint(base, constraint)
+        except InvalidConstraint as exc:
+            raise bad_request(f"Invalid {param}: {exc.message}", param=param, code=exc.code) from None
+
+
+def has_constraints(rows: list[Row]) -> bool:
+    return any(r.sampling.constraint is not None for r in rows)

@@ -19,7 +19,14 @@ from app.storage import Storage
 from engine.engine import InferenceEngine, ModelRef
 from serving.logprobs import StreamCursor
 from serving.refs import model_ref
-from serving.requests import chat_body, completion_body, plan_chat, plan_completion
+from serving.requests import (
+    chat_body,
+    check_constraints,
+    completion_body,
+    has_constraints,
+    plan_chat,
+    plan_completion,
+)
 from serving.streaming import stream, usage_chunk
 from serving.tools import ChoiceStream, check_grammar
 
@@ -47,6 +54,8 @@ async def completions(
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
     plan = plan_completion(req, tok, settings, ref.base)
     rows = plan.rows
+    if has_constraints(rows):
+        await run_in_threadpool(check_constraints, engine, ref.base, rows)
     cid, created = new_id("cmpl-"), now()
     if req.stream:
         echoed: set[int] = set()
@@ -78,6 +87,8 @@ async def chat_completions(
     if plan.tools is not None:
         await run_in_threadpool(check_grammar, engine, ref.base, plan.tools)
     rows, top = plan.rows, plan.top
+    if has_constraints(rows):
+        await run_in_threadpool(check_constraints, engine, ref.base, rows)
     cid, created = new_id("chatcmpl-"), now()
     if req.stream:
         started: set[int] = set()

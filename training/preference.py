@@ -12,7 +12,6 @@ from app.datasets.formats import Chat, Message, Preference
 from app.datasets.validate import iter_examples
 from app.errors import TrainingError
 from app.storage import Storage
-from models.chat import render_chat
 from training.tokenize import TokenizeStats, chat_segments, encode_segments
 
 
@@ -43,16 +42,8 @@ def _reply(tok: PreTrainedTokenizerBase, ex: Preference, content: str) -> tuple[
 
 
 def tokenize_pair(tok: PreTrainedTokenizerBase, ex: Preference) -> PreferencePair:
-    """The pair's tokens; refuses tools the base's chat template would drop."""
-    if ex.tools:
-        msgs = [m.as_openai() for m in ex.messages]
-        if render_chat(tok, msgs, True, list(ex.tools)) == render_chat(tok, msgs, True):
-            raise TrainingError(
-                "tools_not_supported",
-                "This example has tools, but the base model's chat template does not render tools, so the model "
-                "would never see them; remove input.tools or use a base whose template takes tools",
-                "training_file",
-            )
+    """The pair's tokens; tools are rendered by the chat template when it takes them, else in ftserve's own
+    format (models/tools.py), so the model always sees them."""
     prompt, chosen, fixed_c = _reply(tok, ex, ex.preferred)
     prompt_r, rejected, fixed_r = _reply(tok, ex, ex.non_preferred)
     if prompt != prompt_r:  # both are the same prefix text tokenized whole, so this never differs

@@ -116,6 +116,47 @@ class _SamplingFields(_Request):
         return [s for s in stops if s]
 
 
+class JsonSchemaSpec(_Request):
+    """response_format.json_schema as OpenAI defines it: the schema the reply must match, and its name."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    # `schema` shadows a BaseModel attribute: the field is schema_, the wire name is schema.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    # OpenAI's strict mode: objects take no properties beyond those they declare (engine/grammar.strict_schema).
+    strict: bool | None = None
+
+
+# The three formats are plain models: a discriminator field cannot carry _Request's validators (the strings
+# they hold are in JsonSchemaSpec, which does).
+class ResponseFormatText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+# What the reply must be: free text, any JSON object, or JSON matching a schema (grammar-constrained decoding,
+# docs/structured-outputs.md).
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
+
+
 # The document says what the validator checks (schemathesis sends only what the schema allows).
 Prompt = (
     Annotated[str, Field(min_length=1)]
@@ -134,6 +175,8 @@ class CompletionRequest(_SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=1, le=16)
     suffix: str | None = None
+    # ftserve's extension (OpenAI's completions take no response_format): the same as on chat completions.
+    response_format: ResponseFormat | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -226,6 +269,7 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=5)
+    response_format: ResponseFormat | None = None
     # Function tools (docs/tools.md): what the model may call, whether it must, and whether several at once.
     tools: list[ChatTool] | None = Field(default=None, min_length=1, max_length=128)
     tool_choice: ToolChoice | None = None

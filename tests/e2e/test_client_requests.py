@@ -143,7 +143,7 @@ def test_lone_surrogates_are_400s_naming_the_field(embedded: Service) -> None:
     assert _error(_post(embedded, "/v1/completions", raw))["param"] == "model"
 
 
-# -- 4. content parts and tool calls are refused by name -------------------------------------------------------
+# -- 4. content parts, legacy function calls and unanswerable tool results are refused by name ------------------
 @pytest.mark.parametrize(
     ("message", "param"),
     [
@@ -153,9 +153,10 @@ def test_lone_surrogates_are_400s_naming_the_field(embedded: Service) -> None:
         ({"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]},
          "messages[0].content[0].type"),
         ({"role": "user", "content": [{"type": "file", "file": {"file_id": "file-x"}}]}, "messages[0].content[0].type"),
-        ({"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "messages[0].tool_calls"),
-        ({"role": "tool", "tool_call_id": "c1", "content": "42"}, "messages[0].role"),
+        ({"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}},
+         "messages[0].function_call"),
+        ({"role": "function", "name": "f", "content": "42"}, "messages[0].role"),
+        ({"role": "tool", "tool_call_id": "c1", "content": "42"}, "messages[0].tool_call_id"),
     ],
 )  # fmt: skip
 def test_unsupported_message_parts_are_400s_naming_them(embedded: Service, message: dict[str, Any], param: str) -> None:

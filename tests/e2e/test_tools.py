@@ -5,17 +5,22 @@ weights: only the grammar makes the arguments valid), streamed and whole replies
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
 
 import jsonschema
 import openai
 import pytest
 from openai import OpenAI
+from pydantic import BaseModel, ConfigDict, Field
 
-from tests.e2e.conftest import client_for
-from tests.servers import Service
+from app.config import Settings
+from models.bases import prepare_base
+from tests.servers import Service, start_embedded
 
 MODEL = "ftserve-tiny"
+SMOL = "smollm2-135m-instruct"
 # Bounded values (enums, integer ranges, maxLength): a random model under the grammar always closes them.
 WEATHER = {
     "type": "object",
@@ -45,8 +50,17 @@ ASK = [{"role": "user", "content": "Weather in Oslo for two days?"}]
 
 
 @pytest.fixture(scope="module")
-def client(embedded: Service) -> OpenAI:
-    return client_for(embedded)
+def server(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
+    prepare_base(Settings(data_dir=bases_dir, bases_dir=bases_dir), SMOL)  # once per run (GGUF → safetensors)
+    service = start_embedded(tmp_path_factory.mktemp("tools"), bases_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Service) -> OpenAI:
+    # A shared CI machine can be slow: a generous timeout (nothing here waits on purpose).
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, timeout=600)
 
 
 def _valid(name: str, arguments: str) -> None:
@@ -223,3 +237,107 @@ def test_bad_tool_history_is_a_400_naming_the_message(client: OpenAI) -> None:
     for messages, param, code in cases:
         body = _error(client, messages=messages, tools=TOOLS)
         assert (body["param"], body["code"]) == (param, code), body
+
+
+# -- auto: the model chooses; SmolLM2 follows a few earlier calls in its history ----------------------------------
+
+
+def _asked(city: str, i: int) -> list[Any]:
+    call = {
+        "id": f"call_{i}",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+    }
+    return [
+        {"role": "user", "content": f"What is the weather in {city}?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+
+
+def test_auto_parses_the_calls_the_model_writes_and_leaves_text_alone(client: OpenAI) -> None:
+    weather = {**TOOLS[0], "function": {**TOOLS[0]["function"], "parameters": {"type": "object"}}}
+    messages = [*_asked("Rome", 1), *_asked("Oslo", 2), {"role": "user", "content": "What is the weather in Paris?"}]
+    args: dict[str, Any] = dict(model=SMOL, messages=messages, tools=[weather], temperature=0, max_tokens=40)
+    whole = client.chat.completions.create(**args)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    with client.chat.completions.stream(**args) as stream:
+        streamed = stream.get_final_completion().choices[0]
+    assert streamed.finish_reason == "tool_calls"
+    assert [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls or []] == [
+        (c.function.name, c.function.arguments) for c in calls
+    ]
+    # A greeting is answered in text: auto returns no calls.
+    hello = client.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Hello! How are you?"}],
+        tools=[weather],
+        temperature=0,
+        max_tokens=10,
+    )
+    assert hello.choices[0].message.tool_calls is None and hello.choices[0].message.content
+    assert hello.choices[0].finish_reason in ("stop", "length")
+
+
+# -- client libraries, on the random model: only the grammar makes their arguments valid --------------------------
+
+
+class Forecast(BaseModel):
+    """The weather forecast for a city."""
+
+    model_config = ConfigDict(extra="forbid")  # additionalProperties: false, so a random model closes the object
+
+    city: Literal["Paris", "Oslo", "Lima"]
+    days: int = Field(ge=1, le=7)
+
+
+def test_langchain_bind_tools_with_tool_choice(server: Service) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model=MODEL, base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, max_tokens=200, timeout=600
+    )
+    for choice in ("Forecast", "any"):  # a named tool, and LangChain's "any" (OpenAI's "required")
+        message = llm.bind_tools([Forecast], tool_choice=choice).invoke("Weather in Oslo for two days?")
+        assert [call["name"] for call in message.tool_calls] == ["Forecast"]  # type: ignore[attr-defined]
+        Forecast.model_validate(message.tool_calls[0]["args"])  # type: ignore[attr-defined]
+
+
+def test_instructor_tools_mode(server: Service) -> None:
+    import instructor
+
+    client = instructor.from_openai(
+        OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, timeout=600),
+        mode=instructor.Mode.TOOLS,
+    )
+    out = client.chat.completions.create(
+        model=MODEL,
+        response_model=Forecast,
+        messages=[{"role": "user", "content": "Weather in Lima for a week?"}],
+        max_tokens=200,
+        max_retries=0,
+    )
+    assert isinstance(out, Forecast)
+
+
+def test_litellm_tools(server: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of its price list (no internet here)
+    import litellm
+
+    reply = litellm.completion(
+        model=f"openai/{MODEL}",
+        api_base=f"{server.base_url}/v1",
+        api_key="anything",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=200,
+        timeout=600,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    _valid("get_weather", call.function.arguments)
