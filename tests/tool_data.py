@@ -173,3 +173,74 @@ def training_lines() -> list[dict[str, Any]]:
 
 def training_jsonl() -> bytes:
     return "".join(json.dumps(line) + "\n" for line in training_lines()).encode()
+
+
+# --- A compact set for the fine-tune acceptance test on ftserve-tiny ---
+# ftserve-tiny's 768-token vocabulary spells most words letter by letter, so the tools section above is ~1070 tokens
+# and a 2-layer, 64-wide model fine-tuned with LoRA does not learn to carry an argument across it (issue-15c's log:
+# 0/31 held-out arguments). This set keeps the rendered tools section small (two one-parameter functions, no
+# descriptions) and its held-out prompts are unseen *wordings*: a core request, a greeting in front and a closing
+# word after that training never puts together (each part occurs in training, every (function, city) pair too). It
+# tests that the model reads the function and the city from the request whatever surrounds it, not that it
+# generalises to cities, functions or words it never saw.
+
+FT_CITIES = ("Paris", "Rome", "Oslo", "Tokyo")
+
+
+def _city_tool(name: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+
+
+FT_TOOLS: list[dict[str, Any]] = [_city_tool("weather"), _city_tool("time")]
+FT_CORES: dict[str, tuple[str, ...]] = {
+    "weather": ("What is the weather in {city}?", "Is it raining in {city}?"),
+    "time": ("What time is it in {city}?", "What hour is it in {city}?"),
+}
+FT_PREFIXES = ("", "Hi! ", "Please: ")
+FT_SUFFIXES = ("", " Thanks.", " Quick.")
+# Indexes into product(cores, prefixes, suffixes): (core 1, "Hi! ", " Quick."), (core 1, "Please: ", " Thanks."),
+# (core 2, "Hi! ", "").
+FT_HELD_OUT_WORDINGS = (5, 7, 12)
+
+
+def _ft_cases() -> list[tuple[ToolPrompt, bool]]:
+    """Every (function, city) in every wording (core x greeting x closing); three of the eighteen wordings per
+    function are held out for every city, so no training line has them and each city is held out alike."""
+    cases = []
+    for name, cores in FT_CORES.items():
+        for city in FT_CITIES:
+            for k, (core, prefix, suffix) in enumerate(product(cores, FT_PREFIXES, FT_SUFFIXES)):
+                text = prefix + core.format(city=city) + suffix
+                cases.append((ToolPrompt(text, name, {"city": city}), k in FT_HELD_OUT_WORDINGS))
+    return cases
+
+
+def ft_train_prompts() -> list[ToolPrompt]:
+    return [p for p, held in _ft_cases() if not held]
+
+
+def ft_held_out_prompts() -> list[ToolPrompt]:
+    return [p for p, held in _ft_cases() if held]
+
+
+def ft_training_jsonl() -> bytes:
+    """One OpenAI function-calling line per training prompt: the user's request answered by its call."""
+    lines = []
+    for i, prompt in enumerate(ft_train_prompts()):
+        call = {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": prompt.name, "arguments": json.dumps(prompt.arguments)},
+        }
+        messages = [
+            {"role": "user", "content": prompt.text},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+        ]
+        lines.append({"messages": messages, "tools": FT_TOOLS, "parallel_tool_calls": False})
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
