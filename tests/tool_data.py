@@ -179,8 +179,8 @@ def training_jsonl() -> bytes:
 # ftserve-tiny's 768-token vocabulary spells most words letter by letter, so the tools section above is ~1070 tokens
 # and a 2-layer, 64-wide model fine-tuned with LoRA does not learn to carry an argument across it (issue-15c's log:
 # 0/31 held-out arguments). This set keeps the rendered tools section small (two one-parameter functions, no
-# descriptions) and its held-out prompts are unseen *wordings*: a core request, a greeting in front and a closing
-# word after that training never puts together (each part occurs in training, every (function, city) pair too). It
+# descriptions) and its held-out prompts are unseen *wordings*: a core request and an opening that training never
+# puts together (each part occurs in training, every (function, city) pair too). It
 # tests that the model reads the function and the city from the request whatever surrounds it, not that it
 # generalises to cities, functions or words it never saw.
 
@@ -202,21 +202,19 @@ FT_CORES: dict[str, tuple[str, ...]] = {
     "weather": ("What is the weather in {city}?", "Is it raining in {city}?"),
     "time": ("What time is it in {city}?", "What hour is it in {city}?"),
 }
-FT_PREFIXES = ("", "Hi! ", "Please: ")
-FT_SUFFIXES = ("", " Thanks.", " Quick.")
-# Indexes into product(cores, prefixes, suffixes): (core 1, "Hi! ", " Quick."), (core 1, "Please: ", " Thanks."),
-# (core 2, "Hi! ", "").
-FT_HELD_OUT_WORDINGS = (5, 7, 12)
+FT_PREFIXES = ("", "Hi! ", "Please: ", "Quick question. ", "Hello. ", "Tell me: ")
+# Indexes into product(cores, prefixes): (first core, "Quick question. "), (second core, "Tell me: ").
+FT_HELD_OUT_WORDINGS = (3, 11)
 
 
 def _ft_cases() -> list[tuple[ToolPrompt, bool]]:
-    """Every (function, city) in every wording (core x greeting x closing); three of the eighteen wordings per
-    function are held out for every city, so no training line has them and each city is held out alike."""
+    """Every (function, city) in every wording (core x opening); two of the twelve wordings per function are held
+    out for every city, so no training line has them and each city is held out alike."""
     cases = []
     for name, cores in FT_CORES.items():
         for city in FT_CITIES:
-            for k, (core, prefix, suffix) in enumerate(product(cores, FT_PREFIXES, FT_SUFFIXES)):
-                text = prefix + core.format(city=city) + suffix
+            for k, (core, prefix) in enumerate(product(cores, FT_PREFIXES)):
+                text = prefix + core.format(city=city)
                 cases.append((ToolPrompt(text, name, {"city": city}), k in FT_HELD_OUT_WORDINGS))
     return cases
 
