@@ -1,9 +1,8 @@
 """A function-calling fine-tune of ftserve-tiny through the API (OpenAI's tools training format), then greedy
-`tool_choice="auto"` with the official client on held-out prompts (unseen wordings of requests whose (function,
-argument) pairs all occur in training: tests/tool_data.py's compact set): the fine-tuned model replies with a call of
-the right function on at least 90% of them and the exactly right call (function and city) on most, the base model
-never. Issue 15's bar (the right call on >= 90%) is NOT met by ftserve-tiny: it plateaus near 75% (three of four
-cities told apart), see docs/training.md; the thresholds here are what it reaches."""
+`tool_choice="auto"` with the official client on held-out prompts: the fine-tuned model calls the right function with
+the right arguments on at least 90% of them, the base model on none. Held-out prompts are unseen wordings (an opening
+and a core request training never puts together) of requests whose (function, argument) pairs all occur in training:
+tests/tool_data.py's compact set and docs/training.md say why and what this does not test."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from tests.e2e.conftest import client_for, wait_job
 from tests.servers import Service
 from tests.tool_data import FT_TOOLS, ToolPrompt, ft_held_out_prompts, ft_training_jsonl
 
-EPOCHS = 12
+EPOCHS = 30
 
 
 def _right(client: OpenAI, model: str, prompt: ToolPrompt) -> tuple[bool, bool]:
@@ -28,7 +27,7 @@ def _right(client: OpenAI, model: str, prompt: ToolPrompt) -> tuple[bool, bool]:
         tools=FT_TOOLS,  # type: ignore[arg-type]
         tool_choice="auto",
         temperature=0,
-        max_tokens=40,
+        max_tokens=80,  # ftserve-tiny spells a call in ~50 tokens
     )
     choice = reply.choices[0]
     calls = choice.message.tool_calls or []
@@ -57,7 +56,7 @@ def test_function_calling_fine_tune_calls_the_right_function_on_held_out_prompts
         model="ftserve-tiny",
         suffix="tools",
         seed=0,
-        hyperparameters={"n_epochs": EPOCHS, "batch_size": 4},
+        hyperparameters={"n_epochs": EPOCHS, "batch_size": 4, "learning_rate_multiplier": 0.5},
         extra_body={"extensions": {"lora_rank": 16, "lora_alpha": 32}},
     )
     job, _ = wait_job(client, job.id, timeout=600)
@@ -70,5 +69,5 @@ def test_function_calling_fine_tune_calls_the_right_function_on_held_out_prompts
     print(f"held-out of {len(held_out)}: fine-tuned {tuned_function} right function, {tuned_right} right call; "
           f"base {base_function}, {base_right}")  # fmt: skip
     assert tuned_function >= 0.9 * len(held_out)
-    assert tuned_right >= 0.6 * len(held_out)
+    assert tuned_right >= 0.9 * len(held_out)
     assert base_function == base_right == 0
