@@ -33,8 +33,8 @@ def _reply(tok: PreTrainedTokenizerBase, ex: Preference, content: str) -> tuple[
     """(prompt ids, reply ids, boundary fixed): the conversation with one reply, split where the reply starts."""
     # Earlier assistant turns of the input are context, never trained (weight 0).
     messages = tuple(Message(m.role, m.content, 0 if m.role == "assistant" else 1) for m in ex.messages)
-    chat = Chat((*messages, Message("assistant", content)))
-    segments = chat_segments(tok, chat, 0.0, list(ex.tools) or None)
+    chat = Chat((*messages, Message("assistant", content)), ex.tools, ex.parallel_tool_calls)
+    segments = chat_segments(tok, chat, 0.0)
     encoded = encode_segments(tok, segments, add_special_tokens=False)
     trained = [t for t, c in enumerate(encoded.completion) if c]
     first, last = trained[0], trained[-1]

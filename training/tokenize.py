@@ -68,13 +68,12 @@ def encode_segments(
     return TokenizedExample(ids, weights, completion, fixed)
 
 
-def chat_segments(
-    tok: PreTrainedTokenizerBase, example: Chat, prompt_loss_weight: float, tools: list[dict[str, Any]] | None = None
-) -> list[Segment]:
+def chat_segments(tok: PreTrainedTokenizerBase, example: Chat, prompt_loss_weight: float) -> list[Segment]:
     """Split the rendered chat into spans: assistant turns (weight 1, or prompt weight if weight=0) and the rest.
 
-    A trained turn ends with the template's end-of-turn token (the one inference stops at); a template
-    without one gets the EOS token appended after each assistant turn instead.
+    Assistant turns include their tool calls, rendered as serving renders and parses them (models/chat.py); tool
+    results, like the user's messages, are prompt. A trained turn ends with the template's end-of-turn token (the
+    one inference stops at); a template without one gets the EOS token appended after each assistant turn instead.
     """
     if not tok.chat_template:
         raise TrainingError(
@@ -82,7 +81,8 @@ def chat_segments(
             "This base model has no chat template; use prompt/completion examples or register a chat model",
             "training_file",
         )
-    msgs = [{"role": m.role, "content": m.content} for m in example.messages]
+    msgs = [m.as_openai() for m in example.messages]
+    tools = list(example.tools) or None
     full = render_chat(tok, msgs, tools=tools)
     eot = end_of_turn_token(tok)
     segments: list[Segment] = []
@@ -111,7 +111,7 @@ def chat_segments(
 def _turn_end(
     tok: PreTrainedTokenizerBase,
     full: str,
-    msgs: list[dict[str, str]],
+    msgs: list[dict[str, Any]],
     i: int,
     start: int,
     eot: str | None,

@@ -25,11 +25,36 @@ class DatasetError(Exception):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call an assistant message makes; `arguments` is the JSON object's text as sent."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
-    content: str
+    # None only on an assistant message that makes tool calls (OpenAI's null content).
+    content: str | None
     # OpenAI's per-message weight: 0 excludes an assistant message from the loss.
     weight: int = 1
+    tool_calls: tuple[ToolCall, ...] = ()
+    # On a `tool` message: the id of the call it answers.
+    tool_call_id: str | None = None
+
+    def as_openai(self) -> dict[str, Any]:
+        """The message as OpenAI's chat API spells it (what the chat renderer takes, in training and serving)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,9 @@ class PromptCompletion:
 @dataclass(frozen=True)
 class Chat:
     messages: tuple[Message, ...]
+    # OpenAI's function tools (legacy `functions` converted to them), as sent; () when none.
+    tools: tuple[dict[str, Any], ...] = ()
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +103,13 @@ def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
         raise DatasetError("invalid_example", f"expected a JSON object, got {type(obj).__name__}", line)
     fmt = detect_format(obj)
     if fmt == "chat":
-        return fmt, _parse_chat(obj, line)
+        # Imported here, like the preference parser: both build on this module's types and message checks.
+        from app.datasets.chat import parse_chat
+
+        return fmt, parse_chat(obj, line)
     if fmt == "prompt_completion":
         return fmt, _parse_prompt_completion(obj, line)
     if fmt == "preference":
-        # Imported here: the preference parser builds on this module's message checks.
         from app.datasets.preference import parse_preference
 
         return fmt, parse_preference(obj, line)
@@ -102,34 +132,13 @@ def _parse_prompt_completion(obj: dict[str, Any], line: int) -> PromptCompletion
     return PromptCompletion(prompt=obj["prompt"], completion=obj["completion"])
 
 
-def _parse_chat(obj: dict[str, Any], line: int) -> Chat:
-    raw = obj["messages"]
-    if not isinstance(raw, list) or not raw:
-        raise DatasetError("invalid_messages", '"messages" must be a non-empty list', line)
-    messages: list[Message] = []
-    for i, msg in enumerate(raw):
-        where = f"messages[{i}]"
-        role, content = parse_message(msg, where, line)
-        weight = msg.get("weight", 1)
-        if weight not in (0, 1) or isinstance(weight, bool):
-            raise DatasetError("invalid_weight", f"{where}.weight must be 0 or 1", line)
-        if role != "assistant" and "weight" in msg:
-            raise DatasetError("invalid_weight", f"{where}.weight is only allowed on assistant messages", line)
-        messages.append(Message(role=role, content=content, weight=int(weight)))
-    if not any(m.role == "assistant" and m.weight == 1 for m in messages):
-        raise DatasetError(
-            "no_assistant_message", "every example needs an assistant message to train on (weight 1)", line
-        )
-    return Chat(messages=tuple(messages))
-
-
-def parse_message(msg: Any, where: str, line: int) -> tuple[str, str]:
+def parse_message(msg: Any, where: str, line: int, roles: tuple[str, ...] = ROLES) -> tuple[str, str]:
     """A chat message's (role, content): an object with a known role and string content, or DatasetError."""
     if not isinstance(msg, dict):
         raise DatasetError("invalid_message", f"{where} must be an object", line)
     role = msg.get("role")
-    if role not in ROLES:
-        raise DatasetError("invalid_role", f"{where}.role must be one of {', '.join(ROLES)}", line)
+    if role not in roles:
+        raise DatasetError("invalid_role", f"{where}.role must be one of {', '.join(roles)}", line)
     content = msg.get("content")
     if not isinstance(content, str):
         raise DatasetError("invalid_message", f"{where}.content must be a string", line)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.datasets.formats import DatasetError, Message, Preference, parse_message
+from app.datasets.tools import parse_tools
 
 
 def parse_preference(obj: dict[str, Any], line: int) -> Preference:
@@ -16,7 +17,7 @@ def parse_preference(obj: dict[str, Any], line: int) -> Preference:
     if not isinstance(raw_input, dict):
         raise DatasetError("invalid_input", '"input" must be an object with "messages"', line)
     messages = _input_messages(raw_input.get("messages"), line)
-    tools = _tools(raw_input.get("tools"), line)
+    tools = parse_tools(raw_input.get("tools"), "input.tools", line)
     parallel = raw_input.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise DatasetError("invalid_tools", '"input.parallel_tool_calls" must be true or false', line)
@@ -77,22 +78,3 @@ def _no_unsupported_keys(msg: Any, where: str, line: int) -> None:
         raise DatasetError("invalid_weight", f"{where}.weight is not used in preference examples", line)
     if msg.get("tool_calls") is not None:
         raise DatasetError("unsupported_tool_calls", f"{where}.tool_calls are not supported yet", line)
-
-
-def _tools(raw: Any, line: int) -> tuple[dict[str, Any], ...]:
-    """OpenAI's function tools: [{"type": "function", "function": {"name", ...}}]; () when absent or empty."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise DatasetError("invalid_tools", '"input.tools" must be a list of function tools', line)
-    for i, tool in enumerate(raw):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
-            raise DatasetError(
-                "invalid_tools", f'input.tools[{i}] must be {{"type": "function", "function": {{...}}}}', line
-            )
-        if not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise DatasetError("invalid_tools", f"input.tools[{i}].function.name must be a non-empty string", line)
-        if "parameters" in fn and not isinstance(fn["parameters"], dict):
-            raise DatasetError("invalid_tools", f"input.tools[{i}].function.parameters must be an object", line)
-    return tuple(raw)

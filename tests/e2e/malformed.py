@@ -13,6 +13,48 @@ GOOD_PREF = {
     "preferred_output": [{"role": "assistant", "content": "Hello!"}],
     "non_preferred_output": [{"role": "assistant", "content": "What."}],
 }
+_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "convert", "parameters": {"type": "object"}}},
+]
+_Q = {"role": "user", "content": "Weather in Oslo?"}
+
+
+def _call(id_: str = "c1", name: str = "get_weather", arguments: object = '{"city": "Oslo"}') -> dict[str, object]:
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _calls(*calls: dict[str, object]) -> dict[str, object]:
+    return {"role": "assistant", "content": None, "tool_calls": list(calls)}
+
+
+def _result(id_: str = "c1") -> dict[str, object]:
+    return {"role": "tool", "tool_call_id": id_, "content": "-3"}
+
+
+GOOD_TOOLS = {"tools": _TOOLS, "messages": [_Q, _calls(_call()), _result(), {"role": "assistant", "content": "Cold."}]}
+# Function-calling lines (OpenAI's tools, legacy functions) and the code each must get.
+TOOL_BAD: list[tuple[dict[str, object], str]] = [
+    ({"tools": [{"type": "function"}], "messages": [_Q, _calls(_call())]}, "invalid_tools"),
+    ({"tools": [*_TOOLS, _TOOLS[0]], "messages": [_Q, _calls(_call())]}, "invalid_tools"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call())], "parallel_tool_calls": 1}, "invalid_tools"),
+    ({"tools": _TOOLS, "functions": [_TOOLS[0]["function"]], "messages": [_Q, _calls(_call())]}, "functions_and_tools"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call(name="get_time"))]}, "unknown_tool"),
+    ({"messages": [_Q, _calls(_call())]}, "unknown_tool"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call(arguments="{city: Oslo}"))]}, "invalid_tool_arguments"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call(arguments='"Oslo"'))]}, "invalid_tool_arguments"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call(arguments={"city": "Oslo"}))]}, "invalid_tool_arguments"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call(), _call())]}, "duplicate_tool_call_id"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call()), _result("c2")]}, "unmatched_tool_message"),
+    ({"tools": _TOOLS, "messages": [_Q, _result(), {"role": "assistant", "content": "x"}]}, "unmatched_tool_message"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls(_call()), {"role": "tool", "content": "-3"}]}, "invalid_tool_message"),
+    ({"tools": _TOOLS, "messages": [_Q, _calls({"type": "function"})]}, "invalid_tool_calls"),
+    ({"tools": _TOOLS, "messages": [_Q, {"role": "assistant", "content": None}]}, "invalid_message"),
+    (
+        {"tools": _TOOLS, "messages": [_Q, _calls(_call(), _call("c2"))], "parallel_tool_calls": False},
+        "parallel_tool_calls_disabled",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -97,6 +139,9 @@ def corpus(max_line_bytes: int, max_upload_bytes: int, min_examples: int, seed: 
                 {"no_assistant_message"},
                 good=GOOD_CHAT,
             )
+    for i, (row, code) in enumerate(TOOL_BAD):
+        for j in range(2):  # after plain chat lines and after good function-calling lines
+            add(f"tools-{i}-{j}", json.dumps(row).encode(), {code}, good=GOOD_TOOLS if j else GOOD_CHAT)
     reply = {"role": "assistant", "content": "x"}
     pref_bad: list[tuple[dict[str, object], str]] = [
         ({"input": None}, "missing_input"),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
+from transformers import AutoTokenizer
 
 from app.config import Settings
 from app.db.session import session_scope
@@ -130,3 +131,27 @@ def test_auto_attention_is_sdpa_without_cuda_and_flash_attn() -> None:
     assert training_attention("auto", torch.device("cpu")) == "sdpa"
     assert training_attention("eager", torch.device("cpu")) == "eager"
     assert training_attention("flash_attention_2", torch.device("cuda")) == "flash_attention_2"
+
+
+def test_a_function_calling_file_trains_its_calls(settings: Settings) -> None:
+    """OpenAI function-calling lines (tools, tool calls, tool results) go through upload, tokenization with the
+    serving renderer and training; the trained tokens are exactly the assistant turns, calls included."""
+    from app.datasets.chat import parse_chat
+    from models.bases import base_path
+    from tests.tool_data import training_lines
+    from training.tokenize import tokenize_example
+
+    lines = training_lines()[:12]
+    job, events = _run(settings, _upload(settings, lines), seed=5)
+    assert job.status == "succeeded", job.error
+    tokenized = next(e for e in events if e.message.startswith("Tokenized"))
+    assert tokenized.data is not None and (tokenized.data["examples"], tokenized.data["dropped"]) == (12, 0)
+    tok = AutoTokenizer.from_pretrained(str(base_path(settings, "ftserve-tiny")))
+    examples = [tokenize_example(tok, parse_chat(line, i + 1), 0.0) for i, line in enumerate(lines)]
+    assert tokenized.data["tokens"] == sum(len(ex) for ex in examples)
+    assert job.trained_tokens == 2 * tokenized.data["tokens"]  # 2 epochs
+    for ex in examples:  # the loss is on the call (what serving parses back), never on the tools or results
+        weighted = tok.decode([t for t, w in zip(ex.input_ids, ex.weights, strict=True) if w])
+        assert weighted.startswith("<tool_call>\n") and "<tools>" not in weighted and "tool_response" not in weighted
+    curve = [e.data["train_loss"] for e in events if e.type == "metrics" and e.data]
+    assert curve[-1] < curve[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -10,10 +11,13 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import Settings
-from app.datasets.formats import PromptCompletion
+from app.datasets.formats import Chat, Message, PromptCompletion, ToolCall
+from models import tools as models_tools
 from models.bases import base_path
+from models.chat import render_chat
+from models.tools import format_tool_call, parse_tool_calls
 from training.batching import padded_microbatches
-from training.tokenize import tokenize_example
+from training.tokenize import TokenizedExample, tokenize_example
 from training.trainer import loss_sums
 
 
@@ -57,3 +61,53 @@ def test_loss_is_mean_ce_over_completion_tokens_only(tiny: tuple[object, object]
         count += int((labels[0, 1:] != -100).sum())
     assert sums.weight == count
     assert ours == pytest.approx(total / count, rel=1e-5)
+
+
+def _trained_spans(tok: Any, ex: TokenizedExample) -> list[str]:
+    """The text of each run of consecutive weighted tokens."""
+    spans: list[list[int]] = []
+    for i, (t, w) in enumerate(zip(ex.input_ids, ex.weights, strict=True)):
+        if w:
+            if not spans or not ex.weights[i - 1]:
+                spans.append([])
+            spans[-1].append(t)
+    return [tok.decode(s) for s in spans]
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+CALL = ToolCall("call_1", "get_weather", '{"city":"Oslo"}')
+
+
+def _tool_chat(call_weight: int) -> Chat:
+    return Chat(
+        (
+            Message("user", "Weather in Oslo?"),
+            Message("assistant", None, weight=call_weight, tool_calls=(CALL,)),
+            Message("tool", '{"temperature": -3}', tool_call_id="call_1"),
+            Message("assistant", "It is -3 in Oslo."),
+        ),
+        tools=(WEATHER,),
+    )
+
+
+def test_tool_calls_carry_the_loss_and_tool_results_do_not(tiny: tuple[Any, Any]) -> None:
+    _, tok = tiny
+    ex = tokenize_example(tok, _tool_chat(call_weight=1), prompt_loss_weight=0.0)
+    call = format_tool_call("get_weather", '{"city":"Oslo"}')
+    # Exactly the call (as serving renders and parses it) and the answer, each with its end-of-turn token.
+    assert _trained_spans(tok, ex) == [call + "<|im_end|>", "It is -3 in Oslo.<|im_end|>"]
+    assert parse_tool_calls(call) == (None, [models_tools.ToolCall("get_weather", '{"city": "Oslo"}')])
+    everything = tok.decode(ex.input_ids)
+    assert '{"temperature": -3}' in everything and "get_weather" in everything.split(call)[0]  # tools in the prompt
+    # The ids are the whole rendered conversation, tokenized as serving tokenizes the same conversation.
+    rendered = render_chat(tok, [m.as_openai() for m in _tool_chat(1).messages], tools=[WEATHER])
+    assert ex.input_ids == tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_a_weight_0_tool_call_is_context(tiny: tuple[Any, Any]) -> None:
+    _, tok = tiny
+    ex = tokenize_example(tok, _tool_chat(call_weight=0), prompt_loss_weight=0.0)
+    assert _trained_spans(tok, ex) == ["It is -3 in Oslo.<|im_end|>"]
+    # With prompt_loss_weight, the call, the tools and the tool result weigh like the rest of the prompt.
+    weighted = tokenize_example(tok, _tool_chat(call_weight=0), prompt_loss_weight=0.1)
+    assert set(weighted.weights) == {0.1, 1.0} and weighted.input_ids == ex.input_ids
