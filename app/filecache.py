@@ -25,17 +25,9 @@ class FileCache:
         self.root = root
         self.max_bytes = max_bytes
 
-    @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
+    def _locked(self, key: str) -> contextlib.AbstractContextManager[None]:
         # One download per key at a time, across the processes of this host (workers, inference).
-        lock = self.root / ".locks" / key.replace("/", "__")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with lock.open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self.root / ".locks" / key.replace("/", "__"))
 
     def directory(self, store: BlobStore, prefix: str) -> Path | None:
         """A complete local copy of the store's directory at `prefix`; None when the store has no complete one."""
@@ -111,6 +103,18 @@ class FileCache:
                 path.unlink(missing_ok=True)
             freed += size
         return freed
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created with its folder), held across this host's processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _touch(path: Path) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import fcntl
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from transformers import (
 )
 
 from app.config import BaseModelSpec, Settings
+from app.filecache import file_lock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -32,17 +31,6 @@ READY = "FTSERVE_READY"
 
 class BaseModelUnavailable(Exception):
     """The base cannot be prepared here (package missing, directory absent, no hub access)."""
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def smollm2_gguf_path() -> Path:
@@ -116,7 +104,7 @@ def prepare_base(settings: Settings, name: str, progress: Progress = log.info) -
     target = settings.resolved_bases_dir() / name
     if (target / READY).exists():
         return target
-    with _lock(settings.resolved_bases_dir() / f".{name}.lock"):
+    with file_lock(settings.resolved_bases_dir() / f".{name}.lock"):
         if (target / READY).exists():
             return target
         tmp = target.with_name(f".{name}.tmp-{os.getpid()}")

@@ -11,6 +11,8 @@ import pytest
 from openai import OpenAI
 from openai.types.fine_tuning import FineTuningJob
 
+from app.config import Settings
+from models.bases import prepare_base
 from tests.servers import Service, start_distributed, start_embedded
 
 # A small deterministic mapping the tiny model cannot know before training.
@@ -51,9 +53,14 @@ def write_chat(path: Path) -> Path:
 
 
 def client_for(service: Service, **kw: object) -> OpenAI:
+    timeout = float(kw.pop("timeout", 120))  # type: ignore[arg-type]
     return OpenAI(
-        base_url=f"{service.base_url}/v1", api_key=str(kw.pop("api_key", "anything")), max_retries=0, timeout=120, **kw
-    )  # type: ignore[arg-type]
+        base_url=f"{service.base_url}/v1",
+        api_key=str(kw.pop("api_key", "anything")),
+        max_retries=0,
+        timeout=timeout,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def wait_job(client: OpenAI, job_id: str, timeout: float = 300) -> tuple[FineTuningJob, list[str]]:
@@ -73,6 +80,15 @@ def wait_job(client: OpenAI, job_id: str, timeout: float = 300) -> tuple[FineTun
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
     service = start_embedded(tmp_path_factory.mktemp("embedded"), bases_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def smollm2_embedded(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
+    """An embedded server whose bases dir also holds SmolLM2 (prepared once per run: GGUF → safetensors)."""
+    prepare_base(Settings(data_dir=bases_dir, bases_dir=bases_dir), "smollm2-135m-instruct")
+    service = start_embedded(tmp_path_factory.mktemp("smollm2"), bases_dir)
     yield service
     service.stop()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,9 +18,8 @@ import pytest
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
-from app.config import Settings
-from models.bases import prepare_base
-from tests.servers import Service, start_embedded
+from tests.e2e.conftest import client_for
+from tests.servers import Service
 
 # Base models only, no artifact kept: the S3 pass of `make test` would repeat it for nothing.
 pytestmark = pytest.mark.local_storage
@@ -31,17 +29,9 @@ TINY = "ftserve-tiny"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
-    prepare_base(Settings(data_dir=bases_dir, bases_dir=bases_dir), SMOL)  # once per run (GGUF → safetensors)
-    service = start_embedded(tmp_path_factory.mktemp("structured"), bases_dir)
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: Service) -> OpenAI:
+def client(smollm2_embedded: Service) -> OpenAI:
     # A shared CI machine can be slow: a generous timeout (nothing here waits on purpose).
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, timeout=600)
+    return client_for(smollm2_embedded, timeout=600)
 
 
 # -- SmolLM2: varied prompts, several schemas in one batch ------------------------------------------------------
@@ -201,7 +191,7 @@ def test_completions_take_response_format_as_an_extension(client: OpenAI) -> Non
     assert not plain.choices[0].text.startswith("{"), "no response_format: free text"
 
 
-def test_schemas_the_library_cannot_compile_are_400s(client: OpenAI, server: Service) -> None:
+def test_schemas_the_library_cannot_compile_are_400s(client: OpenAI, smollm2_embedded: Service) -> None:
     unique = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
     fmt = {"type": "json_schema", "json_schema": {"name": "u", "schema": unique}}
     with pytest.raises(openai.BadRequestError) as refused:
@@ -226,7 +216,7 @@ def test_schemas_the_library_cannot_compile_are_400s(client: OpenAI, server: Ser
             {"model": TINY, "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}},
         ),
     ]:
-        r = httpx.post(f"{server.base_url}/v1/{path}", json=body, timeout=30)
+        r = httpx.post(f"{smollm2_embedded.base_url}/v1/{path}", json=body, timeout=30)
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"].startswith("response_format"), r.text
     # The server still answers constrained and free requests afterwards.
@@ -247,21 +237,24 @@ class Contact(BaseModel):
 PROMPT = "Bob is 45 years old. Extract the person's name and age."
 
 
-def test_langchain_with_structured_output(server: Service) -> None:
+def test_langchain_with_structured_output(smollm2_embedded: Service) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(model=SMOL, base_url=f"{server.base_url}/v1", api_key="anything", temperature=0, max_retries=0)
+    llm = ChatOpenAI(
+        model=SMOL, base_url=f"{smollm2_embedded.base_url}/v1", api_key="anything", temperature=0, max_retries=0
+    )
     out = llm.with_structured_output(Contact).invoke(PROMPT)  # method="json_schema", LangChain's default
     assert isinstance(out, Contact) and out.age == 45
     raw = llm.with_structured_output(Contact, method="json_mode").invoke(PROMPT + " Answer in JSON.")
     assert isinstance(raw, Contact)
 
 
-def test_instructor_json_schema_mode(server: Service) -> None:
+def test_instructor_json_schema_mode(smollm2_embedded: Service) -> None:
     import instructor
 
     client = instructor.from_openai(
-        OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0), mode=instructor.Mode.JSON_SCHEMA
+        OpenAI(base_url=f"{smollm2_embedded.base_url}/v1", api_key="anything", max_retries=0),
+        mode=instructor.Mode.JSON_SCHEMA,
     )
     out = client.chat.completions.create(
         model=SMOL,
@@ -273,13 +266,13 @@ def test_instructor_json_schema_mode(server: Service) -> None:
     assert isinstance(out, Contact) and out.age == 45
 
 
-def test_litellm_response_format(server: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_litellm_response_format(smollm2_embedded: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of its price list (no internet here)
     import litellm
 
     reply = litellm.completion(
         model=f"openai/{SMOL}",
-        api_base=f"{server.base_url}/v1",
+        api_base=f"{smollm2_embedded.base_url}/v1",
         api_key="anything",
         messages=[{"role": "user", "content": PROMPT}],
         response_format=Contact,
@@ -289,7 +282,7 @@ def test_litellm_response_format(server: Service, monkeypatch: pytest.MonkeyPatc
     assert out.age == 45
     schema_reply = litellm.completion(
         model=f"openai/{SMOL}",
-        api_base=f"{server.base_url}/v1",
+        api_base=f"{smollm2_embedded.base_url}/v1",
         api_key="anything",
         messages=[{"role": "user", "content": PROMPT}],
         response_format={"type": "json_object"},

@@ -5,8 +5,6 @@ weights: only the grammar makes the arguments valid), streamed and whole replies
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
@@ -15,9 +13,8 @@ import pytest
 from openai import OpenAI
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.config import Settings
-from models.bases import prepare_base
-from tests.servers import Service, start_embedded
+from tests.e2e.conftest import client_for
+from tests.servers import Service
 
 # Base models only, no artifact kept: the S3 pass of `make test` would repeat it for nothing.
 pytestmark = pytest.mark.local_storage
@@ -53,17 +50,9 @@ ASK = [{"role": "user", "content": "Weather in Oslo for two days?"}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
-    prepare_base(Settings(data_dir=bases_dir, bases_dir=bases_dir), SMOL)  # once per run (GGUF → safetensors)
-    service = start_embedded(tmp_path_factory.mktemp("tools"), bases_dir)
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: Service) -> OpenAI:
+def client(smollm2_embedded: Service) -> OpenAI:
     # A shared CI machine can be slow: a generous timeout (nothing here waits on purpose).
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, timeout=600)
+    return client_for(smollm2_embedded, timeout=600)
 
 
 def _valid(name: str, arguments: str) -> None:
@@ -296,11 +285,16 @@ class Forecast(BaseModel):
     days: int = Field(ge=1, le=7)
 
 
-def test_langchain_bind_tools_with_tool_choice(server: Service) -> None:
+def test_langchain_bind_tools_with_tool_choice(smollm2_embedded: Service) -> None:
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(
-        model=MODEL, base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, max_tokens=200, timeout=600
+        model=MODEL,
+        base_url=f"{smollm2_embedded.base_url}/v1",
+        api_key="anything",
+        max_retries=0,
+        max_tokens=200,
+        timeout=600,
     )
     for choice in ("Forecast", "any"):  # a named tool, and LangChain's "any" (OpenAI's "required")
         message = llm.bind_tools([Forecast], tool_choice=choice).invoke("Weather in Oslo for two days?")
@@ -310,11 +304,11 @@ def test_langchain_bind_tools_with_tool_choice(server: Service) -> None:
             Forecast.model_validate(call["args"])
 
 
-def test_instructor_tools_mode(server: Service) -> None:
+def test_instructor_tools_mode(smollm2_embedded: Service) -> None:
     import instructor
 
     client = instructor.from_openai(
-        OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, timeout=600),
+        OpenAI(base_url=f"{smollm2_embedded.base_url}/v1", api_key="anything", max_retries=0, timeout=600),
         mode=instructor.Mode.TOOLS,
     )
     out = client.chat.completions.create(
@@ -327,13 +321,13 @@ def test_instructor_tools_mode(server: Service) -> None:
     assert isinstance(out, Forecast)
 
 
-def test_litellm_tools(server: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_litellm_tools(smollm2_embedded: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of its price list (no internet here)
     import litellm
 
     reply = litellm.completion(
         model=f"openai/{MODEL}",
-        api_base=f"{server.base_url}/v1",
+        api_base=f"{smollm2_embedded.base_url}/v1",
         api_key="anything",
         messages=ASK,
         tools=TOOLS,
