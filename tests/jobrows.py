@@ -1,10 +1,13 @@
-"""Insert job rows straight into the test DB, for tests of the state machine, claim and reaper."""
+"""Job rows in the test DB: inserted straight, for tests of the state machine, claim and reaper; read back with
+their events after a run."""
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from app.config import Settings
 from app.db.session import session_scope
-from app.db.tables import Job
+from app.db.tables import Job, JobEvent
 from app.ids import new_id, now
 
 
@@ -35,3 +38,13 @@ def job_row(settings: Settings, job_id: str) -> Job:
         job = s.get(Job, job_id)
         assert job is not None
         return job
+
+
+def job_and_events(settings: Settings, job_id: str) -> tuple[Job, list[JobEvent]]:
+    """The job row and its events in order, detached from the session."""
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+        s.expunge_all()
+    return job, events

@@ -25,6 +25,7 @@ from app.services import catalog
 from app.services.files import create_upload
 from app.services.jobs import create_job
 from app.storage import Storage
+from tests.jobrows import job_and_events
 from tests.preference_data import WORDS, pair_row
 from training.methods.dpo_reference import REFERENCE_FILE
 from training.pipeline import run_job
@@ -53,12 +54,7 @@ def _create(settings: Settings, **kw: Any) -> str:
 def _run(settings: Settings, **kw: Any) -> tuple[Job, list[JobEvent]]:
     job_id = _create(settings, **kw)
     run_job(job_id, settings)
-    with session_scope(settings) as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
-        s.expunge_all()
-    return job, events
+    return job_and_events(settings, job_id)
 
 
 def _dpo(epochs: int = 2, batch: int = 4, **hp: Any) -> Method:

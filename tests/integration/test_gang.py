@@ -19,6 +19,7 @@ from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
 from app.services.jobs import create_job
 from app.storage import Storage
 from tests.integration.test_training_pipeline import ORG, _upload
+from tests.jobrows import job_and_events
 from worker import gang
 
 # Uneven lengths and a validation file, so ranks get different shares and evaluation is split too.
@@ -42,12 +43,7 @@ def _job(settings: Settings, train: str, valid: str) -> tuple[Job, list[JobEvent
     with session_scope(settings) as s:
         job_id = create_job(s, settings, ORG, req).id
     gang.run_job(job_id, settings)
-    with session_scope(settings) as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
-        s.expunge_all()
-    return job, events
+    return job_and_events(settings, job_id)
 
 
 def _metrics(events: list[JobEvent], key: str) -> list[Any]:

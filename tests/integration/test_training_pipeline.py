@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from sqlalchemy import select
 from transformers import AutoTokenizer
 
 from app.config import Settings
@@ -21,6 +20,7 @@ from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
 from app.services.files import create_upload
 from app.services.jobs import create_job
 from app.storage import Storage
+from tests.jobrows import job_and_events
 from training import pipeline
 from training.pipeline import run_job
 
@@ -51,12 +51,7 @@ def _run(settings: Settings, file_id: str, seed: int, **ext: Any) -> tuple[Job, 
     with session_scope(settings) as s:
         job_id = create_job(s, settings, ORG, req).id
     run_job(job_id, settings)
-    with session_scope(settings) as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
-        s.expunge_all()
-    return job, events
+    return job_and_events(settings, job_id)
 
 
 ANIMALS = ["cat meow", "dog woof", "cow moo", "sheep baa", "lion roar", "bird tweet", "owl hoot", "duck quack"]
