@@ -80,8 +80,18 @@ def test_two_processes_train_exactly_like_one(settings: Settings, sharding: str)
     storage = Storage(settings)
     adapters = [load_file(str(storage.adapter_dir(j.id, None) / "adapter_model.safetensors")) for j in (one, two)]
     assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+    # The tolerance, from the arithmetic: both runs are fp32 (ftserve-tiny's dtype on every CPU), but a gang sums
+    # the ranks' partial gradients in another order than one process, and a CPU's kernels (AVX2 or AVX-512) pick
+    # their own order too: gradients agree to ~1e-6 relative. AdamW turns that into ~1e-6 * lr per step where the
+    # gradient is well above rounding, and into up to a fraction of one step (lr) where an element's gradient is
+    # at rounding level, so its m/sqrt(v) direction is ill-conditioned. Seen: one element of 1408 off by
+    # 1.7e-3 * lr on an AVX2-only CPU, none above 1e-3 * lr on AVX-512 ones. A gang that drops or double-counts
+    # a rank's gradients moves most elements by O(lr): the RMS bound is a thousand times below that.
+    lr = settings.base_models["ftserve-tiny"].base_learning_rate  # learning_rate_multiplier 1
     for k in adapters[0]:
-        torch.testing.assert_close(adapters[1][k], adapters[0][k], atol=1e-5, rtol=0)
+        diff = (adapters[1][k] - adapters[0][k]).abs()
+        assert diff.max().item() <= 0.1 * lr, (k, diff.max().item())
+        assert diff.pow(2).mean().sqrt().item() <= 1e-3 * lr, (k, diff.pow(2).mean().sqrt().item())
     assert json.loads((storage.adapter_dir(two.id, None) / "adapter_config.json").read_text())["r"] == 8
 
 
