@@ -94,10 +94,18 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 
 # Everything but the vLLM contract tests (make test-vllm: a 3.5 GB virtualenv and two vLLM servers); .ci/run runs
 # those after this whenever the CI time limit leaves room for them.
-test: $(STAMP) $(SWIFT_STAMP) system-deps lint typecheck contracts
-	$(PY) -m pytest -q -ra --durations=15 -m "not vllm"
-	@echo "==> the end-to-end tests again, every server keeping its artifacts in a real S3 server (Swift)"
-	$(PY) -m pytest -q -ra --durations=5 tests/e2e --storage s3 -m "not local_storage"
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist), a module per process at a time (tests/conftest.py
+# gives each process its own Redis db and its share of the cores). The S3 pass runs the end-to-end tests marked
+# `storage` (every path that writes or reads an artifact) again against a real S3 server.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadfile
+
+test: $(STAMP) $(SWIFT_STAMP) system-deps
+	@.ci/phase "lint, types, import contracts" $(MAKE) --no-print-directory lint typecheck contracts
+	@.ci/phase "pytest (local storage)" $(PYTEST) --durations=15 -m "not vllm"
+	@echo "==> the end-to-end tests that keep artifacts, again, every server's artifacts in a real S3 server (Swift)"
+	@.ci/phase "pytest (S3 storage: e2e tests marked storage)" \
+		$(PYTEST) --durations=5 tests/e2e --storage s3 -m "storage and not local_storage"
 
 clean:
 	rm -rf $(VENV) $(SWIFT_VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

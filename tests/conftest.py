@@ -14,8 +14,18 @@ import redis
 
 from app.config import Settings, get_settings
 
+# Under pytest-xdist each process, and every server it starts (they inherit this environment), gets its share of
+# the cores: torch's default of one thread per core in every process oversubscribes them, and a training step
+# then ran 2-3x slower than alone (measured: tests/e2e/test_tool_finetune.py, 35 s alone, 104 s beside another).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 PG_ADMIN = os.environ.get("FTSERVE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("FTSERVE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+# pytest-xdist runs the suite in several processes (`-n 2` in make test): each gets its own Redis db, so one
+# process's flush or Celery queue never touches another's. Postgres databases are per test already.
+XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_URL = os.environ.get("FTSERVE_TEST_REDIS", f"redis://127.0.0.1:6379/{15 - XDIST_INDEX}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,10 +60,13 @@ def storage_mode(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def bases_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bases dir holding ftserve-tiny, built once for the whole run (a few seconds)."""
+    """A bases dir holding ftserve-tiny, built once for the whole run (a few seconds). The xdist processes of one
+    run share it (prepare_base builds each base once under a file lock), so SmolLM2 is prepared once too."""
     from models.bases import prepare_base
 
-    d = tmp_path_factory.mktemp("bases")
+    root = tmp_path_factory.getbasetemp()
+    d = root.parent / "bases" if "PYTEST_XDIST_WORKER" in os.environ else root / "bases"
+    d.mkdir(exist_ok=True)
     prepare_base(Settings(data_dir=d, bases_dir=d), "ftserve-tiny")
     return d
 

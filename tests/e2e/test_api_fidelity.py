@@ -55,6 +55,7 @@ def _raw(client: OpenAI, method: str, path: str, **kw: Any) -> httpx.Response:
     return httpx.request(method, f"{client.base_url}{path.lstrip('/')}", timeout=60, **kw)
 
 
+@pytest.mark.storage
 def test_file_lifecycle_matches_sdk_types(client: OpenAI, tmp_path: Path) -> None:
     path = write_prompt_completion(tmp_path / "t.jsonl")
     created = client.files.with_raw_response.create(file=path.open("rb"), purpose="fine-tune")
@@ -87,6 +88,7 @@ def test_file_pagination_across_pages(client: OpenAI, tmp_path: Path) -> None:
     assert ascending == list(reversed(everything))
 
 
+@pytest.mark.storage
 def test_job_object_events_checkpoints_match_sdk(client: OpenAI, trained: FineTuningJob) -> None:
     raw = _raw(client, "GET", f"/fine_tuning/jobs/{trained.id}").json()
     FineTuningJob.model_validate(raw)
@@ -177,6 +179,7 @@ def test_pause_resume_and_cancel(client: OpenAI, train_file: FileObject) -> None
     assert err.value.code == "job_not_cancellable"
 
 
+@pytest.mark.storage
 def test_models_list_retrieve_delete(client: OpenAI, trained: FineTuningJob, tmp_path: Path) -> None:
     listed = client.models.list()
     ids = [m.id for m in listed]
@@ -318,6 +321,7 @@ def small_upload_service(tmp_path: Path, bases_dir: Path) -> Iterator[Service]:
     service.stop()
 
 
+@pytest.mark.storage
 def test_oversized_upload_is_413_while_streaming(small_upload_service: Service) -> None:
     client = client_for(small_upload_service)
     big = b'{"prompt": "a", "completion": "b"}\n' * 20_000  # ~700 kB
@@ -343,6 +347,7 @@ def test_oversized_upload_is_413_while_streaming(small_upload_service: Service) 
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "file_too_large"
 
 
+@pytest.mark.storage
 def test_a_100_mb_upload_streams_in_bounded_memory(embedded: Service) -> None:
     import psutil
 

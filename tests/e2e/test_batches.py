@@ -85,6 +85,7 @@ def test_a_bad_batch_file_is_a_400_naming_code_and_line(
     assert rejected.status == "error"
 
 
+@pytest.mark.storage
 def test_a_batch_runs_with_the_official_client(client: OpenAI, tmp_path: Path) -> None:
     bodies = {
         f"req-{a}": {"model": BASE, "prompt": f"The {a} says:", "max_tokens": 8, "temperature": 0} for a in ANIMALS
@@ -151,6 +152,7 @@ def _long_lines(n: int, tokens: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+@pytest.mark.storage
 def test_cancel_stops_a_batch_and_keeps_what_finished(client: OpenAI, tmp_path: Path) -> None:
     f = _upload(client, tmp_path / "long.jsonl", _long_lines(600, 48))
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
@@ -176,6 +178,7 @@ def _batch_requests_run(service: Service) -> float:
     )  # fmt: skip
 
 
+@pytest.mark.storage
 def test_a_batch_survives_a_killed_server(tmp_path: Path, bases_dir: Path) -> None:
     """SIGKILL in the middle of a batch, start again on the same data dir: it completes, every request exactly
     once, and the new process runs none of the requests recorded before the kill."""

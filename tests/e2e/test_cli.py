@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import client_for, write_prompt_completion
 from tests.servers import FTSERVE, ROOT, Service, start_embedded
 
@@ -35,6 +37,7 @@ def test_upload_of_a_bad_file_names_the_line_and_code(embedded: Service, tmp_pat
     assert run.stdout == ""
 
 
+@pytest.mark.storage
 def test_upload_create_follow_list_complete(embedded: Service, tmp_path: Path) -> None:
     upload = ftserve(embedded, "files", "upload", str(write_prompt_completion(tmp_path / "train.jsonl")), env_url=True)
     assert upload.returncode == 0, upload.stderr

@@ -97,6 +97,7 @@ def test_dpo_teaches_a_held_out_style_that_the_base_does_not_have(server: Servic
     assert all(c.metrics.train_loss is not None for c in checkpoints)
 
 
+@pytest.mark.storage
 def test_sft_then_dpo_from_the_sft_model(server: Service, tmp_path: Path) -> None:
     client = client_for(server)
     chat = tmp_path / "chat.jsonl"

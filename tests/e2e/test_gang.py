@@ -49,6 +49,7 @@ def _ranks(service: Service) -> list[psutil.Process]:
     return ranks
 
 
+@pytest.mark.storage
 def test_a_gang_of_two_trains_and_survives_a_killed_rank(gang_service: Service, tmp_path: Path) -> None:
     client = client_for(gang_service)
     file_id = client.files.create(file=write_prompt_completion(tmp_path / "t.jsonl").open("rb"), purpose="fine-tune").id
@@ -100,6 +101,7 @@ def test_a_gang_that_cannot_be_completed_fails_cleanly(
         service.stop()
 
 
+@pytest.mark.storage
 @pytest.mark.parametrize("gang_service", ["fsdp"], indirect=True)  # the sharded gang's checkpoints, too
 def test_a_gang_pauses_together_and_resumes_where_it_stopped(gang_service: Service, tmp_path: Path) -> None:
     client = client_for(gang_service)

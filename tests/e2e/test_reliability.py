@@ -87,6 +87,7 @@ def _forget_newest_checkpoint(service: Service, job_id: str) -> int:
     return int(step)
 
 
+@pytest.mark.storage
 def test_killed_worker_job_resumes_from_checkpoint_or_fails_worker_lost(faulty: Service, tmp_path: Path) -> None:
     client = client_for(faulty)
     file_id = _upload(client, tmp_path)
@@ -281,6 +282,7 @@ def _metrics_steps(client: OpenAI, job_id: str) -> list[int]:
     return [e.data["step"] for e in events if e.type == "metrics"]  # type: ignore[index]
 
 
+@pytest.mark.storage
 def test_pause_then_resume_at_once_loses_no_step(oom_service: Service, tmp_path: Path) -> None:
     client = client_for(oom_service)
     job = client.fine_tuning.jobs.create(

@@ -66,10 +66,12 @@ def _fine_tune_and_check(client: OpenAI, tmp_path: Path) -> None:
     assert base_matches == 0
 
 
+@pytest.mark.storage
 def test_embedded_defaults(embedded: Service, tmp_path: Path) -> None:
     _fine_tune_and_check(client_for(embedded), tmp_path)
 
 
+@pytest.mark.storage
 def test_redis_and_postgres(distributed: Service, tmp_path: Path) -> None:
     _fine_tune_and_check(client_for(distributed), tmp_path)
 

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
 
