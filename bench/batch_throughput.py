@@ -26,8 +26,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.config import Settings  # noqa: E402
-from models.bases import prepare_base  # noqa: E402
+from ftserve.core.config import Settings  # noqa: E402
+from ftserve.models.bases import prepare_base  # noqa: E402
 from tests.servers import Proc, base_env, free_port, wait_http  # noqa: E402
 
 TOPICS = ["river", "robot", "garden", "violin", "comet", "bakery", "glacier", "lantern", "harbor", "meadow"]
@@ -99,7 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftserve-batch-bench-") as tmp:
         port = free_port()
         env = base_env(Path(tmp), bases, FTSERVE_PREPARE_BASES="[]", OMP_NUM_THREADS=str(args.threads))
-        cmd = [sys.executable, "-m", "app.cli", "api", "--with-inference", "--port", str(port)]
+        cmd = [sys.executable, "-m", "ftserve", "api", "--with-inference", "--port", str(port)]
         proc = Proc(cmd, env, Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"
         try:

@@ -12,12 +12,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from app.config import Settings
-from app.datasets.formats import PromptCompletion
-from models.bases import prepare_base, resolve_dtype
-from training.batching import padded_microbatches
-from training.tokenize import TokenizedExample, tokenize_example
-from training.trainer import loss_sums
+from ftserve.core.config import Settings
+from ftserve.core.datasets.formats import PromptCompletion
+from ftserve.models.bases import prepare_base, resolve_dtype
+from ftserve.training.batching import padded_microbatches
+from ftserve.training.tokenize import TokenizedExample, tokenize_example
+from ftserve.training.trainer import loss_sums
 
 DEFAULT_DATA = Path("data/bench")
 WORDS = (  # noqa: SIM905 - a word list reads better as text

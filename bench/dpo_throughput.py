@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from app.datasets.formats import Message, Preference
 from bench.common import DEFAULT_DATA, WORDS, add_lora, load_model, peak_memory_mb
-from models.chat import render_chat
-from training.preference import PreferencePair, tokenize_pair
+from ftserve.core.datasets.formats import Message, Preference
+from ftserve.models.chat import render_chat
+from ftserve.training.preference import PreferencePair, tokenize_pair
 
 METHODS = {
     "a": "TRL DPOTrainer defaults",
@@ -101,9 +101,9 @@ def run_trl(method: str, args: argparse.Namespace, model: Any, tok: Any, pairs: 
 
 def run_ftserve(args: argparse.Namespace, model: Any, tok: Any, pairs: list[Preference]) -> dict[str, Any]:
     """(c) ftserve's Dpo method on LoraTrainer, as the worker runs it."""
-    from training.methods.dpo import Dpo
-    from training.planner import CPU_PACKED_ROW_TOKENS
-    from training.trainer import LoraTrainer
+    from ftserve.training.methods.dpo import Dpo
+    from ftserve.training.planner import CPU_PACKED_ROW_TOKENS
+    from ftserve.training.trainer import LoraTrainer
 
     device = next(model.parameters()).device
     tokenized = [tokenize_pair(tok, p) for p in pairs]
@@ -124,7 +124,7 @@ def run_ftserve(args: argparse.Namespace, model: Any, tok: Any, pairs: list[Pref
 @torch.no_grad()
 def held_out(model: Any, tok: Any, pairs: list[Preference]) -> tuple[float, float]:
     """DPO loss and reward accuracy on pairs none of the methods trained on, against the base as reference."""
-    from training.methods.dpo_reference import compute
+    from ftserve.training.methods.dpo_reference import compute
 
     device = next(model.parameters()).device
     tokenized = [tokenize_pair(tok, p) for p in pairs]

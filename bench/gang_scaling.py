@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from bench.common import DEFAULT_DATA, add_lora, load_model, make_dataset, tokenize_all
-from training.batching import step_groups
-from training.planner import CostModel, Layout
-from training.rank import Gang
-from training.trainer import LoraTrainer
+from ftserve.training.batching import step_groups
+from ftserve.training.planner import CostModel, Layout
+from ftserve.training.rank import Gang
+from ftserve.training.trainer import LoraTrainer
 
 
 def worker(args: argparse.Namespace) -> None:

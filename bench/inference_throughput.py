@@ -55,14 +55,14 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.config import Settings  # noqa: E402
-from app.db.migrate import upgrade_head  # noqa: E402
-from app.db.session import make_engine  # noqa: E402
-from app.services import catalog  # noqa: E402
-from app.storage import Storage  # noqa: E402
-from engine.engine import stop_token_ids  # noqa: E402
-from models.bases import load_base, prepare_base  # noqa: E402
-from training.export import save_adapter  # noqa: E402
+from ftserve.control.db.migrate import upgrade_head  # noqa: E402
+from ftserve.control.db.session import make_engine  # noqa: E402
+from ftserve.control.services import catalog  # noqa: E402
+from ftserve.core.config import Settings  # noqa: E402
+from ftserve.core.storage import Storage  # noqa: E402
+from ftserve.engine.engine import stop_token_ids  # noqa: E402
+from ftserve.models.bases import load_base, prepare_base  # noqa: E402
+from ftserve.training.export import save_adapter  # noqa: E402
 
 TOPICS = ["river", "robot", "garden", "violin", "comet", "bakery", "glacier", "lantern"]
 
@@ -370,7 +370,7 @@ def start_server(
         env["FTSERVE_BASE_MODELS"] = registry
     log = (data / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "inference", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "ftserve", "inference", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

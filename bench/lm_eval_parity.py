@@ -101,8 +101,8 @@ def main() -> None:
 
     import torch
 
-    from app.config import Settings
-    from models.bases import prepare_base, resolve_dtype
+    from ftserve.core.config import Settings
+    from ftserve.models.bases import prepare_base, resolve_dtype
     from tests.servers import Proc, base_env, free_port, wait_http
 
     bases = args.data.resolve() / "bases"
@@ -116,7 +116,7 @@ def main() -> None:
         task_dir = write_task(Path(tmp) / "task")
         port = free_port()
         env = base_env(Path(tmp), bases, FTSERVE_PREPARE_BASES=json.dumps([args.base]), FTSERVE_BASE_MODELS=registry)
-        cmd = [sys.executable, "-m", "app.cli", "api", "--with-inference", "--port", str(port)]
+        cmd = [sys.executable, "-m", "ftserve", "api", "--with-inference", "--port", str(port)]
         proc = Proc(cmd, env, Path(tmp) / "server.log")
         try:
             wait_http(f"http://127.0.0.1:{port}/health", [proc])

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from app.datasets.formats import PromptCompletion
 from bench.common import DEFAULT_DATA, WORDS, add_lora, completion_loss, load_model, tokenize_all
-from training.batching import step_groups
-from training.planner import CPU_PACKED_ROW_TOKENS, CostModel, plan_step
-from training.trainer import LoraTrainer
+from ftserve.core.datasets.formats import PromptCompletion
+from ftserve.training.batching import step_groups
+from ftserve.training.planner import CPU_PACKED_ROW_TOKENS, CostModel, plan_step
+from ftserve.training.trainer import LoraTrainer
 
 WEIGHTS = [0.0, 0.01, 0.1, 1.0]
 

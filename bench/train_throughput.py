@@ -167,9 +167,9 @@ def run_trl(args: argparse.Namespace, model: Any, tok: Any, train: list[Any]) ->
 
 def run_ftserve(args: argparse.Namespace, model: Any, tok: Any, train: list[Any]) -> dict[str, Any]:
     """(d) ftserve's own trainer with the worker's per-step layout."""
-    from training.batching import step_groups
-    from training.planner import CPU_PACKED_ROW_TOKENS, CostModel, plan_step
-    from training.trainer import LoraTrainer
+    from ftserve.training.batching import step_groups
+    from ftserve.training.planner import CPU_PACKED_ROW_TOKENS, CostModel, plan_step
+    from ftserve.training.trainer import LoraTrainer
 
     device = next(model.parameters()).device
     examples = tokenize_all(tok, train)

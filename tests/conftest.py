@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import redis
 
-from app.config import Settings, get_settings
+from ftserve.core.config import Settings, get_settings
 
 # Under pytest-xdist each process, and every server it starts (they inherit this environment), gets its share of
 # the cores: torch's default of one thread per core in every process oversubscribes them, and a training step
@@ -62,7 +62,7 @@ def storage_mode(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def bases_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bases dir holding ftserve-tiny, built once for the whole run (a few seconds). The xdist processes of one
     run share it (prepare_base builds each base once under a file lock), so SmolLM2 is prepared once too."""
-    from models.bases import prepare_base
+    from ftserve.models.bases import prepare_base
 
     root = tmp_path_factory.getbasetemp()
     d = root.parent / "bases" if "PYTEST_XDIST_WORKER" in os.environ else root / "bases"
@@ -74,7 +74,7 @@ def bases_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def settings(tmp_path: Path, bases_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """In-process settings on a fresh SQLite data dir, migrated to head."""
-    from app.db.migrate import upgrade_head
+    from ftserve.control.db.migrate import upgrade_head
 
     for key in list(os.environ):
         if key.startswith("FTSERVE_"):

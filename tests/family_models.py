@@ -32,7 +32,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from models.tiny import _CORPUS
+from ftserve.models.tiny import _CORPUS
 
 _EXTRA_CORPUS = """
 The cat says: meow. The dog says: woof. The cow says: moo. The sheep says: baa. The lion says: roar.

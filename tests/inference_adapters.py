@@ -7,16 +7,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.datasets.formats import PromptCompletion
-from app.db.session import make_engine
-from app.services import catalog
-from app.storage import Storage
-from models.bases import load_base
-from training.batching import padded_microbatches, step_groups
-from training.export import save_adapter
-from training.tokenize import tokenize_example
-from training.trainer import LoraTrainer
+from ftserve.control.db.session import make_engine
+from ftserve.control.services import catalog
+from ftserve.core.config import Settings
+from ftserve.core.datasets.formats import PromptCompletion
+from ftserve.core.storage import Storage
+from ftserve.models.bases import load_base
+from ftserve.training.batching import padded_microbatches, step_groups
+from ftserve.training.export import save_adapter
+from ftserve.training.tokenize import tokenize_example
+from ftserve.training.trainer import LoraTrainer
 
 ANIMALS = ["cat", "dog", "cow", "sheep", "lion", "bird", "horse", "fish"]
 SOUNDS = dict(zip(ANIMALS, ["meow", "woof", "moo", "baa", "roar", "tweet", "neigh", "blub"], strict=True))

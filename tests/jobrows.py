@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent
-from app.ids import new_id, now
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import Job, JobEvent
+from ftserve.core.config import Settings
+from ftserve.core.ids import new_id, now
 
 
 def make_job(settings: Settings, status: str, org: str = "personal", **fields: object) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-FTSERVE = [sys.executable, "-m", "app.cli"]
+FTSERVE = [sys.executable, "-m", "ftserve"]
 
 
 def free_port() -> int:

@@ -11,8 +11,8 @@ import pytest
 from openai import OpenAI
 from openai.types.fine_tuning import FineTuningJob
 
-from app.config import Settings
-from models.bases import prepare_base
+from ftserve.core.config import Settings
+from ftserve.models.bases import prepare_base
 from tests.servers import Service, start_distributed, start_embedded
 
 # A small deterministic mapping the tiny model cannot know before training.

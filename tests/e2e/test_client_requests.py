@@ -14,8 +14,8 @@ import torch
 from openai import OpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from app.config import Settings
-from models.bases import base_path
+from ftserve.core.config import Settings
+from ftserve.models.bases import base_path
 from tests.e2e.conftest import client_for, write_prompt_completion
 from tests.servers import Service
 

@@ -19,7 +19,7 @@ import pytest
 from openai import OpenAI
 from sqlalchemy import create_engine, func, select
 
-from app.db.tables import Job, JobEvent
+from ftserve.control.db.tables import Job, JobEvent
 from tests.conftest import PG_ADMIN
 from tests.e2e.conftest import client_for, wait_job, write_prompt_completion
 from tests.servers import FTSERVE, Proc, Service, start_distributed

@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.config import Settings
+from ftserve.core.config import Settings
 from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, register, train_adapter
 from tests.servers import FTSERVE, Proc, Service, base_env, free_port, wait_http
 

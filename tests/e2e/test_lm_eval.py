@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
 from bench.lm_eval_parity import ITEMS, evaluate, local_completions_args, write_task
-from models.bases import base_path
+from ftserve.core.config import Settings
+from ftserve.models.bases import base_path
 from tests.servers import Service
 
 BASE = "ftserve-tiny"

@@ -16,7 +16,7 @@ import pytest
 from openai import OpenAI
 from sqlalchemy import Engine, create_engine, delete, select
 
-from app.db.tables import Checkpoint, FineTunedModel, JobEvent
+from ftserve.control.db.tables import Checkpoint, FineTunedModel, JobEvent
 from tests.e2e.conftest import ANIMALS, animal_prompt, client_for, wait_job, write_prompt_completion
 from tests.servers import FTSERVE, Proc, Service, free_port, start_distributed, start_embedded, wait_http
 

@@ -11,8 +11,8 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletion
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from app.config import Settings
-from models.bases import base_path
+from ftserve.core.config import Settings
+from ftserve.models.bases import base_path
 from tests.e2e.conftest import client_for
 from tests.servers import Service
 

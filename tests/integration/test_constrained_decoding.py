@@ -13,15 +13,15 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from app.config import Settings
-from app.services.catalog import ResolvedModel
-from app.storage import Storage
-from engine.constraint import Constraint
-from engine.engine import InferenceEngine, ModelRef
-from engine.errors import InvalidConstraint
-from engine.generation import Row
-from engine.sampling import Sampling
-from serving.refs import model_ref
+from ftserve.control.services.catalog import ResolvedModel
+from ftserve.core.config import Settings
+from ftserve.core.storage import Storage
+from ftserve.engine.constraint import Constraint
+from ftserve.engine.engine import InferenceEngine, ModelRef
+from ftserve.engine.errors import InvalidConstraint
+from ftserve.engine.generation import Row
+from ftserve.engine.sampling import Sampling
+from ftserve.serving.refs import model_ref
 from tests.inference_adapters import BASE, SOUNDS, prompt, train_adapter
 
 
@@ -180,7 +180,7 @@ def test_constrained_draws_follow_the_masked_distribution(engine: InferenceEngin
     """The free draw kept when allowed, else a masked draw: together exactly p restricted to the allowed tokens."""
     import torch
 
-    from engine.generation import _draw_constrained
+    from ftserve.engine.generation import _draw_constrained
 
     grammar = engine.resident(BASE).grammars.row(Constraint("lark", 'start: "cat" | "dog" | "cow" | "sheep"'))
     allowed = torch.from_numpy(grammar.allowed().copy())

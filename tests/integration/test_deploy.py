@@ -69,7 +69,7 @@ def test_vllm_profile_serves_the_default_base_through_vllm_beside_inference() ->
     )
     assert result.returncode == 0, result.stderr
     env = yaml.safe_load(result.stdout)["services"]["inference"]["environment"]
-    from app.config import Settings
+    from ftserve.core.config import Settings
 
     settings = Settings(vllm_backends=json.loads(env["FTSERVE_VLLM_BACKENDS"]))
     spec = settings.base_models["smollm2-135m-instruct"]

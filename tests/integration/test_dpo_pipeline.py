@@ -16,19 +16,19 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import File, FineTunedModel, Job, JobEvent
-from app.errors import InvalidRequest
-from app.schemas.jobs import FtserveExtensions, JobCreate, Method
-from app.services import catalog
-from app.services.files import create_upload
-from app.services.jobs import create_job
-from app.storage import Storage
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import File, FineTunedModel, Job, JobEvent
+from ftserve.control.services import catalog
+from ftserve.control.services.files import create_upload
+from ftserve.control.services.jobs import create_job
+from ftserve.core.config import Settings
+from ftserve.core.errors import InvalidRequest
+from ftserve.core.schemas.jobs import FtserveExtensions, JobCreate, Method
+from ftserve.core.storage import Storage
+from ftserve.training.methods.dpo_reference import REFERENCE_FILE
+from ftserve.training.pipeline import run_job
 from tests.jobrows import job_and_events
 from tests.preference_data import WORDS, pair_row
-from training.methods.dpo_reference import REFERENCE_FILE
-from training.pipeline import run_job
 
 ORG = "personal"
 

@@ -19,17 +19,17 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from app.config import Settings, get_settings
-from app.datasets.formats import Chat, Message, PromptCompletion
-from app.storage import Storage
-from engine.detokenize import decode_reply
-from models.families import TARGET_MODULES
-from models.special_tokens import stop_token_ids
+from ftserve.core.config import Settings, get_settings
+from ftserve.core.datasets.formats import Chat, Message, PromptCompletion
+from ftserve.core.storage import Storage
+from ftserve.engine.detokenize import decode_reply
+from ftserve.models.families import TARGET_MODULES
+from ftserve.models.special_tokens import stop_token_ids
+from ftserve.training import pipeline
+from ftserve.training.tokenize import tokenize_example
 from tests.e2e.conftest import ANIMALS, animal_prompt
 from tests.family_models import BY_NAME, FAMILIES, Family, build_all, registry_json
 from tests.servers import FTSERVE, Proc, Service, base_env, free_port, wait_http
-from training import pipeline
-from training.tokenize import tokenize_example
 
 CHAT_FAMILIES = [f for f in FAMILIES if f.chat_template]
 # Six mappings, each ten times: five 12-example steps per epoch, and 6 epochs (30 steps) are enough for each
@@ -52,7 +52,7 @@ class FamilyStack:
 @pytest.fixture(scope="module")
 def family_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FamilyStack]:
     """`ftserve api --with-inference` (no worker: the test runs training.pipeline.run_job itself)."""
-    from app.db.migrate import upgrade_head
+    from ftserve.control.db.migrate import upgrade_head
 
     root = tmp_path_factory.mktemp("families")
     paths = build_all(root / "models")
@@ -128,7 +128,7 @@ def _trained_spans(ex_ids: list[int], weights: list[float]) -> list[list[int]]:
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_prompt_completion_mask_ends_with_a_stop_token(family_stack: FamilyStack, family: Family) -> None:
-    from models.bases import load_base
+    from ftserve.models.bases import load_base
 
     model, tok = load_base(family_stack.settings, family.name, torch.device("cpu"))
     assert tok.pad_token_id is not None  # families without a pad token get one for batching
@@ -144,7 +144,7 @@ def test_prompt_completion_mask_ends_with_a_stop_token(family_stack: FamilyStack
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES, ids=lambda f: f.name)
 def test_chat_mask_ends_each_turn_with_the_end_of_turn_token(family_stack: FamilyStack, family: Family) -> None:
-    from models.bases import load_base
+    from ftserve.models.bases import load_base
 
     model, tok = load_base(family_stack.settings, family.name, torch.device("cpu"))
     chat = Chat(

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from app.errors import TrainingError
-from models.families import TARGET_MODULES, choose_target_modules
+from ftserve.core.errors import TrainingError
+from ftserve.models.families import TARGET_MODULES, choose_target_modules
 
 _TINY = {
     "hidden_size": 32,

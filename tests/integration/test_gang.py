@@ -11,15 +11,15 @@ import pytest
 from safetensors.torch import load_file
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent
-from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
-from app.services.jobs import create_job
-from app.storage import Storage
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import Job, JobEvent
+from ftserve.control.services.jobs import create_job
+from ftserve.core.config import Settings
+from ftserve.core.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
+from ftserve.core.storage import Storage
+from ftserve.worker import gang
 from tests.integration.test_training_pipeline import ORG, _upload
 from tests.jobrows import job_and_events
-from worker import gang
 
 # Uneven lengths and a validation file, so ranks get different shares and evaluation is split too.
 ROWS = [

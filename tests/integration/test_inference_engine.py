@@ -14,16 +14,16 @@ import torch
 from peft import PeftModel
 from prometheus_client import REGISTRY
 
-from app.config import Settings
-from app.services.catalog import ResolvedModel
-from app.storage import Storage
-from engine import lora
-from engine.engine import InferenceEngine, ModelRef
-from engine.errors import AdapterLoadError, GenerationFailed
-from engine.generation import Row
-from engine.sampling import Sampling
-from models.bases import load_base
-from serving.refs import model_ref
+from ftserve.control.services.catalog import ResolvedModel
+from ftserve.core.config import Settings
+from ftserve.core.storage import Storage
+from ftserve.engine import lora
+from ftserve.engine.engine import InferenceEngine, ModelRef
+from ftserve.engine.errors import AdapterLoadError, GenerationFailed
+from ftserve.engine.generation import Row
+from ftserve.engine.sampling import Sampling
+from ftserve.models.bases import load_base
+from ftserve.serving.refs import model_ref
 from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, train_adapter
 
 SOUNDS_MODEL = ResolvedModel("ft:sounds", BASE, "ftjob-sounds")

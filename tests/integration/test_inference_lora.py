@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.adapter_files import LoadedAdapter
-from engine.lora import BASE_SLOT, LoraContext, MultiLoraLinear, SlotTable
+from ftserve.engine.adapter_files import LoadedAdapter
+from ftserve.engine.lora import BASE_SLOT, LoraContext, MultiLoraLinear, SlotTable
 
 
 class _Tiny(nn.Module):

@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from app.db.migrate import downgrade_base, heads, upgrade_head
-from app.db.session import make_engine
-from app.db.tables import Base
+from ftserve.control.db.migrate import downgrade_base, heads, upgrade_head
+from ftserve.control.db.session import make_engine
+from ftserve.control.db.tables import Base
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

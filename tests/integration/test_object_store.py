@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from app.blobstore import COMPLETE, BlobStore, StorageUnavailable
-from app.config import Settings
-from app.filecache import FileCache
-from app.storage import Storage
+from ftserve.core.blobstore import COMPLETE, BlobStore, StorageUnavailable
+from ftserve.core.config import Settings
+from ftserve.core.filecache import FileCache
+from ftserve.core.storage import Storage
 from tests.s3server import S3Server, make_bucket, start_swift
 from tests.servers import FTSERVE, base_env, free_port
 

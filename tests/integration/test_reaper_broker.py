@@ -9,10 +9,10 @@ import time
 import pytest
 import redis
 
-from app.broker import TRAIN_QUEUE, celery_for
-from app.config import Settings
-from app.services.queue import enqueue_training, held_job_ids
-from app.services.reaper import DbWatch, reap_once
+from ftserve.control.broker import TRAIN_QUEUE, celery_for
+from ftserve.control.services.queue import enqueue_training, held_job_ids
+from ftserve.control.services.reaper import DbWatch, reap_once
+from ftserve.core.config import Settings
 from tests.jobrows import job_row, make_job
 
 

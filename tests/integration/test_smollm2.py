@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.config import Settings
-from models.bases import load_base, prepare_base, smollm2_gguf_path
+from ftserve.core.config import Settings
+from ftserve.models.bases import load_base, prepare_base, smollm2_gguf_path
 
 
 @pytest.mark.slow

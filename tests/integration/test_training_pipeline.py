@@ -13,16 +13,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent
-from app.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
-from app.services.files import create_upload
-from app.services.jobs import create_job
-from app.storage import Storage
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import Job, JobEvent
+from ftserve.control.services.files import create_upload
+from ftserve.control.services.jobs import create_job
+from ftserve.core.config import Settings
+from ftserve.core.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
+from ftserve.core.storage import Storage
+from ftserve.training import pipeline
+from ftserve.training.pipeline import run_job
 from tests.jobrows import job_and_events
-from training import pipeline
-from training.pipeline import run_job
 
 ORG = "personal"
 
@@ -121,7 +121,7 @@ def test_the_attention_kernel_is_a_setting_and_packed_rows_agree_across_kernels(
 
 
 def test_auto_attention_is_sdpa_without_cuda_and_flash_attn() -> None:
-    from models.bases import training_attention
+    from ftserve.models.bases import training_attention
 
     assert training_attention("auto", torch.device("cpu")) == "sdpa"
     assert training_attention("eager", torch.device("cpu")) == "eager"
@@ -131,10 +131,10 @@ def test_auto_attention_is_sdpa_without_cuda_and_flash_attn() -> None:
 def test_a_function_calling_file_trains_its_calls(settings: Settings) -> None:
     """OpenAI function-calling lines (tools, tool calls, tool results) go through upload, tokenization with the
     serving renderer and training; the trained tokens are exactly the assistant turns, calls included."""
-    from app.datasets.chat import parse_chat
-    from models.bases import base_path
+    from ftserve.core.datasets.chat import parse_chat
+    from ftserve.models.bases import base_path
+    from ftserve.training.tokenize import tokenize_example
     from tests.tool_data import training_lines
-    from training.tokenize import tokenize_example
 
     lines = training_lines()[:12]
     job, events = _run(settings, _upload(settings, lines), seed=5)

@@ -11,12 +11,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.config import Settings
-from app.datasets.formats import PromptCompletion
-from models.bases import base_path
-from training.batching import MicroBatch, packed_microbatches, padded_microbatches
-from training.tokenize import TokenizedExample, tokenize_example
-from training.trainer import loss_sums
+from ftserve.core.config import Settings
+from ftserve.core.datasets.formats import PromptCompletion
+from ftserve.models.bases import base_path
+from ftserve.training.batching import MicroBatch, packed_microbatches, padded_microbatches
+from ftserve.training.tokenize import TokenizedExample, tokenize_example
+from ftserve.training.trainer import loss_sums
 
 PAIRS = [
     ("The cat says:", " meow"),

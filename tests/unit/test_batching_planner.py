@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from training.batching import padded_groups
-from training.planner import CostModel, best_padded_split, plan_step, split_step
-from training.tokenize import TokenizedExample
+from ftserve.training.batching import padded_groups
+from ftserve.training.planner import CostModel, best_padded_split, plan_step, split_step
+from ftserve.training.tokenize import TokenizedExample
 
 # SmolLM2-135M's shape, as CostModel.for_model computes it (checked in test_cost_model_from_shape).
 COST = CostModel(pair=4.0 * 576 * 30 / (2 * 106e6), head=2.0 * 576 * 49152 / (2 * 106e6))
@@ -95,8 +95,8 @@ def test_cost_model_from_shape(bases_dir: object) -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from app.config import Settings
-    from models.bases import base_path
+    from ftserve.core.config import Settings
+    from ftserve.models.bases import base_path
 
     d = Path(str(bases_dir))
     model = AutoModelForCausalLM.from_pretrained(str(base_path(Settings(data_dir=d, bases_dir=d), "ftserve-tiny")))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.datasets.formats import Chat, DatasetError, Preference, PromptCompletion
-from app.datasets.validate import iter_examples, validate_file
+from ftserve.core.datasets.formats import Chat, DatasetError, Preference, PromptCompletion
+from ftserve.core.datasets.validate import iter_examples, validate_file
 
 GOOD_PC = json.dumps({"prompt": "a", "completion": " b"})
 GOOD_CHAT = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.datasets.formats import Chat, DatasetError, Message, ToolCall
-from app.datasets.validate import iter_examples, validate_file
+from ftserve.core.datasets.formats import Chat, DatasetError, Message, ToolCall
+from ftserve.core.datasets.validate import iter_examples, validate_file
 
 WEATHER = {
     "type": "function",

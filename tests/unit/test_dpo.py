@@ -10,11 +10,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from app.datasets.formats import Message, Preference
-from models.tiny import build_tokenizer
-from training.methods import dpo_reference
-from training.methods.dpo_rows import build_rows, row_logps
-from training.preference import PreferencePair, fit_pair, tokenize_pair
+from ftserve.core.datasets.formats import Message, Preference
+from ftserve.models.tiny import build_tokenizer
+from ftserve.training.methods import dpo_reference
+from ftserve.training.methods.dpo_rows import build_rows, row_logps
+from ftserve.training.preference import PreferencePair, fit_pair, tokenize_pair
 
 CPU = torch.device("cpu")
 
@@ -134,7 +134,7 @@ def test_saved_reference_is_used_only_for_the_same_data(tmp_path: Path) -> None:
 
 
 def test_tools_are_rendered_by_the_template_or_in_ftserve_own_format() -> None:
-    from models.tiny import CHAT_TEMPLATE
+    from ftserve.models.tiny import CHAT_TEMPLATE
 
     tools = ({"type": "function", "function": {"name": "lookup_weather", "parameters": {"type": "object"}}},)
     example = Preference((Message("user", "Weather in Oslo?"),), "It is cold.", "No idea.", tools)

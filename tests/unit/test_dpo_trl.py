@@ -13,11 +13,11 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from app.datasets.formats import Message, Preference
-from models.chat import render_chat
-from training.methods.dpo import Dpo
-from training.preference import tokenize_pair
-from training.trainer import LoraTrainer
+from ftserve.core.datasets.formats import Message, Preference
+from ftserve.models.chat import render_chat
+from ftserve.training.methods.dpo import Dpo
+from ftserve.training.preference import tokenize_pair
+from ftserve.training.trainer import LoraTrainer
 
 CPU = torch.device("cpu")
 BETA, LR, BATCH, STEPS, SEED = 0.1, 5e-2, 3, 3, 7

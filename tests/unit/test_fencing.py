@@ -9,12 +9,12 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import Checkpoint, FineTunedModel, JobEvent
-from app.services.jobs import cancel_job, pause_job, resume_job
-from app.services.reaper import reap_once
-from app.services.training_store import JobStopped, TrainingStore
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import Checkpoint, FineTunedModel, JobEvent
+from ftserve.control.services.jobs import cancel_job, pause_job, resume_job
+from ftserve.control.services.reaper import reap_once
+from ftserve.control.services.training_store import JobStopped, TrainingStore
+from ftserve.core.config import Settings
 from tests.jobrows import job_row, make_job
 
 ORG = "personal"

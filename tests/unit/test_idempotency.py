@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import IdempotencyKey
-from app.errors import Conflict
-from app.ids import now
-from app.services import idempotency
-from app.services.reaper import reap_once
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import IdempotencyKey
+from ftserve.control.services import idempotency
+from ftserve.control.services.reaper import reap_once
+from ftserve.core.config import Settings
+from ftserve.core.errors import Conflict
+from ftserve.core.ids import now
 
 ORG, PATH = "org-1", "/v1/fine_tuning/jobs"
 

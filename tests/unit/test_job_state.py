@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent
-from app.services import job_state
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import Job, JobEvent
+from ftserve.control.services import job_state
+from ftserve.core.config import Settings
 from tests.jobrows import make_job
 
 

@@ -8,9 +8,10 @@ import sys
 
 CODE = """
 import sys
-from app.config import Settings
-from app.main import create_app
-import app.cli, app.services.jobs, app.services.files, app.services.queue, app.services.training_store, app.broker
+from ftserve.core.config import Settings
+from ftserve.control.main import create_app
+import ftserve.control.broker, ftserve.control.cli, ftserve.control.services.files, ftserve.control.services.jobs
+import ftserve.control.services.queue, ftserve.control.services.training_store
 create_app(Settings(), roles={"api"})
 heavy = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
 print(",".join(heavy))

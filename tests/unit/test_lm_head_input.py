@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from app.config import Settings
-from models.bases import load_base
+from ftserve.core.config import Settings
+from ftserve.models.bases import load_base
 
 
 def test_lm_head_sees_a_contiguous_last_position(bases_dir: Path) -> None:

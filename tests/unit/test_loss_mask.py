@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.config import Settings
-from app.datasets.formats import Chat, Message, PromptCompletion, ToolCall
-from models import tools as models_tools
-from models.bases import base_path
-from models.chat import render_chat
-from models.tools import format_tool_call, parse_tool_calls
-from training.batching import padded_microbatches
-from training.tokenize import TokenizedExample, tokenize_example
-from training.trainer import loss_sums
+from ftserve.core.config import Settings
+from ftserve.core.datasets.formats import Chat, Message, PromptCompletion, ToolCall
+from ftserve.models import tools as models_tools
+from ftserve.models.bases import base_path
+from ftserve.models.chat import render_chat
+from ftserve.models.tools import format_tool_call, parse_tool_calls
+from ftserve.training.batching import padded_microbatches
+from ftserve.training.tokenize import TokenizedExample, tokenize_example
+from ftserve.training.trainer import loss_sums
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import os
 import time
 from pathlib import Path
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import Checkpoint, File
-from app.ids import new_id, now
-from app.services.reaper import DbWatch, reap_once
-from app.storage import ADAPTER_WEIGHTS, COMPLETE, Storage
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import Checkpoint, File
+from ftserve.control.services.reaper import DbWatch, reap_once
+from ftserve.core.config import Settings
+from ftserve.core.ids import new_id, now
+from ftserve.core.storage import ADAPTER_WEIGHTS, COMPLETE, Storage
 from tests.jobrows import make_job
 
 OLD = time.time() - 2 * 3600  # older than the default grace period (1 h)

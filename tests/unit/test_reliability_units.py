@@ -10,22 +10,22 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from app.config import Settings
-from app.db.session import session_scope
-from app.db.tables import Checkpoint, FineTunedModel, JobEvent
-from app.errors import TrainingError
-from app.ids import new_id, now
-from app.services import catalog
-from app.services.jobs import cancel_job
-from app.services.reaper import reap_once
-from app.services.training_store import TrainingStore
-from app.storage import COMPLETE, Storage
-from models.bases import base_path
+from ftserve.control.db.session import session_scope
+from ftserve.control.db.tables import Checkpoint, FineTunedModel, JobEvent
+from ftserve.control.services import catalog
+from ftserve.control.services.jobs import cancel_job
+from ftserve.control.services.reaper import reap_once
+from ftserve.control.services.training_store import TrainingStore
+from ftserve.core.config import Settings
+from ftserve.core.errors import TrainingError
+from ftserve.core.ids import new_id, now
+from ftserve.core.storage import COMPLETE, Storage
+from ftserve.models.bases import base_path
+from ftserve.training import resume
+from ftserve.training.export import save_adapter
+from ftserve.training.pipeline import _check_disk
+from ftserve.training.trainer import LoraTrainer
 from tests.jobrows import job_row, make_job
-from training import resume
-from training.export import save_adapter
-from training.pipeline import _check_disk
-from training.trainer import LoraTrainer
 
 
 def test_a_duplicate_delivery_is_a_no_op(settings: Settings) -> None:

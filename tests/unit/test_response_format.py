@@ -7,10 +7,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from app.schemas.completions import ChatCompletionRequest, CompletionRequest
-from engine.constraint import Constraint
-from engine.grammar import strict_schema
-from serving.protocol import response_constraint
+from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
+from ftserve.engine.constraint import Constraint
+from ftserve.engine.grammar import strict_schema
+from ftserve.serving.protocol import response_constraint
 
 MESSAGES = [{"role": "user", "content": "x"}]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.sampling import Sampling, sample, shape_logits
+from ftserve.engine.sampling import Sampling, sample, shape_logits
 
 
 def test_no_shaping_returns_the_same_logits() -> None:

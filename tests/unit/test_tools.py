@@ -11,9 +11,9 @@ import llguidance
 import llguidance.hf
 import pytest
 
-from models.chat import render_chat
-from models.tiny import build_tokenizer
-from models.tools import (
+from ftserve.models.chat import render_chat
+from ftserve.models.tiny import build_tokenizer
+from ftserve.models.tools import (
     ToolCall,
     format_tool_call,
     parse_tool_calls,
@@ -187,7 +187,7 @@ def test_grammar_for_required_picks_any_tool_and_repeats_only_when_parallel() ->
 
 def _streamed(plan: Any, text: str, finish: str) -> tuple[str | None, list[tuple[str, str]], str | None, int]:
     """Feed the text one character at a time and assemble the deltas as the SDK does."""
-    from serving.tools import ChoiceStream
+    from ftserve.serving.tools import ChoiceStream
 
     stream = ChoiceStream(plan)
     deltas = [d for ch in text for d in stream.feed(ch)]
@@ -219,8 +219,8 @@ def _streamed(plan: Any, text: str, finish: str) -> tuple[str | None, list[tuple
     ],
 )
 def test_auto_stream_assembles_to_the_whole_reply(text: str) -> None:
-    from models.tools import ToolCall as Call
-    from serving.tools import read_reply, tool_plan
+    from ftserve.models.tools import ToolCall as Call
+    from ftserve.serving.tools import read_reply, tool_plan
 
     req = _chat_request({"tools": TOOLS})
     plan = tool_plan(req)
@@ -232,7 +232,7 @@ def test_auto_stream_assembles_to_the_whole_reply(text: str) -> None:
 
 
 def test_forced_stream_sends_arguments_as_they_come_and_agrees_when_cut_short() -> None:
-    from serving.tools import read_reply, tool_plan
+    from ftserve.serving.tools import read_reply, tool_plan
 
     plan = tool_plan(_chat_request({"tools": TOOLS, "tool_choice": "required"}))
     assert plan is not None and plan.constraint is not None and plan.constraint.kind == "lark"
@@ -249,7 +249,7 @@ def test_forced_stream_sends_arguments_as_they_come_and_agrees_when_cut_short() 
 
 
 def _chat_request(extra: dict[str, Any]) -> Any:
-    from app.schemas.completions import ChatCompletionRequest
+    from ftserve.core.schemas.completions import ChatCompletionRequest
 
     return ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
@@ -258,7 +258,7 @@ def _chat_request(extra: dict[str, Any]) -> Any:
 
 def test_a_forced_call_cut_short_after_its_arguments_keeps_only_them() -> None:
     """max_tokens ending inside the closing text: the arguments are the JSON object, streamed or not."""
-    from serving.tools import read_reply, tool_plan
+    from ftserve.serving.tools import read_reply, tool_plan
 
     plan = tool_plan(_chat_request({"tools": TOOLS, "tool_choice": "required"}))
     assert plan is not None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from app.config import Settings
-from app.schemas.jobs import FtserveExtensions, Hyperparameters
-from app.services.training_store import JobSpec
-from training.config import TrainingConfig
-from training.hyperparams import auto_batch_size, auto_epochs, resolve
+from ftserve.control.services.training_store import JobSpec
+from ftserve.core.config import Settings
+from ftserve.core.schemas.jobs import FtserveExtensions, Hyperparameters
+from ftserve.training.config import TrainingConfig
+from ftserve.training.hyperparams import auto_batch_size, auto_epochs, resolve
 
 
 def test_auto_epochs() -> None:

@@ -10,12 +10,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.config import Settings
-from app.datasets.formats import PromptCompletion
-from models.bases import base_path
-from training.batching import padded_microbatches
-from training.tokenize import tokenize_example
-from training.trainer import LoraTrainer, lr_factor
+from ftserve.core.config import Settings
+from ftserve.core.datasets.formats import PromptCompletion
+from ftserve.models.bases import base_path
+from ftserve.training.batching import padded_microbatches
+from ftserve.training.tokenize import tokenize_example
+from ftserve.training.trainer import LoraTrainer, lr_factor
 
 
 def test_schedules() -> None:

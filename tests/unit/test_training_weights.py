@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.config import Settings
-from app.datasets.formats import Chat, Message, PromptCompletion
-from models.bases import base_path
-from training.batching import padded_microbatches
-from training.tokenize import fit_to_length, tokenize_example
-from training.trainer import loss_sums
+from ftserve.core.config import Settings
+from ftserve.core.datasets.formats import Chat, Message, PromptCompletion
+from ftserve.models.bases import base_path
+from ftserve.training.batching import padded_microbatches
+from ftserve.training.tokenize import fit_to_length, tokenize_example
+from ftserve.training.trainer import loss_sums
 
 PAIRS = [("The cat says:", " meow"), ("Question: What is the capital of France? Answer:", " Paris.")]
 

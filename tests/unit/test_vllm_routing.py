@@ -3,11 +3,11 @@ fallback, replicas marked down skipped; and what the vllm backend refuses rather
 
 from __future__ import annotations
 
-from engine.constraint import Constraint
-from engine.generation import Row
-from engine.sampling import Sampling
-from serving.backends.replicas import Replica, order
-from serving.backends.vllm import check_servable, request_body
+from ftserve.engine.constraint import Constraint
+from ftserve.engine.generation import Row
+from ftserve.engine.sampling import Sampling
+from ftserve.serving.backends.replicas import Replica, order
+from ftserve.serving.backends.vllm import check_servable, request_body
 
 URLS = [f"http://vllm-{i}:8000" for i in range(4)]
 

@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from training.export import save_adapter
+from ftserve.training.export import save_adapter
 
 
 def write_random_adapter(base_dir: Path, target: Path, seed: int, rank: int = 8, scale: float = 0.3) -> None:

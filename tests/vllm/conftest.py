@@ -15,11 +15,11 @@ import pytest
 from openai import OpenAI
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.db.session import make_engine
-from app.services import catalog
-from app.storage import Storage
-from models.bases import prepare_base
+from ftserve.control.db.session import make_engine
+from ftserve.control.services import catalog
+from ftserve.core.config import Settings
+from ftserve.core.storage import Storage
+from ftserve.models.bases import prepare_base
 from tests.servers import ROOT, Proc, Service, free_port, start_embedded, wait_http
 from tests.vllm.adapters import write_random_adapter
 

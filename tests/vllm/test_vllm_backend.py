@@ -11,11 +11,11 @@ import httpx
 import openai
 import pytest
 
-from engine.constraint import Constraint
-from engine.engine import ModelRef
-from engine.generation import Row
-from engine.sampling import Sampling
-from serving.backends.vllm import VllmBackend
+from ftserve.engine.constraint import Constraint
+from ftserve.engine.engine import ModelRef
+from ftserve.engine.generation import Row
+from ftserve.engine.sampling import Sampling
+from ftserve.serving.backends.vllm import VllmBackend
 from tests.vllm.conftest import BUILTIN, JOB, VLLM, Stack
 
 pytestmark = pytest.mark.vllm

@@ -1,5 +1,0 @@
-"""The web dashboard: static pages the api role serves at `/`, talking to the public /v1 API."""
-
-from app.web.router import install_dashboard
-
-__all__ = ["install_dashboard"]

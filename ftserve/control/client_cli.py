@@ -1,0 +1,251 @@
+"""Client commands of `ftserve` (files, jobs, complete) that talk to any ftserve URL over its public API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ftserve.control.client import Client, ProgressReader
+from ftserve.core.job_status import TERMINAL, JobStatus
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+# job status → `jobs follow` exit code
+EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 3}
+err = Console(stderr=True)
+
+
+def connection(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --base-url/--api-key (defaults: OPENAI_BASE_URL/OPENAI_API_KEY, as the openai CLI) and pass a Client."""
+
+    @click.option(
+        "--base-url",
+        envvar="OPENAI_BASE_URL",
+        default=DEFAULT_BASE_URL,
+        show_default=True,
+        help="API base URL (env OPENAI_BASE_URL).",
+    )
+    @click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="API key (env OPENAI_API_KEY).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, base_url: str, api_key: str | None, **kw: Any) -> Any:
+        # `ftserve`'s group turns on INFO logging for the servers; a client wants no per-request lines.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        return fn(*args, client=Client(base_url, api_key), **kw)
+
+    return wrapper
+
+
+def _print_table(table: Table) -> None:
+    """Print to stdout; when piped, wide enough that ids and model names are never wrapped."""
+    out = Console()
+    (out if out.is_terminal else Console(width=240)).print(table)
+
+
+def _when(ts: int | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "—"
+
+
+@click.group()
+def files() -> None:
+    """Upload and list training files."""
+
+
+@files.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--purpose", default="fine-tune", show_default=True)
+@connection
+def files_upload(path: Path, purpose: str, client: Client) -> None:
+    """Upload a JSONL training file; a bad file is refused with the line and code of the first problem."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=err) as progress, path.open("rb") as f:
+        task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
+        body = ProgressReader(f, progress, task, when_sent=f"{path.name}: sent, validating…")
+        uploaded = client.call("POST", "files", files={"file": (path.name, body)}, data={"purpose": purpose})
+    click.echo(uploaded["id"])
+    err.print(f"[green]✓[/] {uploaded['filename']}: {uploaded['status']} ({uploaded['bytes']} bytes)")
+
+
+@files.command("list")
+@connection
+def files_list(client: Client) -> None:
+    """List uploaded files, newest first, with their validation status."""
+    table = Table("id", "filename", "purpose", "bytes", "created", "status", "details")
+    for f in client.call("GET", "files")["data"]:
+        table.add_row(
+            f["id"], f["filename"], f["purpose"], str(f["bytes"]), _when(f["created_at"]), f["status"],
+            f.get("status_details") or "",
+        )  # fmt: skip
+    _print_table(table)
+
+
+@click.group()
+def jobs() -> None:
+    """Create, list, follow and cancel fine-tuning jobs."""
+
+
+@jobs.command("create")
+@click.option("--model", required=True, help="Base or fine-tuned model to start from.")
+@click.option("--training-file", required=True, help="A processed file id (file-…).")
+@click.option("--validation-file", default=None)
+@click.option("--suffix", default=None, help="Up to 64 characters for the fine-tuned model's name.")
+@click.option("--n-epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--learning-rate-multiplier", type=float, default=None)
+@click.option("--method", type=click.Choice(["supervised", "dpo"]), default=None, help="dpo needs a preference file.")
+@click.option("--beta", type=float, default=None, help="DPO's beta (implies --method dpo).")
+@click.option("--seed", type=int, default=None)
+@click.option("--follow", is_flag=True, help="Follow the job until it ends (as `jobs follow`).")
+@connection
+def jobs_create(
+    model: str,
+    training_file: str,
+    validation_file: str | None,
+    suffix: str | None,
+    n_epochs: int | None,
+    batch_size: int | None,
+    learning_rate_multiplier: float | None,
+    method: str | None,
+    beta: float | None,
+    seed: int | None,
+    follow: bool,
+    client: Client,
+) -> None:
+    """Start a fine-tuning job and print its id."""
+    hp = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": learning_rate_multiplier}
+    body: dict[str, Any] = {"model": model, "training_file": training_file}
+    optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed}
+    body |= {k: v for k, v in optional.items() if v is not None}
+    given = {k: v for k, v in (hp | {"beta": beta}).items() if v is not None}
+    method = method or ("dpo" if beta is not None else None)
+    if method is not None:
+        body["method"] = {"type": method, method: {"hyperparameters": given}}
+    elif given:
+        body["hyperparameters"] = given
+    job = client.call("POST", "fine_tuning/jobs", json=body)
+    click.echo(job["id"])
+    err.print(f"[green]✓[/] job {job['id']} {job['status']}")
+    if follow:
+        follow_and_exit(client, job["id"])
+
+
+@jobs.command("list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@connection
+def jobs_list(limit: int, client: Client) -> None:
+    """List jobs, newest first."""
+    table = Table("id", "status", "model", "fine_tuned_model", "created", "finished", "trained_tokens")
+    for j in client.call("GET", "fine_tuning/jobs", params={"limit": limit})["data"]:
+        table.add_row(
+            j["id"], j["status"], j["model"], j.get("fine_tuned_model") or "", _when(j["created_at"]),
+            _when(j.get("finished_at")), str(j.get("trained_tokens") or ""),
+        )  # fmt: skip
+    _print_table(table)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@connection
+def jobs_cancel(job_id: str, client: Client) -> None:
+    """Cancel a job that has not finished."""
+    job = client.call("POST", f"fine_tuning/jobs/{job_id}/cancel")
+    click.echo(f"{job['id']} {job['status']}")
+
+
+@jobs.command("follow")
+@click.argument("job_id")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
+@connection
+def jobs_follow(job_id: str, interval: float, client: Client) -> None:
+    """Show a job's progress (steps, loss, ETA) and events until it ends.
+
+    Exit code: 0 succeeded, 1 failed, 3 cancelled.
+    """
+    follow_and_exit(client, job_id, interval)
+
+
+def follow_and_exit(client: Client, job_id: str, interval: float = 1.0) -> None:
+    """Follow the job, then exit with its code; Ctrl-C stops following but leaves the job running."""
+    try:
+        code = follow_job(client, job_id, interval)
+    except KeyboardInterrupt:
+        err.print(f"Stopped following; the job goes on (cancel it with: ftserve jobs cancel {job_id})")
+        code = 130
+    raise SystemExit(code)
+
+
+def follow_job(client: Client, job_id: str, interval: float = 1.0) -> int:
+    """Print events as they come and drive a progress bar from metrics events; return the exit code."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    last: str | None = None
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("steps", total=None, loss="—")
+        while True:
+            job = client.call("GET", f"fine_tuning/jobs/{job_id}")
+            for event in client.new_events(job_id, last):
+                last = event["id"]
+                data = event.get("data") or {}
+                if event.get("type") == "metrics" and "step" in data:
+                    loss = f"{data['train_loss']:.4f}" if data.get("train_loss") is not None else "—"
+                    progress.update(task, total=data.get("total_steps"), completed=data["step"], loss=loss)
+                else:
+                    stamp = datetime.fromtimestamp(event["created_at"]).strftime("%H:%M:%S")
+                    progress.console.print(f"[dim]{stamp}[/] {event['message']}", highlight=False)
+            if job["status"] in TERMINAL:
+                break
+            time.sleep(interval)
+    status = JobStatus(job["status"])
+    if status == JobStatus.SUCCEEDED:
+        err.print(f"[green]✓ succeeded[/]: {job['fine_tuned_model']} ({job.get('trained_tokens')} trained tokens)")
+    elif status == JobStatus.FAILED:
+        error = job.get("error") or {}
+        err.print(f"[red]✗ failed[/]: {error.get('code')}: {error.get('message')}")
+    else:
+        err.print(f"[yellow]✗ {status}[/]")
+    return EXIT_CODES[status]
+
+
+@click.command()
+@click.argument("model")
+@click.argument("prompt")
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@connection
+def complete(model: str, prompt: str, max_tokens: int, temperature: float, client: Client) -> None:
+    """Stream a completion of PROMPT from MODEL (a base, fine-tuned or checkpoint model)."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+    for chunk in client.stream("completions", body):
+        for choice in chunk.get("choices", []):
+            click.echo(choice.get("text", ""), nl=False)
+    click.echo()
+
+
+def register(group: click.Group) -> None:
+    """Add the client commands to the `ftserve` group."""
+    for command in (files, jobs, complete):
+        group.add_command(command)

@@ -1,0 +1,151 @@
+"""Files: store uploads, validate training data line by line, list, read and delete them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ftserve.control.db.tables import File
+from ftserve.control.services.pagination import page
+from ftserve.core.config import Settings
+from ftserve.core.datasets.batch import FORMATS as BATCH_FORMATS
+from ftserve.core.datasets.batch import validate_batch_file
+from ftserve.core.datasets.formats import DatasetError
+from ftserve.core.datasets.validate import validate_file
+from ftserve.core.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
+from ftserve.core.ids import new_id, now
+from ftserve.core.schemas.files import FileObject
+from ftserve.core.storage import Storage, UploadTooLarge
+
+UPLOAD_PURPOSES = ("fine-tune", "batch")
+
+
+def to_wire(f: File) -> FileObject:
+    return FileObject(
+        id=f.id,
+        bytes=f.bytes,
+        created_at=f.created_at,
+        filename=f.filename,
+        purpose=f.purpose,
+        status=f.status,  # type: ignore[arg-type]
+        status_details=f.status_details,
+        extensions={"error_code": f.error_code, "error_line": f.error_line} if f.status == "error" else None,
+    )
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"File is larger than the upload limit of {limit} bytes", param="file", code="file_too_large"
+    )
+
+
+async def create_upload(
+    session: Session,
+    settings: Settings,
+    org: str,
+    filename: str,
+    purpose: str,
+    chunks: AsyncIterator[bytes],
+) -> File:
+    """Stream an upload to storage and validate it; a bad training file is kept with status=error and
+    answered with a 400 that names the code and line."""
+    if purpose not in UPLOAD_PURPOSES:
+        raise bad_request(
+            f"Invalid purpose {quote(purpose)}; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
+            param="purpose",
+            code="invalid_purpose",
+        )
+    storage = Storage(settings)
+    file_id = new_id("file-")
+    try:
+        size, sha = await storage.save_upload(file_id, chunks, settings.max_upload_bytes)
+    except UploadTooLarge:
+        raise too_large(settings.max_upload_bytes) from None
+    row = File(
+        id=file_id,
+        org_id=org,
+        filename=filename[:512] or "upload.jsonl",
+        purpose=purpose,
+        bytes=size,
+        sha256=sha,
+        created_at=now(),
+        status="uploaded",
+    )
+    try:
+        fmt, count = await asyncio.to_thread(lambda: _validate(storage.local_file(file_id), purpose, settings))
+    except DatasetError as err:
+        row.status, row.status_details = "error", err.describe()
+        row.error_code, row.error_line = err.code, err.line
+        _commit(session, storage, row)
+        kind = "batch" if purpose == "batch" else "training"
+        raise InvalidRequest(
+            f"Invalid {kind} file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
+        ) from None
+    row.status, row.format, row.n_examples = "processed", fmt, count
+    _commit(session, storage, row)
+    return row
+
+
+def _commit(session: Session, storage: Storage, row: File) -> None:
+    """Record the stored upload; if that fails (the database is down), remove the blob too: the client
+    gets an error and uploads again, and no file is left without a row."""
+    session.add(row)
+    try:
+        session.commit()
+    except BaseException:
+        storage.delete_file(row.id)
+        raise
+
+
+def _validate(path: Path, purpose: str, settings: Settings) -> tuple[str, int]:
+    """(format, examples or requests) of an upload, checked line by line by its purpose; DatasetError if bad."""
+    if purpose == "batch":
+        batch = validate_batch_file(path, settings.max_line_bytes, settings.max_batch_requests)
+        return BATCH_FORMATS[batch.url], batch.n_requests
+    summary = validate_file(path, settings.max_line_bytes, settings.min_training_examples)
+    return summary.format, summary.n_examples
+
+
+def create_result_file(session: Session, settings: Settings, org: str, filename: str, data: bytes) -> File:
+    """Store a service-made file (e.g. a job's result CSV) as purpose fine-tune-results."""
+    file_id = new_id("file-")
+    size, sha = Storage(settings).write_bytes(file_id, data)
+    row = File(
+        id=file_id,
+        org_id=org,
+        filename=filename,
+        purpose="fine-tune-results",
+        bytes=size,
+        sha256=sha,
+        created_at=now(),
+        status="processed",
+    )
+    session.add(row)
+    return row
+
+
+def get_file(session: Session, org: str, file_id: str, param: str | None = None) -> File:
+    row = session.get(File, file_id)
+    if row is None or row.org_id != org:
+        raise not_found("file", file_id, param)
+    return row
+
+
+def list_files(
+    session: Session, org: str, *, purpose: str | None, after: str | None, limit: int, order: str
+) -> tuple[list[File], bool]:
+    stmt = select(File).where(File.org_id == org)
+    if purpose:
+        stmt = stmt.where(File.purpose == purpose)
+    return page(session, stmt, File, after=after, limit=limit, descending=order != "asc")
+
+
+def delete_file(session: Session, settings: Settings, org: str, file_id: str) -> None:
+    row = get_file(session, org, file_id)
+    session.delete(row)
+    session.commit()
+    Storage(settings).delete_file(file_id)

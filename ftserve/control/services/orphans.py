@@ -1,0 +1,91 @@
+"""The orphan sweep: delete what a crash leaves in storage that nothing refers to, once it is older than
+settings.orphan_grace_seconds (an upload or adapter still being written is touched more recently).
+
+Swept: file blobs with no DB row (the api died after the body arrived), partial uploads, staged adapter
+directories (a worker died while saving), a job's folder with no job, and the adapters of finished jobs
+that nothing lists (unregistered checkpoints, a resume point, an unpublished final adapter). A complete
+checkpoint of a job that may still run is kept: the job's next worker registers it on resume."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ftserve.control.db.tables import Checkpoint, File, Job
+from ftserve.core.config import Settings
+from ftserve.core.job_status import TERMINAL, JobStatus
+from ftserve.core.storage import JobEntry, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """What one sweep deleted, by kind."""
+
+    uploads: list[str] = field(default_factory=list)
+    partial_uploads: list[str] = field(default_factory=list)
+    staged: list[str] = field(default_factory=list)
+    job_dirs: list[str] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)
+
+    def total(self) -> int:
+        return sum(len(v) for v in (self.uploads, self.partial_uploads, self.staged, self.job_dirs, self.adapters))
+
+
+def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
+    """Delete orphans older than the grace period; safe beside running uploads, workers and other sweeps."""
+    storage = Storage(settings)
+    cutoff = now - settings.orphan_grace_seconds
+    report = SweepReport()
+    _sweep_uploads(session, storage, cutoff, report)
+    for job_id in storage.job_ids():
+        _sweep_job(session, storage, job_id, cutoff, report)
+    if report.total():
+        log.warning("orphan sweep deleted %s", report)
+    return report
+
+
+def _sweep_uploads(session: Session, storage: Storage, cutoff: float, report: SweepReport) -> None:
+    old = [u for u in storage.uploads() if u.modified < cutoff]
+    for upload in (u for u in old if u.partial):
+        storage.delete_partial_upload(upload.file_id)
+        report.partial_uploads.append(upload.file_id)
+    complete = [u.file_id for u in old if not u.partial]
+    known = set(session.scalars(select(File.id).where(File.id.in_(complete)))) if complete else set()
+    for file_id in complete:
+        if file_id not in known:
+            storage.delete_file(file_id)
+            report.uploads.append(file_id)
+
+
+def _sweep_job(session: Session, storage: Storage, job_id: str, cutoff: float, report: SweepReport) -> None:
+    entries = [e for e in storage.job_entries(job_id) if e.modified < cutoff]
+    if not entries:
+        return
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None:
+        if all(e.modified < cutoff for e in storage.job_entries(job_id)):
+            storage.delete_job(job_id)
+            report.job_dirs.append(job_id)
+        return
+    registered = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == job_id)))
+    for entry in entries:
+        if entry.kind == "staged":
+            storage.delete_job_entry(job_id, entry.name)
+            report.staged.append(f"{job_id}/{entry.name}")
+        elif JobStatus(status) in TERMINAL and _unreferenced(entry, JobStatus(status), registered):
+            storage.delete_job_entry(job_id, entry.name)
+            report.adapters.append(f"{job_id}/{entry.name}")
+
+
+def _unreferenced(entry: JobEntry, status: JobStatus, registered: set[int]) -> bool:
+    """An adapter of a finished job that no model or checkpoint row refers to (and never will)."""
+    if entry.kind == "checkpoint":
+        return entry.step not in registered
+    if entry.kind == "final":
+        return status is not JobStatus.SUCCEEDED
+    return entry.kind == "resume"

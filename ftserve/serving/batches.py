@@ -1,0 +1,286 @@
+"""The Batch API's runner, in the inference role: it claims a batch from the DB under a lease, submits its
+requests to the engine many at a time (the batcher runs them at full batch width; no HTTP per line), records
+each finished request in the DB as it completes (a restart redoes none), then writes the output and error
+files in OpenAI's line shapes. A batch line is planned and answered by the same code as an HTTP request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+from transformers import PreTrainedTokenizerBase
+
+from ftserve.control.api.errors import envelope
+from ftserve.control.db.session import session_scope
+from ftserve.control.services import catalog
+from ftserve.control.services.batch_store import BatchLost, BatchStore, ClaimedBatch, Result, runner_id
+from ftserve.core import metrics
+from ftserve.core.config import Settings
+from ftserve.core.datasets.batch import BatchLine, iter_batch_lines
+from ftserve.core.datasets.formats import DatasetError
+from ftserve.core.errors import ServiceError, bad_request
+from ftserve.core.ids import new_id, now
+from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
+from ftserve.core.storage import Storage
+from ftserve.engine.engine import ModelRef
+from ftserve.engine.errors import EngineStopped
+from ftserve.serving.backends.base import Backend
+from ftserve.serving.refs import model_ref
+from ftserve.serving.requests import (
+    ChatPlan,
+    CompletionPlan,
+    chat_body,
+    check_constraints,
+    completion_body,
+    plan_chat,
+    plan_completion,
+)
+from ftserve.serving.tools import check_grammar
+
+log = logging.getLogger(__name__)
+FLUSH_RESULTS, FLUSH_SECONDS = 64, 0.5  # record finished requests in groups: fewer commits, little to redo
+
+
+class Stopping(Exception):
+    """This process is shutting down: leave the batch (its lease released) for the next runner."""
+
+
+@dataclass
+class Pending:
+    """A request of the batch in the engine."""
+
+    line: BatchLine
+    plan: CompletionPlan | ChatPlan
+    tok: PreTrainedTokenizerBase
+
+
+class BatchRunner:
+    """Runs one batch at a time through the engine; `run_forever` is the inference role's background loop."""
+
+    def __init__(self, engine: Backend, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.store = BatchStore(settings, runner_id())
+        self.stopping = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        # Rows kept in the engine: twice a full batch, so a finished row's place is taken at once.
+        self.window = 2 * settings.max_batch_rows
+
+    async def run_forever(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                worked = await asyncio.to_thread(self.run_once)
+            except Exception:
+                log.exception("batch runner pass failed")
+                worked = False
+            if not worked:
+                await asyncio.sleep(self.settings.batch_poll_seconds)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Leave the running batch (recorded requests kept, lease released) before the engine stops."""
+        self.stopping.set()
+        self.idle.wait(timeout)
+
+    def run_once(self) -> bool:
+        """Claim one batch and run it to its end; False when there was nothing to claim."""
+        if self.stopping.is_set():
+            return False
+        claimed = self.store.claim()
+        if claimed is None:
+            return False
+        self.idle.clear()
+        try:
+            self._run(claimed)
+        except BatchLost:
+            log.warning("batch %s was taken over by another runner", claimed.id)
+        except Stopping:
+            self.store.release(claimed.id)
+        finally:
+            self.idle.set()
+        return True
+
+    def _run(self, claimed: ClaimedBatch) -> None:
+        if claimed.status == "finalizing":  # every request was recorded before its runner died
+            self.store.finish(claimed.id, claimed.org, "completed", [])
+            return
+        try:
+            path = Storage(self.settings).local_file(claimed.input_file_id)
+            lines = list(iter_batch_lines(path, self.settings.max_line_bytes))
+        except (OSError, DatasetError) as exc:
+            error = {"code": "invalid_input_file", "message": f"The input file cannot be read: {exc}"}
+            self.store.fail(claimed.id, [{**error, "param": "input_file_id", "line": getattr(exc, "line", None)}])
+            return
+        if claimed.status == "validating":
+            self.store.start(claimed.id, len(lines))
+        done = self.store.finished_lines(claimed.id)
+        todo = [line for line in lines if line.line not in done]
+        if claimed.status == "cancelling":
+            outcome = "cancelled"
+        elif now() >= claimed.expires_at:
+            outcome = "expired"
+        else:
+            outcome = self._execute(claimed, todo)
+        left = {line.line for line in todo} - self.store.finished_lines(claimed.id)
+        reason = {"cancelled": "the batch was cancelled", "expired": "the batch expired before this request ran"}
+        unrun = [
+            {
+                "id": new_id("batch_req_"),
+                "custom_id": line.custom_id,
+                "response": None,
+                "error": {"code": f"batch_{outcome}", "message": f"Not run: {reason.get(outcome, outcome)}"},
+            }
+            for line in todo
+            if line.line in left
+        ]
+        if outcome == "completed":
+            self.store.finalizing(claimed.id)
+        self.store.finish(claimed.id, claimed.org, outcome, unrun)
+
+    def _execute(self, claimed: ClaimedBatch, todo: list[BatchLine]) -> str:
+        """Run the requests, keeping the engine full; 'completed', or 'cancelled'/'expired' if stopped early."""
+        cancel = threading.Event()
+        try:
+            return self._drive(claimed, todo, cancel)
+        finally:
+            cancel.set()  # leaving for any reason (lost lease, DB error): rows still in the engine stop
+
+    def _drive(self, claimed: ClaimedBatch, todo: list[BatchLine], cancel: threading.Event) -> str:
+        finished: queue.Queue[tuple[Pending, BaseException | None]] = queue.Queue()
+        models: dict[str, tuple[ModelRef, PreTrainedTokenizerBase] | ServiceError] = {}
+        lines: Iterator[BatchLine] = iter(todo)
+        buffer: list[Result] = []
+        in_flight: dict[int, Pending] = {}
+        rows_in_flight, exhausted, outcome = 0, False, "completed"
+        flushed = renewed = time.monotonic()
+        while True:
+            while not cancel.is_set() and not exhausted and rows_in_flight < self.window:
+                line = next(lines, None)
+                if line is None:
+                    exhausted = True
+                    break
+                try:
+                    pending, ref = self._prepare(claimed.org, line, models)
+                except ServiceError as exc:
+                    buffer.append(self._failure(line, exc))
+                    continue
+                for row in pending.plan.rows:
+                    row.cancelled = cancel.is_set
+                in_flight[line.line] = pending
+                rows_in_flight += len(pending.plan.rows)
+                self.engine.submit(ref, pending.plan.rows, partial(_put, finished, pending), background=True)
+            if not in_flight and (exhausted or cancel.is_set()):
+                break
+            try:
+                items = [finished.get(timeout=FLUSH_SECONDS)]
+                while not finished.empty():
+                    items.append(finished.get_nowait())
+            except queue.Empty:
+                items = []
+            for pending, error in items:
+                del in_flight[pending.line.line]
+                rows_in_flight -= len(pending.plan.rows)
+                # The engine is stopping: this request did not run. (A vLLM base with no replica left is
+                # Unavailable too, but that fails the line like any other error.)
+                if isinstance(error, EngineStopped):
+                    self.stopping.set()
+                elif not any(r.was_cancelled for r in pending.plan.rows):
+                    buffer.append(self._failure(pending.line, error) if error else self._success(pending))
+            t = time.monotonic()
+            if len(buffer) >= FLUSH_RESULTS or (buffer and t - flushed > FLUSH_SECONDS) or t - renewed > self._renew_s:
+                status = self.store.record(claimed.id, buffer) if buffer else self.store.renew(claimed.id)
+                self._count(buffer)
+                buffer, flushed, renewed = [], t, t
+                if status == "cancelling":
+                    outcome = "cancelled"
+                elif now() >= claimed.expires_at:
+                    outcome = "expired"
+                if outcome != "completed":
+                    cancel.set()
+            if self.stopping.is_set():
+                cancel.set()
+                if not in_flight:
+                    break
+        if buffer:
+            self.store.record(claimed.id, buffer)
+            self._count(buffer)
+        if self.stopping.is_set() and outcome == "completed":
+            raise Stopping()  # what is not recorded yet is run by the next runner
+        return outcome
+
+    @property
+    def _renew_s(self) -> float:
+        return self.settings.batch_lease_seconds / 3
+
+    def _prepare(
+        self, org: str, line: BatchLine, models: dict[str, tuple[ModelRef, PreTrainedTokenizerBase] | ServiceError]
+    ) -> tuple[Pending, ModelRef]:
+        """The request's model and rows, exactly as its HTTP route would build them; ServiceError if it cannot run."""
+        try:
+            req: CompletionRequest | ChatCompletionRequest = (
+                CompletionRequest.model_validate(line.body)
+                if line.url == "/v1/completions"
+                else ChatCompletionRequest.model_validate(line.body)
+            )
+        except ValidationError as exc:  # checked at upload; kept for files validated by an older version
+            raise bad_request(f"Invalid request body: {exc.errors()[0].get('msg')}") from None
+        if req.model not in models:
+            try:
+                with session_scope(self.settings) as session:
+                    ref = self._resolve(session, org, req.model)
+                models[req.model] = (ref, self.engine.tokenizer(ref.base))
+            except ServiceError as exc:
+                models[req.model] = exc
+        found = models[req.model]
+        if isinstance(found, ServiceError):
+            raise found
+        ref, tok = found
+        plan: CompletionPlan | ChatPlan = (
+            plan_completion(req, tok, self.settings, ref.base)
+            if isinstance(req, CompletionRequest)
+            else plan_chat(req, tok, self.settings, ref.base)
+        )
+        if isinstance(plan, ChatPlan) and plan.tools is not None:
+            check_grammar(self.engine, ref.base, plan.tools)  # a refused schema names its tool
+        check_constraints(self.engine, ref.base, plan.rows)
+        return Pending(line, plan, tok), ref
+
+    def _resolve(self, session: Session, org: str, model: str) -> ModelRef:
+        return model_ref(catalog.resolve(session, self.settings, org, model), Storage(self.settings))
+
+    def _success(self, p: Pending) -> Result:
+        cid, created = new_id("chatcmpl-" if isinstance(p.plan, ChatPlan) else "cmpl-"), now()
+        body = (
+            chat_body(p.plan, p.tok, cid, created)
+            if isinstance(p.plan, ChatPlan)
+            else completion_body(p.plan, p.tok, cid, created)
+        )
+        return Result(p.line.line, True, _record(p.line, 200, body.model_dump()))
+
+    def _failure(self, line: BatchLine, error: BaseException) -> Result:
+        status, body = envelope(error)
+        return Result(line.line, False, _record(line, status, body))
+
+    @staticmethod
+    def _count(results: list[Result]) -> None:
+        for r in results:
+            metrics.BATCH_REQUESTS.labels("ok" if r.ok else "failed").inc()
+
+
+def _record(line: BatchLine, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's output/error line: the response as the endpoint would have sent it."""
+    response = {"status_code": status, "request_id": new_id("req_"), "body": body}
+    return {"id": new_id("batch_req_"), "custom_id": line.custom_id, "response": response, "error": None}
+
+
+def _put(finished: queue.Queue[tuple[Pending, BaseException | None]], p: Pending, error: BaseException | None) -> None:
+    finished.put((p, error))

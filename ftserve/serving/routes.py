@@ -1,0 +1,125 @@
+"""/v1/completions and /v1/chat/completions for base models and every fine-tuned adapter of the caller's org."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from ftserve.control.api.deps import OrgDep, SessionDep, SettingsDep
+from ftserve.control.services import catalog
+from ftserve.core.config import Settings
+from ftserve.core.ids import new_id, now
+from ftserve.core.schemas.completions import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
+from ftserve.core.schemas.errors import ERROR_RESPONSES
+from ftserve.core.storage import Storage
+from ftserve.engine.engine import ModelRef
+from ftserve.serving.backends.base import Backend
+from ftserve.serving.logprobs import StreamCursor
+from ftserve.serving.refs import model_ref
+from ftserve.serving.requests import (
+    chat_body,
+    check_constraints,
+    completion_body,
+    has_constraints,
+    plan_chat,
+    plan_completion,
+)
+from ftserve.serving.streaming import stream, usage_chunk
+from ftserve.serving.tools import ChoiceStream, check_grammar
+
+router = APIRouter(tags=["inference"], responses=ERROR_RESPONSES)
+
+
+def _engine(request: Request) -> Backend:
+    engine: Backend = request.app.state.engine
+    return engine
+
+
+def _resolve(session: Session, settings: Settings, org: str, model: str) -> ModelRef:
+    """The org's model name as the engine's reference; the DB session is closed before generation starts."""
+    ref = model_ref(catalog.resolve(session, settings, org, model), Storage(settings))
+    session.close()  # generation can take a while; hold no DB connection meanwhile
+    return ref
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def completions(
+    req: CompletionRequest, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
+) -> Any:
+    ref = _resolve(session, settings, org, req.model)
+    engine = _engine(request)
+    tok = await run_in_threadpool(engine.tokenizer, ref.base)
+    plan = plan_completion(req, tok, settings, ref.base)
+    rows = plan.rows
+    if has_constraints(rows):
+        await run_in_threadpool(check_constraints, engine, ref.base, rows)
+    cid, created = new_id("cmpl-"), now()
+    if req.stream:
+        echoed: set[int] = set()
+        prompt_of = [plan.prompt_texts[i // req.n] for i in range(len(rows))]
+        cursor = StreamCursor(rows, [len(p) for p in prompt_of])
+        envelope = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
+
+        def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
+            if req.echo and i not in echoed:
+                echoed.add(i)
+                text = prompt_of[i] + text
+            lp = None if req.logprobs is None else cursor.completion(tok, i, req.echo).model_dump()
+            return {**envelope, "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]}
+
+        final = partial(usage_chunk, req, envelope, [plan.prompt_lens[i // req.n] for i in range(len(rows))], rows)
+        return await stream(engine, ref, rows, chunk, final)
+    await engine.generate(ref, rows)
+    return completion_body(plan, tok, cid, created)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def chat_completions(
+    req: ChatCompletionRequest, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
+) -> Any:
+    ref = _resolve(session, settings, org, req.model)
+    engine = _engine(request)
+    tok = await run_in_threadpool(engine.tokenizer, ref.base)
+    plan = plan_chat(req, tok, settings, ref.base)
+    if plan.tools is not None:
+        await run_in_threadpool(check_grammar, engine, ref.base, plan.tools)
+    rows, top = plan.rows, plan.top
+    if has_constraints(rows):
+        await run_in_threadpool(check_constraints, engine, ref.base, rows)
+    cid, created = new_id("chatcmpl-"), now()
+    if req.stream:
+        started: set[int] = set()
+        cursor = StreamCursor(rows)
+        envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
+        choices = [ChoiceStream(plan.tools) for _ in rows]
+        # Tool calls' first chunk has content null, as OpenAI's; a text reply's has "".
+        empty = None if plan.tools is not None and plan.tools.choice != "none" else ""
+
+        def chunk(i: int, text: str, finish: str | None) -> list[dict[str, Any]]:
+            deltas, reason = (choices[i].feed(text), None) if finish is None else choices[i].finish(finish)
+            if finish is not None:
+                deltas.append({})  # the finish_reason goes in a chunk of its own
+            events = []
+            for n, delta in enumerate(deltas):
+                if i not in started:  # every choice's first chunk names the role, even one that ends at once
+                    delta = {"role": "assistant", "content": empty, **delta}
+                    started.add(i)
+                # Logprobs of the tokens generated since the last chunk (held text sends none until it goes).
+                lp = None if top is None else cursor.chat(tok, i, top).model_dump()
+                event = {
+                    "index": i,
+                    "delta": delta,
+                    "logprobs": lp,
+                    "finish_reason": reason if n == len(deltas) - 1 else None,
+                }
+                events.append({**envelope, "choices": [event]})
+            return events
+
+        final = partial(usage_chunk, req, envelope, [plan.prompt_len] * req.n, rows)
+        return await stream(engine, ref, rows, chunk, final)
+    await engine.generate(ref, rows)
+    return chat_body(plan, tok, cid, created)

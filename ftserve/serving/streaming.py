@@ -1,0 +1,87 @@
+"""Server-sent events for streamed completions: each row's text deltas as chunks as they are produced,
+an error after the stream began as the one envelope, then [DONE]."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from ftserve.control.api.errors import envelope
+from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
+from ftserve.engine.engine import ModelRef
+from ftserve.engine.generation import Row
+from ftserve.serving.backends.base import Backend
+from ftserve.serving.protocol import usage
+
+# A choice's text delta (or its finish) as one chunk, or several (a tool call's name, then its arguments).
+Chunk = Callable[[int, str, str | None], dict[str, Any] | list[dict[str, Any]]]
+_DONE = object()
+
+
+async def stream(
+    engine: Backend, ref: ModelRef, rows: list[Row], chunk: Chunk, final: Callable[[], Any]
+) -> EventSourceResponse:
+    """Submit the rows and relay each row's text deltas as SSE chunks as they are produced, then [DONE].
+
+    The response starts only once the first token (or the request's error) is known, so an adapter
+    that fails to load is still an HTTP error with the envelope, not a broken stream.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    disconnected = threading.Event()
+    for i, row in enumerate(rows):
+        row.on_text = partial(_relay, loop, queue, i)
+        row.on_finish = partial(_relay, loop, queue, i, None)  # text None: choice i has finished
+        row.cancelled = disconnected.is_set
+
+    def done(error: BaseException | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (_DONE, error))
+
+    await run_in_threadpool(engine.submit, ref, rows, done)
+    first = await queue.get()
+    if first[0] is _DONE and first[1] is not None:
+        disconnected.set()
+        raise first[1]
+
+    async def events() -> AsyncIterator[str]:
+        item = first
+        try:
+            while item[0] is not _DONE:
+                i, text = item
+                # Each choice's finish_reason chunk goes out when that choice ends, as OpenAI's streams do.
+                out = chunk(i, "", rows[i].finish_reason) if text is None else chunk(i, text, None)
+                for event in out if isinstance(out, list) else [out]:
+                    yield json.dumps(event)
+                item = await queue.get()
+            if item[1] is not None:  # a failed forward pass after the stream began
+                yield json.dumps(envelope(item[1])[1])
+                return
+            tail = final()
+            if tail is not None:
+                yield json.dumps(tail)
+            yield "[DONE]"
+        finally:
+            # A client that went away stops its rows at the next decode step.
+            disconnected.set()
+
+    return EventSourceResponse(events(), ping=15)
+
+
+def _relay(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], i: int, text: str | None) -> None:
+    loop.call_soon_threadsafe(queue.put_nowait, (i, text))
+
+
+def usage_chunk(
+    req: CompletionRequest | ChatCompletionRequest, envelope: dict[str, Any], prompt_tokens: list[int], rows: list[Row]
+) -> dict[str, Any] | None:
+    """The stream's last chunk when stream_options.include_usage asks for it: no choices, the usage."""
+    if not (req.stream_options and req.stream_options.include_usage):
+        return None
+    return {**envelope, "choices": [], "usage": usage(prompt_tokens, rows).model_dump()}

@@ -1,0 +1,291 @@
+"""run_job: claim the job's lease, then load → tokenize → train LoRA → checkpoint → export → succeed."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ftserve.control.services.training_store import JobSpec, JobStopped, TrainingStore
+from ftserve.core.config import Settings
+from ftserve.core.errors import TrainingError
+from ftserve.core.storage import Storage
+from ftserve.models.bases import load_base, pick_device, training_attention
+from ftserve.models.families import choose_target_modules
+from ftserve.training import publish, resume
+from ftserve.training.batching import step_groups
+from ftserve.training.config import LoraOptions, TrainingConfig
+from ftserve.training.dataset import load_tokenized
+from ftserve.training.errors import classify
+from ftserve.training.hyperparams import Resolved
+from ftserve.training.loop import Run, fit
+from ftserve.training.methods.base import TrainingMethod
+from ftserve.training.methods.dpo import Dpo
+from ftserve.training.methods.dpo_reference import REFERENCE_FILE
+from ftserve.training.methods.supervised import Supervised
+from ftserve.training.planner import Layout, packed_row_cap
+from ftserve.training.preference import PreferencePair, load_pairs
+from ftserve.training.rank import Gang, is_gang_fault
+from ftserve.training.sharding import shard_base
+from ftserve.training.tokenize import TokenizedExample, TokenizeStats
+
+log = logging.getLogger(__name__)
+
+# The worker keeps the last base it trained on: jobs on the same base skip the load.
+_BASES: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+
+
+def _base(
+    settings: Settings, config: TrainingConfig, device: torch.device, *, sharded: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The job's base on device; one to be sharded (FSDP) stays in CPU memory, whence each rank takes its shard."""
+    if config.base not in _BASES:
+        _BASES.clear()
+        gc.collect()
+        attention = training_attention(config.attn_implementation, device)
+        _BASES[config.base] = load_base(settings, config.base, device, attn_implementation=attention, move=not sharded)
+    return _BASES[config.base]
+
+
+def run_job(
+    job_id: str, settings: Settings, train: Callable[[JobSpec, Settings, TrainingStore], object] | None = None
+) -> None:
+    """Claim one job and train it while its lease is renewed: here (`run_claimed`), or as `train` does it (the
+    gang supervisor's); a job that is not queued (a duplicate delivery) is left alone."""
+    store = TrainingStore(settings, job_id)
+    spec = store.claim()
+    if spec is None:
+        log.info("job %s is not queued; nothing to do", job_id)
+        return
+    log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
+    store.start_heartbeat()
+    try:
+        (train or run_claimed)(spec, settings, store)
+    finally:
+        store.stop_heartbeat()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def run_claimed(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang = Gang()) -> bool:
+    """Train a claimed job on this process (one rank of `gang`); False if it failed. Rank 0 records a
+    failure (its code from training/errors) through the store; an error of another rank, or of a collective
+    (a peer died), is raised instead: it fails the gang, whose supervisor hands the job back to be resumed."""
+    try:
+        _train(spec, settings, store if gang.main else FollowerStore(settings, spec.id), gang)
+    except JobStopped as stop:
+        log.info("job %s stopped: %s", spec.id, stop)
+    except BaseException as exc:
+        if not gang.main or (gang.size > 1 and is_gang_fault(exc)):
+            raise
+        failure = classify(exc)
+        log.exception("job %s failed: %s", spec.id, failure.code)
+        try:
+            store.fail(failure.code, failure.message, failure.param)
+        except JobStopped as stop:  # the database stayed unreachable: the reaper requeues the job later
+            log.warning("job %s: could not record the failure: %s", spec.id, stop)
+        if not isinstance(exc, Exception):
+            raise
+        return False
+    return True
+
+
+class FollowerStore(TrainingStore):
+    """The store of a gang's rank other than 0: what it would report is rank 0's to write, so it writes
+    nothing (the loop keeps checks, metrics and files on rank 0; training/loop)."""
+
+    def event(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        return None
+
+    def resolved_hyperparameters(self, hyperparameters: dict[str, Any], message: str, data: dict[str, Any]) -> None:
+        return None
+
+
+def _lora_config(config: TrainingConfig, base: PreTrainedModel, store: TrainingStore) -> LoraConfig:
+    # The architecture's attention + MLP linear layers (models/families), never the LM head.
+    targets = choose_target_modules(base, config.lora.target_modules)
+    level = "warn" if targets.fallback else "info"
+    store.event(targets.message, level=level, data={"target_modules": targets.modules})
+    return LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,  # type: ignore[arg-type]
+        lora_dropout=config.lora.dropout,
+        target_modules=targets.modules,
+        fan_in_fan_out=targets.fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _attach_adapter(
+    storage: Storage, spec: JobSpec, config: TrainingConfig, base: PreTrainedModel, store: TrainingStore
+) -> PeftModel:
+    torch.manual_seed(spec.seed)  # LoRA's A matrices are initialised from this seed
+    if spec.start_adapter is None:
+        return get_peft_model(base, _lora_config(config, base, store))  # type: ignore[return-value]
+    return PeftModel.from_pretrained(base, str(_start_dir(storage, spec)), is_trainable=True)
+
+
+def _start_dir(storage: Storage, spec: JobSpec) -> Path:
+    """The complete adapter directory of the fine-tuned model the job starts from."""
+    assert spec.start_adapter is not None
+    path = storage.adapter_if_complete(spec.start_adapter.job_id, spec.start_adapter.step)
+    if path is None:
+        raise TrainingError(
+            "model_not_found",
+            f"The adapter files of {spec.model}, the model this job starts from, are gone (deleted, or a "
+            "checkpoint rotated out)",
+            "model",
+        )
+    return path
+
+
+def _adapter_shape(model: PeftModel) -> LoraOptions:
+    """The LoRA shape of the adapter being trained (a continued model's own, not the configured one)."""
+    cfg: Any = model.peft_config["default"]  # a LoraConfig
+    return LoraOptions(
+        rank=int(cfg.r),
+        alpha=float(cfg.lora_alpha),
+        dropout=float(cfg.lora_dropout),
+        target_modules=sorted(cfg.target_modules) if cfg.target_modules else None,
+    )
+
+
+def _check_disk(settings: Settings) -> None:
+    free = shutil.disk_usage(settings.resolved_data_dir()).free
+    if free < settings.min_free_disk_bytes:
+        raise TrainingError(
+            "insufficient_disk",
+            f"Only {free // 2**20} MiB free in the data dir; training needs at least "
+            f"{settings.min_free_disk_bytes // 2**20} MiB for checkpoints and the adapter",
+        )
+
+
+def _tokenize(
+    settings: Settings, spec: JobSpec, config: TrainingConfig, tok: PreTrainedTokenizerBase, store: TrainingStore
+) -> tuple[list[Any], list[Any]]:
+    """The training and validation examples (preference pairs for DPO) as tokens, the truncation report in an
+    event."""
+    max_len = config.max_seq_len
+    if config.method == "dpo":
+        pairs, stats = load_pairs(settings, spec.training_file, tok, max_len)
+        _report(stats, max_len, "preference pairs", "with no room left for a reply", bool(pairs), store)
+        valid_pairs: list[PreferencePair] = []
+        if spec.validation_file:
+            valid_pairs, _ = load_pairs(settings, spec.validation_file, tok, max_len)
+        return pairs, valid_pairs
+    plw = config.prompt_loss_weight
+    train, stats = load_tokenized(settings, spec.training_file, tok, plw, max_len)
+    _report(stats, max_len, "examples", "with no completion token left", bool(train), store)
+    valid: list[TokenizedExample] = []
+    if spec.validation_file:
+        valid, _ = load_tokenized(settings, spec.validation_file, tok, plw, max_len)
+    return train, valid
+
+
+def _report(stats: TokenizeStats, max_len: int, what: str, why: str, any_left: bool, store: TrainingStore) -> None:
+    if not any_left:
+        raise TrainingError("invalid_training_file", f"No example is left after truncation ({why})", "training_file")
+    store.event(
+        f"Tokenized {stats.examples} {what} ({stats.tokens} tokens): {stats.truncated} truncated to "
+        f"{max_len} tokens, {stats.dropped} dropped {why}",
+        data={
+            "examples": stats.examples,
+            "tokens": stats.tokens,
+            "truncated": stats.truncated,
+            "dropped": stats.dropped,
+            "dropped_lines": stats.dropped_lines[:100],
+            "boundary_adjusted": stats.boundary_fixed,
+        },
+    )
+
+
+def _method(
+    settings: Settings,
+    spec: JobSpec,
+    config: TrainingConfig,
+    data: tuple[list[Any], list[Any]],
+    model: PeftModel,
+    tok: PreTrainedTokenizerBase,
+    hp: Resolved,
+    device: torch.device,
+    gang: Gang,
+) -> TrainingMethod:
+    """The job's training method on its tokenized data."""
+    train, valid = data
+    if config.method == "dpo":
+        assert hp.beta is not None
+        storage = Storage(settings)
+        start = None
+        if spec.start_adapter is not None:
+            key = storage.adapter_key(spec.start_adapter.job_id, spec.start_adapter.step)
+            # Read only if the saved reference log-probs are lost (a resumed job); a missing one fails then.
+            start = storage.directory(key) or Path(key)
+        reference = storage.job_file(spec.id, REFERENCE_FILE)
+        first = (
+            step_groups(len(train), hp.batch_size, spec.seed, 0),
+            step_groups(len(valid), hp.batch_size, spec.seed, 0),
+        )
+        cap = packed_row_cap(config, device)
+
+        def publish(path: Path) -> None:
+            storage.publish_job_file(spec.id, REFERENCE_FILE, path)
+
+        return Dpo(model, train, valid, hp.beta, cap, device, reference, start, first, publish)
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+    return Supervised(train, valid, Layout.for_run(config, model, pad, device), gang)
+
+
+def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) -> None:
+    """Load the base, tokenize the files, attach LoRA (or resume), resolve hyperparameters, fit."""
+    _check_disk(settings)
+    config = TrainingConfig.resolve(spec, settings)
+    storage = Storage(settings)
+    device = gang.device() if gang.size > 1 else pick_device()
+    # A gang trains supervised jobs only (worker/gang.py); FSDP shards its base when the setting asks.
+    sharded = gang.size > 1 and settings.gang_sharding == "fsdp"
+    how = f", sharded over {gang.size} processes (FSDP)" if sharded else ""
+    store.event(f"Loading base model {spec.base} on {device.type}{how}")
+    base, tok = _base(settings, config, device, sharded=sharded)
+    data = _tokenize(settings, spec, config, tok, store)
+    hp = config.hyperparameters(len(data[0]))
+    if gang.main:
+        publish.register_found_checkpoints(store, storage, spec)
+    point = resume.latest(storage, spec.id)
+    if point is None:
+        model = _attach_adapter(storage, spec, config, base, store)
+    else:
+        store.event(f"Resuming from step {point.progress.step} ({point.path.name})", data={"step": point.progress.step})
+        model = PeftModel.from_pretrained(base, str(point.path), is_trainable=True)
+    attention = base.config._attn_implementation
+    try:
+        shape = _adapter_shape(model) if spec.start_adapter or point else None
+        described = {**hp.as_dict(), **config.options(shape)}
+        store.resolved_hyperparameters(hp.as_dict(), f"Hyperparameters: {described}", described)
+        if config.method == "dpo" and attention == "flash_attention_2":
+            # DPO's rows need a 4-D block mask, which flash-attention's varlen kernel cannot take.
+            base.set_attn_implementation("sdpa")
+        if sharded:
+            held = shard_base(model, gang, device)
+            store.event(
+                f"Sharded the base over {gang.size} processes (FSDP): each holds {held:.0%} of its weights",
+                data={"sharded_share": round(held, 4)},
+            )
+        method = _method(settings, spec, config, data, model, tok, hp, device, gang)
+        run = Run(spec, config, hp, store, storage, settings.fault_injection, gang, sharded)
+        fit(run, model, method, device, point)
+    finally:
+        if sharded:  # FSDP changed the base in place; the rank's process ends with this job anyway
+            _BASES.pop(spec.base, None)
+        else:
+            # Take the LoRA layers out again so the cached base serves the next job unchanged.
+            unloaded = model.unload()  # type: ignore[operator]
+            if unloaded.config._attn_implementation != attention:
+                unloaded.set_attn_implementation(attention)
+            _BASES[spec.base] = (unloaded, tok)
