@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
-
 REQUESTS = Counter(
     "ftserve_inference_requests_total", "Completion requests answered, by HTTP status", ["endpoint", "status"]
 )

@@ -29,22 +29,12 @@ from ftserve.core.datasets.batch import BatchLine, iter_batch_lines
 from ftserve.core.datasets.formats import DatasetError
 from ftserve.core.errors import ServiceError, bad_request
 from ftserve.core.ids import new_id, now
-from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
 from ftserve.core.storage import Storage
 from ftserve.engine.engine import ModelRef
 from ftserve.engine.errors import EngineStopped
 from ftserve.serving.backends.base import Backend
+from ftserve.serving.handlers import HANDLERS, Handler, Plan
 from ftserve.serving.refs import model_ref
-from ftserve.serving.requests import (
-    ChatPlan,
-    CompletionPlan,
-    chat_body,
-    check_constraints,
-    completion_body,
-    plan_chat,
-    plan_completion,
-)
-from ftserve.serving.tools import check_grammar
 
 log = logging.getLogger(__name__)
 FLUSH_RESULTS, FLUSH_SECONDS = 64, 0.5  # record finished requests in groups: fewer commits, little to redo
@@ -59,7 +49,8 @@ class Pending:
     """A request of the batch in the engine."""
 
     line: BatchLine
-    plan: CompletionPlan | ChatPlan
+    handler: Handler[Any, Any]
+    plan: Plan
     tok: PreTrainedTokenizerBase
 
 
@@ -225,12 +216,9 @@ class BatchRunner:
         self, org: str, line: BatchLine, models: dict[str, tuple[ModelRef, PreTrainedTokenizerBase] | ServiceError]
     ) -> tuple[Pending, ModelRef]:
         """The request's model and rows, exactly as its HTTP route would build them; ServiceError if it cannot run."""
+        handler = HANDLERS[line.url]  # the url was checked at upload
         try:
-            req: CompletionRequest | ChatCompletionRequest = (
-                CompletionRequest.model_validate(line.body)
-                if line.url == "/v1/completions"
-                else ChatCompletionRequest.model_validate(line.body)
-            )
+            req = handler.endpoint.request.model_validate(line.body)
         except ValidationError as exc:  # checked at upload; kept for files validated by an older version
             raise bad_request(f"Invalid request body: {exc.errors()[0].get('msg')}") from None
         if req.model not in models:
@@ -244,26 +232,15 @@ class BatchRunner:
         if isinstance(found, ServiceError):
             raise found
         ref, tok = found
-        plan: CompletionPlan | ChatPlan = (
-            plan_completion(req, tok, self.settings, ref.base)
-            if isinstance(req, CompletionRequest)
-            else plan_chat(req, tok, self.settings, ref.base)
-        )
-        if isinstance(plan, ChatPlan) and plan.tools is not None:
-            check_grammar(self.engine, ref.base, plan.tools)  # a refused schema names its tool
-        check_constraints(self.engine, ref.base, plan.rows)
-        return Pending(line, plan, tok), ref
+        plan = handler.plan(req, tok, self.settings, ref.base)
+        handler.check(self.engine, ref.base, plan)
+        return Pending(line, handler, plan, tok), ref
 
     def _resolve(self, session: Session, org: str, model: str) -> ModelRef:
         return model_ref(catalog.resolve(session, self.settings, org, model), Storage(self.settings))
 
     def _success(self, p: Pending) -> Result:
-        cid, created = new_id("chatcmpl-" if isinstance(p.plan, ChatPlan) else "cmpl-"), now()
-        body = (
-            chat_body(p.plan, p.tok, cid, created)
-            if isinstance(p.plan, ChatPlan)
-            else completion_body(p.plan, p.tok, cid, created)
-        )
+        body = p.handler.body(p.plan, p.tok, new_id(p.handler.endpoint.id_prefix), now())
         return Result(p.line.line, True, _record(p.line, 200, body.model_dump()))
 
     def _failure(self, line: BatchLine, error: BaseException) -> Result:

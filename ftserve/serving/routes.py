@@ -13,23 +13,16 @@ from ftserve.control.api.deps import OrgDep, SessionDep, SettingsDep
 from ftserve.control.services import catalog
 from ftserve.core.config import Settings
 from ftserve.core.ids import new_id, now
-from ftserve.core.schemas.completions import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
+from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
 from ftserve.core.schemas.errors import ERROR_RESPONSES
 from ftserve.core.storage import Storage
 from ftserve.engine.engine import ModelRef
 from ftserve.serving.backends.base import Backend
+from ftserve.serving.handlers import CHAT_HANDLER, COMPLETION_HANDLER
 from ftserve.serving.logprobs import StreamCursor
 from ftserve.serving.refs import model_ref
-from ftserve.serving.requests import (
-    chat_body,
-    check_constraints,
-    completion_body,
-    has_constraints,
-    plan_chat,
-    plan_completion,
-)
 from ftserve.serving.streaming import stream, usage_chunk
-from ftserve.serving.tools import ChoiceStream, check_grammar
+from ftserve.serving.tools import ChoiceStream
 
 router = APIRouter(tags=["inference"], responses=ERROR_RESPONSES)
 
@@ -46,18 +39,17 @@ def _resolve(session: Session, settings: Settings, org: str, model: str) -> Mode
     return ref
 
 
-@router.post("/v1/completions", response_model=Completion)
+@router.post(COMPLETION_HANDLER.endpoint.path, response_model=COMPLETION_HANDLER.endpoint.response)
 async def completions(
     req: CompletionRequest, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
 ) -> Any:
     ref = _resolve(session, settings, org, req.model)
     engine = _engine(request)
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
-    plan = plan_completion(req, tok, settings, ref.base)
+    plan = COMPLETION_HANDLER.plan(req, tok, settings, ref.base)
     rows = plan.rows
-    if has_constraints(rows):
-        await run_in_threadpool(check_constraints, engine, ref.base, rows)
-    cid, created = new_id("cmpl-"), now()
+    await run_in_threadpool(COMPLETION_HANDLER.check, engine, ref.base, plan)
+    cid, created = new_id(COMPLETION_HANDLER.endpoint.id_prefix), now()
     if req.stream:
         echoed: set[int] = set()
         prompt_of = [plan.prompt_texts[i // req.n] for i in range(len(rows))]
@@ -74,23 +66,20 @@ async def completions(
         final = partial(usage_chunk, req, envelope, [plan.prompt_lens[i // req.n] for i in range(len(rows))], rows)
         return await stream(engine, ref, rows, chunk, final)
     await engine.generate(ref, rows)
-    return completion_body(plan, tok, cid, created)
+    return COMPLETION_HANDLER.body(plan, tok, cid, created)
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post(CHAT_HANDLER.endpoint.path, response_model=CHAT_HANDLER.endpoint.response)
 async def chat_completions(
     req: ChatCompletionRequest, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
 ) -> Any:
     ref = _resolve(session, settings, org, req.model)
     engine = _engine(request)
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
-    plan = plan_chat(req, tok, settings, ref.base)
-    if plan.tools is not None:
-        await run_in_threadpool(check_grammar, engine, ref.base, plan.tools)
+    plan = CHAT_HANDLER.plan(req, tok, settings, ref.base)
+    await run_in_threadpool(CHAT_HANDLER.check, engine, ref.base, plan)
     rows, top = plan.rows, plan.top
-    if has_constraints(rows):
-        await run_in_threadpool(check_constraints, engine, ref.base, rows)
-    cid, created = new_id("chatcmpl-"), now()
+    cid, created = new_id(CHAT_HANDLER.endpoint.id_prefix), now()
     if req.stream:
         started: set[int] = set()
         cursor = StreamCursor(rows)
@@ -122,4 +111,4 @@ async def chat_completions(
         final = partial(usage_chunk, req, envelope, [plan.prompt_len] * req.n, rows)
         return await stream(engine, ref, rows, chunk, final)
     await engine.generate(ref, rows)
-    return chat_body(plan, tok, cid, created)
+    return CHAT_HANDLER.body(plan, tok, cid, created)

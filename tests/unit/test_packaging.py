@@ -12,8 +12,9 @@ from tests.servers import ROOT
 
 
 def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [*pip_wheel, "-w", str(tmp_path), str(ROOT)],
         check=True,
         capture_output=True,
         cwd=tmp_path,

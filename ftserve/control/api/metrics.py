@@ -6,7 +6,8 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ftserve.core.metrics import ENDPOINTS, REQUESTS
+from ftserve.core.endpoints import ENDPOINTS
+from ftserve.core.metrics import REQUESTS
 
 
 def render() -> tuple[bytes, str]:
@@ -33,7 +34,8 @@ class CountRequests:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         is_post = scope["type"] == "http" and scope["method"] == "POST"
-        endpoint = ENDPOINTS.get(scope["path"]) if is_post else None
+        served = ENDPOINTS.get(scope["path"]) if is_post else None
+        endpoint = served.metric_label if served else None
         if endpoint is None:
             await self.app(scope, receive, send)
             return

@@ -1,4 +1,4 @@
-"""The api role's path to a separate inference role: /v1/completions and /v1/chat/completions are
+"""The api role's path to a separate inference role: every endpoint of the inference role (core/endpoints) is
 forwarded as they are (headers, body, streamed response) to `inference_url`, so clients keep one base URL."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
+from ftserve.core.endpoints import ENDPOINTS
 from ftserve.core.errors import UpstreamUnavailable
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and ones httpx recomputes must not be copied across.
 _SKIP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer"}
-PATHS = ("/v1/completions", "/v1/chat/completions")
 
 
 def install(app: FastAPI, inference_url: str) -> None:
@@ -43,7 +43,7 @@ def install(app: FastAPI, inference_url: str) -> None:
             background=BackgroundTask(response.aclose),
         )
 
-    for path in PATHS:
+    for path in ENDPOINTS:
         router.add_api_route(path, forward, methods=["POST"], include_in_schema=False)
     app.include_router(router)
 

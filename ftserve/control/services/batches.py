@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from ftserve.control.db.tables import Batch
 from ftserve.control.services.files import get_file
 from ftserve.control.services.pagination import page
-from ftserve.core.datasets.batch import ENDPOINTS, FORMATS
+from ftserve.core.endpoints import ENDPOINTS, by_batch_format
 from ftserve.core.errors import InvalidRequest, bad_request, not_found
 from ftserve.core.ids import new_id, now
 from ftserve.core.schemas.batches import BatchCreate, BatchError, BatchErrors, BatchObject, BatchRequestCounts
@@ -64,8 +64,9 @@ def create_batch(session: Session, org: str, req: BatchCreate) -> Batch:
         raise bad_request(
             f"File {f.id} is not a valid batch file: {f.status_details}", param="input_file_id", code="invalid_file"
         )
-    if f.format != FORMATS[req.endpoint]:
-        called = next((url for url, fmt in FORMATS.items() if fmt == f.format), f.format)
+    if f.format != ENDPOINTS[req.endpoint].batch_format:
+        other = by_batch_format(f.format or "")
+        called = other.path if other else f.format
         raise bad_request(
             f"The requests in file {f.id} are for {called}, but the batch's endpoint is {req.endpoint}",
             param="endpoint",

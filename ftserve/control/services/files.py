@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from ftserve.control.db.tables import File
 from ftserve.control.services.pagination import page
 from ftserve.core.config import Settings
-from ftserve.core.datasets.batch import FORMATS as BATCH_FORMATS
 from ftserve.core.datasets.batch import validate_batch_file
 from ftserve.core.datasets.formats import DatasetError
 from ftserve.core.datasets.validate import validate_file
+from ftserve.core.endpoints import ENDPOINTS
 from ftserve.core.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
 from ftserve.core.ids import new_id, now
 from ftserve.core.schemas.files import FileObject
@@ -105,7 +105,7 @@ def _validate(path: Path, purpose: str, settings: Settings) -> tuple[str, int]:
     """(format, examples or requests) of an upload, checked line by line by its purpose; DatasetError if bad."""
     if purpose == "batch":
         batch = validate_batch_file(path, settings.max_line_bytes, settings.max_batch_requests)
-        return BATCH_FORMATS[batch.url], batch.n_requests
+        return ENDPOINTS[batch.url].batch_format, batch.n_requests
     summary = validate_file(path, settings.max_line_bytes, settings.min_training_examples)
     return summary.format, summary.n_examples
 

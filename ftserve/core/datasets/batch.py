@@ -9,18 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ftserve.core.datasets.formats import DatasetError
 from ftserve.core.datasets.jsonl import json_lines
-from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
+from ftserve.core.endpoints import ENDPOINTS
 
-ENDPOINTS: dict[str, type[BaseModel]] = {
-    "/v1/completions": CompletionRequest,
-    "/v1/chat/completions": ChatCompletionRequest,
-}
-# The input file's `format` once validated: which endpoint its requests call.
-FORMATS = {"/v1/completions": "batch_completions", "/v1/chat/completions": "batch_chat"}
 _KEYS = {"custom_id", "method", "url", "body"}
 
 
@@ -66,7 +60,7 @@ def parse_line(lineno: int, obj: Any) -> BatchLine:
     if not isinstance(body, dict):
         raise DatasetError("invalid_type", "'body' must be a JSON object", lineno)
     try:
-        request = ENDPOINTS[url].model_validate(body)
+        request = ENDPOINTS[url].request.model_validate(body)
     except ValidationError as exc:
         raise DatasetError("invalid_body", _body_error(exc), lineno) from None
     if getattr(request, "stream", False):

@@ -69,7 +69,7 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _SamplingFields(_Request):
+class InferenceRequest(_Request):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
@@ -166,7 +166,7 @@ Prompt = (
 )
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(InferenceRequest):
     # A string, strings, token ids, or lists of token ids (what lm-eval sends), as OpenAI takes them.
     prompt: Prompt
     # 0 with echo: score the prompt only (its logprobs), generate nothing.
@@ -263,7 +263,7 @@ class NamedToolChoice(_Request):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(InferenceRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
