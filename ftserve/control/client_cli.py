@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ftserve.control.client import Client, ProgressReader
+from ftserve.core import methods
 from ftserve.core.job_status import TERMINAL, JobStatus
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -109,7 +110,7 @@ def jobs() -> None:
 @click.option("--n-epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--learning-rate-multiplier", type=float, default=None)
-@click.option("--method", type=click.Choice(["supervised", "dpo"]), default=None, help="dpo needs a preference file.")
+@click.option("--method", type=click.Choice(methods.names()), default=None, help="dpo needs a preference file.")
 @click.option("--beta", type=float, default=None, help="DPO's beta (implies --method dpo).")
 @click.option("--seed", type=int, default=None)
 @click.option("--follow", is_flag=True, help="Follow the job until it ends (as `jobs follow`).")
@@ -134,7 +135,7 @@ def jobs_create(
     optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed}
     body |= {k: v for k, v in optional.items() if v is not None}
     given = {k: v for k, v in (hp | {"beta": beta}).items() if v is not None}
-    method = method or ("dpo" if beta is not None else None)
+    method = method or (methods.taking("beta").name if beta is not None else None)
     if method is not None:
         body["method"] = {"type": method, method: {"hyperparameters": given}}
     elif given:

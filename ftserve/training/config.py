@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ftserve.control.services.training_store import JobSpec
+from ftserve.core import methods
 from ftserve.core.config import Settings
 from ftserve.core.schemas.jobs import Hyperparameters
 from ftserve.training import hyperparams
@@ -31,7 +32,7 @@ class TrainingConfig:
 
     base: str
     seed: int
-    method: str  # "supervised" or "dpo"
+    method: str  # a registered method's name (ftserve/core/methods)
     requested: Hyperparameters
     base_learning_rate: float
     max_seq_len: int
@@ -98,8 +99,11 @@ class TrainingConfig:
             "packing": self.packing,
             "gradient_checkpointing": self.gradient_checkpointing,
         }
-        if self.method == "dpo":
-            # DPO trains on replies only and always packs each pair's prompt once for both replies.
-            del out["prompt_loss_weight"]
-            out["packing"] = "pairs"
+        # A method reports only the options it trains with: an extension it refuses would change nothing, and
+        # one that lays out its rows its own way (DPO packs each pair's prompt once) says how.
+        method = methods.get(self.method)
+        for name in method.refused_extensions:
+            out.pop(name, None)
+        if method.packing is not None:
+            out["packing"] = method.packing
         return out

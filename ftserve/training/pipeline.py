@@ -20,21 +20,14 @@ from ftserve.core.storage import Storage
 from ftserve.models.bases import load_base, pick_device, training_attention
 from ftserve.models.families import choose_target_modules
 from ftserve.training import publish, resume
-from ftserve.training.batching import step_groups
 from ftserve.training.config import LoraOptions, TrainingConfig
-from ftserve.training.dataset import load_tokenized
 from ftserve.training.errors import classify
-from ftserve.training.hyperparams import Resolved
 from ftserve.training.loop import Run, fit
-from ftserve.training.methods.base import TrainingMethod
-from ftserve.training.methods.dpo import Dpo
-from ftserve.training.methods.dpo_reference import REFERENCE_FILE
-from ftserve.training.methods.supervised import Supervised
-from ftserve.training.planner import Layout, packed_row_cap
-from ftserve.training.preference import PreferencePair, load_pairs
+from ftserve.training.methods.base import MethodJob, MethodTraining
+from ftserve.training.methods.registry import training_for
 from ftserve.training.rank import Gang, is_gang_fault
 from ftserve.training.sharding import shard_base
-from ftserve.training.tokenize import TokenizedExample, TokenizeStats
+from ftserve.training.tokenize import TokenizeStats
 
 log = logging.getLogger(__name__)
 
@@ -168,24 +161,20 @@ def _check_disk(settings: Settings) -> None:
 
 
 def _tokenize(
-    settings: Settings, spec: JobSpec, config: TrainingConfig, tok: PreTrainedTokenizerBase, store: TrainingStore
+    settings: Settings,
+    spec: JobSpec,
+    config: TrainingConfig,
+    tok: PreTrainedTokenizerBase,
+    store: TrainingStore,
+    training: MethodTraining,
 ) -> tuple[list[Any], list[Any]]:
-    """The training and validation examples (preference pairs for DPO) as tokens, the truncation report in an
-    event."""
-    max_len = config.max_seq_len
-    if config.method == "dpo":
-        pairs, stats = load_pairs(settings, spec.training_file, tok, max_len)
-        _report(stats, max_len, "preference pairs", "with no room left for a reply", bool(pairs), store)
-        valid_pairs: list[PreferencePair] = []
-        if spec.validation_file:
-            valid_pairs, _ = load_pairs(settings, spec.validation_file, tok, max_len)
-        return pairs, valid_pairs
-    plw = config.prompt_loss_weight
-    train, stats = load_tokenized(settings, spec.training_file, tok, plw, max_len)
-    _report(stats, max_len, "examples", "with no completion token left", bool(train), store)
-    valid: list[TokenizedExample] = []
+    """The training and validation items (examples, or the method's own: DPO's preference pairs) as tokens, the
+    truncation report in an event."""
+    train, stats = training.tokenize(settings, spec.training_file, tok, config)
+    _report(stats, config.max_seq_len, training.unit, training.dropped_why, bool(train), store)
+    valid: list[Any] = []
     if spec.validation_file:
-        valid, _ = load_tokenized(settings, spec.validation_file, tok, plw, max_len)
+        valid, _ = training.tokenize(settings, spec.validation_file, tok, config)
     return train, valid
 
 
@@ -206,55 +195,20 @@ def _report(stats: TokenizeStats, max_len: int, what: str, why: str, any_left: b
     )
 
 
-def _method(
-    settings: Settings,
-    spec: JobSpec,
-    config: TrainingConfig,
-    data: tuple[list[Any], list[Any]],
-    model: PeftModel,
-    tok: PreTrainedTokenizerBase,
-    hp: Resolved,
-    device: torch.device,
-    gang: Gang,
-) -> TrainingMethod:
-    """The job's training method on its tokenized data."""
-    train, valid = data
-    if config.method == "dpo":
-        assert hp.beta is not None
-        storage = Storage(settings)
-        start = None
-        if spec.start_adapter is not None:
-            key = storage.adapter_key(spec.start_adapter.job_id, spec.start_adapter.step)
-            # Read only if the saved reference log-probs are lost (a resumed job); a missing one fails then.
-            start = storage.directory(key) or Path(key)
-        reference = storage.job_file(spec.id, REFERENCE_FILE)
-        first = (
-            step_groups(len(train), hp.batch_size, spec.seed, 0),
-            step_groups(len(valid), hp.batch_size, spec.seed, 0),
-        )
-        cap = packed_row_cap(config, device)
-
-        def publish(path: Path) -> None:
-            storage.publish_job_file(spec.id, REFERENCE_FILE, path)
-
-        return Dpo(model, train, valid, hp.beta, cap, device, reference, start, first, publish)
-    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
-    return Supervised(train, valid, Layout.for_run(config, model, pad, device), gang)
-
-
 def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) -> None:
     """Load the base, tokenize the files, attach LoRA (or resume), resolve hyperparameters, fit."""
     _check_disk(settings)
     config = TrainingConfig.resolve(spec, settings)
     storage = Storage(settings)
     device = gang.device() if gang.size > 1 else pick_device()
-    # A gang trains supervised jobs only (worker/gang.py); FSDP shards its base when the setting asks.
+    # A gang trains only the methods that run on one (worker/gang.py); FSDP shards its base when the setting asks.
     sharded = gang.size > 1 and settings.gang_sharding == "fsdp"
     how = f", sharded over {gang.size} processes (FSDP)" if sharded else ""
     store.event(f"Loading base model {spec.base} on {device.type}{how}")
     base, tok = _base(settings, config, device, sharded=sharded)
-    data = _tokenize(settings, spec, config, tok, store)
-    hp = config.hyperparameters(len(data[0]))
+    training = training_for(config.method)
+    train, valid = _tokenize(settings, spec, config, tok, store, training)
+    hp = config.hyperparameters(len(train))
     if gang.main:
         publish.register_found_checkpoints(store, storage, spec)
     point = resume.latest(storage, spec.id)
@@ -268,8 +222,8 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) 
         shape = _adapter_shape(model) if spec.start_adapter or point else None
         described = {**hp.as_dict(), **config.options(shape)}
         store.resolved_hyperparameters(hp.as_dict(), f"Hyperparameters: {described}", described)
-        if config.method == "dpo" and attention == "flash_attention_2":
-            # DPO's rows need a 4-D block mask, which flash-attention's varlen kernel cannot take.
+        if training.block_mask and attention == "flash_attention_2":
+            # Flash-attention's varlen kernel cannot take the 4-D block mask this method's rows need.
             base.set_attn_implementation("sdpa")
         if sharded:
             held = shard_base(model, gang, device)
@@ -277,7 +231,8 @@ def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) 
                 f"Sharded the base over {gang.size} processes (FSDP): each holds {held:.0%} of its weights",
                 data={"sharded_share": round(held, 4)},
             )
-        method = _method(settings, spec, config, data, model, tok, hp, device, gang)
+        job = MethodJob(settings, spec, config, model, tok, hp, device, gang)
+        method = training.build(job, train, valid)
         run = Run(spec, config, hp, store, storage, settings.fault_injection, gang, sharded)
         fit(run, model, method, device, point)
     finally:

@@ -24,6 +24,7 @@ import psutil
 
 from ftserve.control.broker import JOIN_JOB, TRAIN_QUEUE, celery_for
 from ftserve.control.services.training_store import JobSpec, JobStopped, TrainingStore
+from ftserve.core import methods
 from ftserve.core.config import Settings
 from ftserve.core.errors import TrainingError
 from ftserve.training import pipeline
@@ -42,13 +43,13 @@ def run_job(job_id: str, settings: Settings) -> None:
 
 
 def _train_claimed(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
-    """A claimed job (its lease renewed by the caller): supervised jobs as a gang, others in this process."""
-    if spec.method == "supervised":
+    """A claimed job (its lease renewed by the caller): as a gang if its method runs on one, else in this process."""
+    if methods.get(spec.method).runs_on_gang:
         _supervise(spec, settings, store)
         return
-    # DPO's loss is a mean over pairs with a reference pass per pair; it is not split across ranks yet.
+    gang_methods = " and ".join(methods.on_gang())
     try:
-        store.event(f"{spec.method} jobs train in one process; the gang trains supervised jobs", level="warn")
+        store.event(f"{spec.method} jobs train in one process; the gang trains {gang_methods} jobs", level="warn")
     except JobStopped as stop:
         log.info("job %s stopped: %s", spec.id, stop)
         return

@@ -1,5 +1,5 @@
-"""A job's method (supervised | dpo): its hyperparameters, the file formats it trains on, and the extensions
-that mean something for it; every refusal a 400 naming the parameter."""
+"""A job's method (one of ftserve/core/methods' registered ones): its hyperparameters, the file formats it
+trains on, and the extensions that mean something for it; every refusal a 400 naming the parameter."""
 
 from __future__ import annotations
 
@@ -7,31 +7,32 @@ from typing import Any
 
 from ftserve.control.db.tables import File
 from ftserve.control.services import catalog
+from ftserve.core import methods
 from ftserve.core.errors import bad_request
-from ftserve.core.schemas.jobs import DpoHyperparameters, Hyperparameters, JobCreate, Method, MethodType
+from ftserve.core.methods import MethodSpec
+from ftserve.core.schemas.jobs import Hyperparameters, JobCreate, Method
 
 
-def method_of(req: JobCreate) -> tuple[MethodType, Hyperparameters]:
-    """The job's method type and its hyperparameters, from `method` or the deprecated top level."""
+def method_of(req: JobCreate) -> tuple[MethodSpec, Hyperparameters]:
+    """The job's method and its hyperparameters, from `method` or the deprecated top level."""
     method = req.method or Method()
-    if method.type == "reinforcement":
+    spec = methods.find(method.type)
+    if spec is None:  # the wire schema accepts OpenAI's other types so that they are refused by name here
+        allowed = " or ".join(f"'{name}'" for name in methods.names())
         raise bad_request(
-            "Reinforcement fine-tuning is not supported: use method.type 'supervised' or 'dpo'",
+            f"{method.type.capitalize()} fine-tuning is not supported: use method.type {allowed}",
             param="method.type",
             code="unsupported_method",
         )
-    for other in ("supervised", "dpo", "reinforcement"):
+    for other in (name for name in Method.model_fields if name != "type"):
         if other != method.type and getattr(method, other) is not None:
             raise bad_request(
                 f"method.{other} is only for method.type '{other}', and this job's is '{method.type}'",
                 param=f"method.{other}",
             )
     top = req.hyperparameters
-    nested: Hyperparameters | None
-    if method.type == "dpo":
-        nested = method.dpo.hyperparameters if method.dpo else None
-    else:
-        nested = method.supervised.hyperparameters if method.supervised else None
+    block = getattr(method, spec.name)
+    nested: Hyperparameters | None = block.hyperparameters if block is not None else None
     shared = Hyperparameters.model_fields
     if top is not None and nested is not None and top.model_dump() != nested.model_dump(include=set(shared)):
         raise bad_request(
@@ -39,25 +40,18 @@ def method_of(req: JobCreate) -> tuple[MethodType, Hyperparameters]:
             param="hyperparameters",
         )
     chosen = nested or top or Hyperparameters()
-    if method.type == "dpo" and not isinstance(chosen, DpoHyperparameters):
-        chosen = DpoHyperparameters(**chosen.model_dump())
-    return method.type, chosen
+    if not isinstance(chosen, spec.hyperparameters):  # the top level holds only the shared three
+        chosen = spec.hyperparameters(**chosen.model_dump())
+    return spec, chosen
 
 
-# Which file formats each method trains on.
-METHOD_FORMATS: dict[str, tuple[str, ...]] = {"supervised": ("prompt_completion", "chat"), "dpo": ("preference",)}
-
-
-def check_format(method: MethodType, f: File, param: str) -> None:
-    """A DPO job needs preference pairs, a supervised job prompt/completion or chat examples."""
-    if f.format in METHOD_FORMATS[method]:
+def check_format(method: MethodSpec, f: File, param: str) -> None:
+    """The file's format is one the method trains on (a DPO job needs preference pairs, and so on)."""
+    if f.format in method.formats:
         return
-    if method == "dpo":
-        hint = "DPO trains on preference pairs (input, preferred_output, non_preferred_output)"
-    else:
-        hint = "supervised jobs train on prompt/completion or chat examples; preference pairs need method.type 'dpo'"
     raise bad_request(
-        f"File {f.id} is in the {f.format} format, which method.type '{method}' cannot train on: {hint}",
+        f"File {f.id} is in the {f.format} format, which method.type '{method.name}' cannot train on: "
+        f"{method.format_hint}",
         param=param,
         code="invalid_file_format",
     )
@@ -66,14 +60,11 @@ def check_format(method: MethodType, f: File, param: str) -> None:
 LORA_SHAPE = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
 
 
-def check_extensions(method: MethodType, resolved: catalog.ResolvedModel, ext: dict[str, Any]) -> None:
+def check_extensions(method: MethodSpec, resolved: catalog.ResolvedModel, ext: dict[str, Any]) -> None:
     """Extensions that would change nothing are refused rather than ignored."""
-    if method == "dpo" and "prompt_loss_weight" in ext:
-        raise bad_request(
-            "prompt_loss_weight is for supervised jobs: DPO trains on the two replies only",
-            param="extensions.prompt_loss_weight",
-            code="invalid_extensions",
-        )
+    for name, why in method.refused_extensions.items():
+        if name in ext:
+            raise bad_request(why, param=f"extensions.{name}", code="invalid_extensions")
     # A job that continues a fine-tuned model trains that model's adapter: its LoRA shape is fixed.
     given = [k for k in LORA_SHAPE if k in ext]
     if resolved.job_id is not None and given:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ftserve.control.db.tables import Checkpoint, Job, JobEvent
+from ftserve.core import methods
 from ftserve.core.schemas.jobs import FineTuningJob, Hyperparameters, JobCheckpoint, JobError
 from ftserve.core.schemas.jobs import JobEvent as WireEvent
 
 
 def job_to_wire(job: Job) -> FineTuningJob:
     hp: dict[str, Any] = dict(job.hyperparameters)
-    method = job.method or "supervised"
+    method = job.method or methods.DEFAULT
     return FineTuningJob(
         id=job.id,
         created_at=job.created_at,

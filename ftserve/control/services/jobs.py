@@ -96,7 +96,7 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
         suffix=req.suffix or None,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31 - 1),
         status=JobStatus.VALIDATING_FILES,
-        method=method,
+        method=method.name,
         hyperparameters=hp,
         extensions=ext,
         metadata_=req.metadata,

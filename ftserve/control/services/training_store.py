@@ -27,11 +27,12 @@ from ftserve.control.db.session import is_unavailable, session_scope
 from ftserve.control.db.tables import Checkpoint, Job
 from ftserve.control.services import catalog, job_state
 from ftserve.control.services import files as file_service
+from ftserve.core import methods
 from ftserve.core.config import Settings
 from ftserve.core.errors import NotFound
 from ftserve.core.ids import checkpoint_model_name, new_id, now
 from ftserve.core.job_status import JobStatus
-from ftserve.core.schemas.jobs import DpoHyperparameters, FtserveExtensions, Hyperparameters
+from ftserve.core.schemas.jobs import FtserveExtensions, Hyperparameters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,10 +77,10 @@ class JobSpec:
     validation_file: str | None
     suffix: str | None
     seed: int
-    hyperparameters: Hyperparameters  # DpoHyperparameters for a DPO job
+    hyperparameters: Hyperparameters  # the method's own model (DpoHyperparameters for a DPO job)
     extensions: FtserveExtensions
     attempt: int = 1  # this claim's number: the fencing token every write of it carries
-    method: str = "supervised"
+    method: str = methods.DEFAULT
 
     def to_json(self) -> str:
         """The spec as JSON, for the processes of a torchrun gang that train it without reading the DB."""
@@ -87,7 +88,7 @@ class JobSpec:
 
     @staticmethod
     def from_json(text: str) -> JobSpec:
-        """A supervised job's spec back from to_json (a gang never trains DPO: see worker/gang.py)."""
+        """A spec back from to_json (a gang trains only the methods that run on one: see worker/gang.py)."""
         return _SPEC.validate_json(text)
 
 
@@ -114,7 +115,7 @@ class DatabaseUnavailable(JobStopped):
 
 
 def _spec(job: Job, resolved: catalog.ResolvedModel, attempt: int) -> JobSpec:
-    hp_type = DpoHyperparameters if job.method == "dpo" else Hyperparameters
+    hp_type = methods.get(job.method).hyperparameters
     hp = {k: v for k, v in job.hyperparameters.items() if k in hp_type.model_fields}
     return JobSpec(
         id=job.id,

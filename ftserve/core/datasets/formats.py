@@ -108,7 +108,7 @@ def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
 
         return fmt, parse_chat(obj, line)
     if fmt == "prompt_completion":
-        return fmt, _parse_prompt_completion(obj, line)
+        return fmt, parse_prompt_completion(obj, line)
     if fmt == "preference":
         from ftserve.core.datasets.preference import parse_preference
 
@@ -121,7 +121,8 @@ def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
     )
 
 
-def _parse_prompt_completion(obj: dict[str, Any], line: int) -> PromptCompletion:
+def parse_prompt_completion(obj: dict[str, Any], line: int) -> PromptCompletion:
+    """Check one prompt/completion line and turn it into a PromptCompletion, or raise DatasetError."""
     for key in ("prompt", "completion"):
         if key not in obj:
             raise DatasetError("missing_key", f'missing required key "{key}"', line)

@@ -50,9 +50,6 @@ class DpoMethod(BaseModel):
     hyperparameters: DpoHyperparameters | None = None
 
 
-MethodType = Literal["supervised", "dpo"]
-
-
 class Method(BaseModel):
     """OpenAI's `method`; `reinforcement` is accepted by the schema so the service can refuse it by name."""
 

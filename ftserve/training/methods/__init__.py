@@ -1,1 +1,2 @@
-"""Training methods: supervised (token-weighted cross-entropy) and DPO, sharing one loop."""
+"""Training methods sharing one loop: supervised (token-weighted cross-entropy) and DPO, each registered by name
+in registry.py beside its torch-free description in ftserve/core/methods."""

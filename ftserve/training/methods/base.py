@@ -1,10 +1,22 @@
-"""What the shared loop asks of a training method: one optimizer step on some examples, and metrics on others."""
+"""What the shared loop asks of a training method (one optimizer step on some examples, and metrics on others),
+and what the pipeline asks of a registered method's training side (its data as tokens, its step object)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from ftserve.control.services.training_store import JobSpec
+from ftserve.core.config import Settings
+from ftserve.core.methods import MethodSpec
+from ftserve.training.config import TrainingConfig
+from ftserve.training.hyperparams import Resolved
+from ftserve.training.rank import Gang
+from ftserve.training.tokenize import TokenizeStats
 from ftserve.training.trainer import LoraTrainer
 
 Metrics = dict[str, float | None]
@@ -39,4 +51,38 @@ class TrainingMethod(Protocol):
 
     def step_message(self, metrics: Metrics) -> str:
         """What the step's event says after `Step i/n: `."""
+        ...
+
+
+@dataclass(frozen=True)
+class MethodJob:
+    """What a method's step object is built from: the job, the worker's settings, the model and its place."""
+
+    settings: Settings
+    spec: JobSpec
+    config: TrainingConfig
+    model: PeftModel
+    tok: PreTrainedTokenizerBase
+    hp: Resolved  # "auto" resolved
+    device: torch.device
+    gang: Gang
+
+
+class MethodTraining(Protocol):
+    """A registered method's training side (ftserve/training/methods/registry.py); `method` is its torch-free
+    description (ftserve/core/methods), registered under the same name."""
+
+    method: MethodSpec
+    unit: str  # what the tokenize event calls its items ("examples", "preference pairs")
+    dropped_why: str  # why truncation drops an item ("with no completion token left")
+    block_mask: bool  # its rows need a 4-D attention mask, which flash-attention's varlen kernel cannot take
+
+    def tokenize(
+        self, settings: Settings, file_id: str, tok: PreTrainedTokenizerBase, config: TrainingConfig
+    ) -> tuple[list[Any], TokenizeStats]:
+        """A training or validation file's items as tokens, over-long ones truncated or dropped (counted)."""
+        ...
+
+    def build(self, job: MethodJob, train: list[Any], valid: list[Any]) -> TrainingMethod:
+        """The step object the loop drives, on the job's tokenized training and validation items."""
         ...

@@ -8,16 +8,25 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
+from ftserve.core.config import Settings
+from ftserve.core.methods.dpo import DPO
+from ftserve.core.storage import Storage
+from ftserve.training.batching import step_groups
+from ftserve.training.config import TrainingConfig
 from ftserve.training.export import RESULT_COLUMNS
 from ftserve.training.methods import dpo_reference
-from ftserve.training.methods.base import Metrics, StepOutcome
+from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome
 from ftserve.training.methods.dpo_rows import DpoRow, build_rows, row_logps
-from ftserve.training.preference import PreferencePair
+from ftserve.training.planner import packed_row_cap
+from ftserve.training.preference import PreferencePair, load_pairs
+from ftserve.training.tokenize import TokenizeStats
 from ftserve.training.trainer import LoraTrainer
 
 DPO_COLUMNS = [
@@ -146,3 +155,39 @@ class Dpo:
         sums.tokens += row.tokens
         return losses.sum()
 
+
+class DpoTraining:
+    """The DPO method's training side: preference pairs as tokens, then Dpo with its reference log-probs' files."""
+
+    method = DPO
+    unit = "preference pairs"
+    dropped_why = "with no room left for a reply"
+    block_mask = True  # a row packs [prompt, chosen, rejected]: the replies must not see each other
+
+    def tokenize(
+        self, settings: Settings, file_id: str, tok: PreTrainedTokenizerBase, config: TrainingConfig
+    ) -> tuple[list[Any], TokenizeStats]:
+        """The file's preference pairs as tokens."""
+        return load_pairs(settings, file_id, tok, config.max_seq_len)
+
+    def build(self, job: MethodJob, train: list[Any], valid: list[Any]) -> Dpo:
+        """Dpo on the job's pairs, its reference log-probs kept beside the job's checkpoints."""
+        spec, hp = job.spec, job.hp
+        assert hp.beta is not None
+        storage = Storage(job.settings)
+        start = None
+        if spec.start_adapter is not None:
+            key = storage.adapter_key(spec.start_adapter.job_id, spec.start_adapter.step)
+            # Read only if the saved reference log-probs are lost (a resumed job); a missing one fails then.
+            start = storage.directory(key) or Path(key)
+        reference = storage.job_file(spec.id, dpo_reference.REFERENCE_FILE)
+        first = (
+            step_groups(len(train), hp.batch_size, spec.seed, 0),
+            step_groups(len(valid), hp.batch_size, spec.seed, 0),
+        )
+        cap = packed_row_cap(job.config, job.device)
+
+        def publish(path: Path) -> None:
+            storage.publish_job_file(spec.id, dpo_reference.REFERENCE_FILE, path)
+
+        return Dpo(job.model, train, valid, hp.beta, cap, job.device, reference, start, first, publish)

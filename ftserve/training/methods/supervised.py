@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from ftserve.core.config import Settings
+from ftserve.core.methods.supervised import SUPERVISED
+from ftserve.training.config import TrainingConfig
+from ftserve.training.dataset import load_tokenized
 from ftserve.training.export import RESULT_COLUMNS
-from ftserve.training.methods.base import Metrics, StepOutcome
+from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome
 from ftserve.training.planner import Layout
 from ftserve.training.rank import Gang
-from ftserve.training.tokenize import TokenizedExample
+from ftserve.training.tokenize import TokenizedExample, TokenizeStats
 from ftserve.training.trainer import LoraTrainer
 
 
@@ -37,3 +45,24 @@ class Supervised:
 
     def step_message(self, metrics: Metrics) -> str:
         return f"training loss={metrics['train_loss']:.4f}"
+
+
+class SupervisedTraining:
+    """The supervised method's training side: examples tokenized with their prompt loss weight, then Supervised."""
+
+    method = SUPERVISED
+    unit = "examples"
+    dropped_why = "with no completion token left"
+    block_mask = False
+
+    def tokenize(
+        self, settings: Settings, file_id: str, tok: PreTrainedTokenizerBase, config: TrainingConfig
+    ) -> tuple[list[Any], TokenizeStats]:
+        """The file's examples as tokens and weights (prompt tokens weighted by prompt_loss_weight)."""
+        return load_tokenized(settings, file_id, tok, config.prompt_loss_weight, config.max_seq_len)
+
+    def build(self, job: MethodJob, train: list[Any], valid: list[Any]) -> Supervised:
+        """Supervised on the job's examples, laid out per step by the planner."""
+        tok = job.tok
+        pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+        return Supervised(train, valid, Layout.for_run(job.config, job.model, pad, job.device), job.gang)

@@ -132,6 +132,7 @@ export function jobView(root, jobId) {
   const marginChart = new MetricChart(marginEl, "reward_margin", "reward margin");
   let lastEvent = null;
   let status = null;
+  let rewards = false; // the job's steps report a reward margin (DPO's do)
   let refresh = () => {};
 
   showMetrics.addEventListener("change", () => eventsList.classList.toggle("all", showMetrics.checked));
@@ -149,16 +150,17 @@ export function jobView(root, jobId) {
     const fresh = await newEvents(jobId, lastEvent);
     if (fresh.length) lastEvent = fresh[fresh.length - 1].id;
     const metrics = fresh.filter((e) => e.type === "metrics" && e.data).map((e) => e.data);
-    const dpo = methodOf(job) === "dpo";
-    marginCard.hidden = !dpo;
+    // The metrics, not the method's name, say whether there is a reward margin to plot.
+    rewards = rewards || metrics.some((m) => m.train_reward_margin !== undefined);
+    marginCard.hidden = !rewards;
     chart.add(metrics);
-    if (dpo) marginChart.add(metrics);
+    if (rewards) marginChart.add(metrics);
     if (metrics.length) {
       const m = metrics[metrics.length - 1];
       progressBar.style.width = `${(100 * m.step) / m.total_steps}%`;
       progressText.textContent = `step ${m.step}/${m.total_steps} · train loss ${fmtNum(m.train_loss)}` +
         (m.valid_loss !== undefined ? ` · valid loss ${fmtNum(m.valid_loss)}` : "") +
-        (dpo ? ` · reward margin ${fmtNum(m.train_reward_margin)}` : "");
+        (m.train_reward_margin !== undefined ? ` · reward margin ${fmtNum(m.train_reward_margin)}` : "");
     }
     eventsList.prepend(...fresh.reverse().map(eventItem));
     if (job.status !== status) {
