@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ftserve.control.services.training_store import JobSpec
 from ftserve.core import methods
 from ftserve.core.config import Settings
 from ftserve.core.schemas.jobs import Hyperparameters
 from ftserve.training import hyperparams
+from ftserve.training.ports import JobSpec
 
 Packing = Literal["auto", "on", "off"]
 

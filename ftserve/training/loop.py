@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from ftserve.control.services.training_store import JobSpec, JobStopped, TrainingStore
 from ftserve.core.ids import fine_tuned_model_name, now
 from ftserve.core.storage import Storage
 from ftserve.training import faults, publish, resume
@@ -20,6 +19,7 @@ from ftserve.training.batching import step_groups
 from ftserve.training.config import TrainingConfig
 from ftserve.training.hyperparams import Resolved
 from ftserve.training.methods.base import TrainingMethod
+from ftserve.training.ports import JobSpec, JobStopped, JobStore
 from ftserve.training.rank import SINGLE, Gang
 from ftserve.training.trainer import LoraTrainer
 
@@ -31,7 +31,7 @@ class Run:
     spec: JobSpec
     config: TrainingConfig
     hp: Resolved
-    store: TrainingStore
+    store: JobStore
     storage: Storage
     fault_injection: dict[str, Any] | list[dict[str, Any]] | None = None
     gang: Gang = SINGLE  # in a torchrun gang only rank 0 writes (store, files); all ranks train alike

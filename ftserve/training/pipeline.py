@@ -7,13 +7,12 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ftserve.control.services.training_store import JobSpec, JobStopped, TrainingStore
 from ftserve.core.config import Settings
 from ftserve.core.errors import TrainingError
 from ftserve.core.storage import Storage
@@ -25,6 +24,7 @@ from ftserve.training.errors import classify
 from ftserve.training.loop import Run, fit
 from ftserve.training.methods.base import MethodJob, MethodTraining
 from ftserve.training.methods.registry import training_for
+from ftserve.training.ports import ClaimingStore, JobSpec, JobStopped, JobStore
 from ftserve.training.rank import Gang, is_gang_fault
 from ftserve.training.sharding import shard_base
 from ftserve.training.tokenize import TokenizeStats
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # The worker keeps the last base it trained on: jobs on the same base skip the load.
 _BASES: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+
+# The store run_job is handed: the supervisor's train callback gets the same store type back.
+S = TypeVar("S", bound=ClaimingStore)
 
 
 def _base(
@@ -47,17 +50,14 @@ def _base(
     return _BASES[config.base]
 
 
-def run_job(
-    job_id: str, settings: Settings, train: Callable[[JobSpec, Settings, TrainingStore], object] | None = None
-) -> None:
-    """Claim one job and train it while its lease is renewed: here (`run_claimed`), or as `train` does it (the
-    gang supervisor's); a job that is not queued (a duplicate delivery) is left alone."""
-    store = TrainingStore(settings, job_id)
+def run_job(store: S, settings: Settings, train: Callable[[JobSpec, Settings, S], object] | None = None) -> None:
+    """Claim the store's job and train it while its lease is renewed: here (`run_claimed`), or as `train` does it
+    (the gang supervisor's); a job that is not queued (a duplicate delivery) is left alone."""
     spec = store.claim()
     if spec is None:
-        log.info("job %s is not queued; nothing to do", job_id)
+        log.info("job is not queued; nothing to do (%s)", store.owner)
         return
-    log.info("job %s claimed by %s (attempt %d, base %s)", job_id, store.owner, spec.attempt, spec.base)
+    log.info("job %s claimed by %s (attempt %d, base %s)", spec.id, store.owner, spec.attempt, spec.base)
     store.start_heartbeat()
     try:
         (train or run_claimed)(spec, settings, store)
@@ -67,12 +67,12 @@ def run_job(
             torch.cuda.empty_cache()
 
 
-def run_claimed(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang = Gang()) -> bool:
+def run_claimed(spec: JobSpec, settings: Settings, store: JobStore, gang: Gang = Gang()) -> bool:
     """Train a claimed job on this process (one rank of `gang`); False if it failed. Rank 0 records a
     failure (its code from training/errors) through the store; an error of another rank, or of a collective
     (a peer died), is raised instead: it fails the gang, whose supervisor hands the job back to be resumed."""
     try:
-        _train(spec, settings, store if gang.main else FollowerStore(settings, spec.id), gang)
+        _train(spec, settings, store if gang.main else FollowerStore(store), gang)
     except JobStopped as stop:
         log.info("job %s stopped: %s", spec.id, stop)
     except BaseException as exc:
@@ -90,9 +90,15 @@ def run_claimed(spec: JobSpec, settings: Settings, store: TrainingStore, gang: G
     return True
 
 
-class FollowerStore(TrainingStore):
+class FollowerStore:
     """The store of a gang's rank other than 0: what it would report is rank 0's to write, so it writes
-    nothing (the loop keeps checks, metrics and files on rank 0; training/loop)."""
+    nothing (the loop keeps checks, metrics and files on rank 0; training/loop); the rest is the rank's store."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    def check(self) -> None:
+        self._store.check()
 
     def event(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         return None
@@ -100,8 +106,35 @@ class FollowerStore(TrainingStore):
     def resolved_hyperparameters(self, hyperparameters: dict[str, Any], message: str, data: dict[str, Any]) -> None:
         return None
 
+    def step(self, message: str, data: dict[str, Any], *, estimated_finish: int, trained_tokens: int) -> None:
+        self._store.step(message, data, estimated_finish=estimated_finish, trained_tokens=trained_tokens)
 
-def _lora_config(config: TrainingConfig, base: PreTrainedModel, store: TrainingStore) -> LoraConfig:
+    def pause_point_saved(self, step: int, place: Callable[[], None]) -> bool:
+        return self._store.pause_point_saved(step, place)
+
+    def checkpoint(
+        self,
+        org: str,
+        base: str,
+        final_name: str,
+        step: int,
+        metrics: dict[str, Any],
+        place: Callable[[], None],
+        *,
+        found: bool = False,
+    ) -> str | None:
+        return self._store.checkpoint(org, base, final_name, step, metrics, place, found=found)
+
+    def finish(
+        self, org: str, base: str, name: str, trained_tokens: int, result_csv: bytes, place: Callable[[], None]
+    ) -> None:
+        self._store.finish(org, base, name, trained_tokens, result_csv, place)
+
+    def fail(self, code: str, message: str, param: str | None) -> bool:
+        return self._store.fail(code, message, param)
+
+
+def _lora_config(config: TrainingConfig, base: PreTrainedModel, store: JobStore) -> LoraConfig:
     # The architecture's attention + MLP linear layers (models/families), never the LM head.
     targets = choose_target_modules(base, config.lora.target_modules)
     level = "warn" if targets.fallback else "info"
@@ -117,7 +150,7 @@ def _lora_config(config: TrainingConfig, base: PreTrainedModel, store: TrainingS
 
 
 def _attach_adapter(
-    storage: Storage, spec: JobSpec, config: TrainingConfig, base: PreTrainedModel, store: TrainingStore
+    storage: Storage, spec: JobSpec, config: TrainingConfig, base: PreTrainedModel, store: JobStore
 ) -> PeftModel:
     torch.manual_seed(spec.seed)  # LoRA's A matrices are initialised from this seed
     if spec.start_adapter is None:
@@ -165,7 +198,7 @@ def _tokenize(
     spec: JobSpec,
     config: TrainingConfig,
     tok: PreTrainedTokenizerBase,
-    store: TrainingStore,
+    store: JobStore,
     training: MethodTraining,
 ) -> tuple[list[Any], list[Any]]:
     """The training and validation items (examples, or the method's own: DPO's preference pairs) as tokens, the
@@ -178,7 +211,7 @@ def _tokenize(
     return train, valid
 
 
-def _report(stats: TokenizeStats, max_len: int, what: str, why: str, any_left: bool, store: TrainingStore) -> None:
+def _report(stats: TokenizeStats, max_len: int, what: str, why: str, any_left: bool, store: JobStore) -> None:
     if not any_left:
         raise TrainingError("invalid_training_file", f"No example is left after truncation ({why})", "training_file")
     store.event(
@@ -195,7 +228,7 @@ def _report(stats: TokenizeStats, max_len: int, what: str, why: str, any_left: b
     )
 
 
-def _train(spec: JobSpec, settings: Settings, store: TrainingStore, gang: Gang) -> None:
+def _train(spec: JobSpec, settings: Settings, store: JobStore, gang: Gang) -> None:
     """Load the base, tokenize the files, attach LoRA (or resume), resolve hyperparameters, fit."""
     _check_disk(settings)
     config = TrainingConfig.resolve(spec, settings)

@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 
 from peft import PeftModel
 
-from ftserve.control.services.training_store import JobSpec, TrainingStore
 from ftserve.core.ids import fine_tuned_model_name
 from ftserve.core.storage import Storage
 from ftserve.training import resume
 from ftserve.training.export import RESULT_COLUMNS, results_csv, write_adapter
+from ftserve.training.ports import JobSpec, JobStore
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def _staged(
 
 
 def checkpoint(
-    store: TrainingStore,
+    store: JobStore,
     storage: Storage,
     spec: JobSpec,
     model: PeftModel,
@@ -55,7 +55,7 @@ def checkpoint(
 
 
 def pause_point(
-    store: TrainingStore, storage: Storage, spec: JobSpec, model: PeftModel, step: int, state: dict[str, Any]
+    store: JobStore, storage: Storage, spec: JobSpec, model: PeftModel, step: int, state: dict[str, Any]
 ) -> bool:
     """Save a paused job's resume point; True when the job was resumed meanwhile and training goes on."""
     return _staged(
@@ -64,7 +64,7 @@ def pause_point(
 
 
 def finish(
-    store: TrainingStore,
+    store: JobStore,
     storage: Storage,
     spec: JobSpec,
     model: PeftModel,
@@ -84,7 +84,7 @@ def finish(
     )
 
 
-def register_found_checkpoints(store: TrainingStore, storage: Storage, spec: JobSpec) -> None:
+def register_found_checkpoints(store: JobStore, storage: Storage, spec: JobSpec) -> None:
     """Register the complete checkpoints on disk the DB does not list: a worker saved them and was lost
     before it recorded them. Each becomes a servable checkpoint model with its event, like any other."""
     final_name = fine_tuned_model_name(spec.base, spec.org, spec.suffix, spec.id)

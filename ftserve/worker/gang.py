@@ -23,23 +23,25 @@ from pathlib import Path
 import psutil
 
 from ftserve.control.broker import JOIN_JOB, TRAIN_QUEUE, celery_for
-from ftserve.control.services.training_store import JobSpec, JobStopped, TrainingStore
+from ftserve.control.services.training_store import TrainingStore
 from ftserve.core import methods
 from ftserve.core.config import Settings
 from ftserve.core.errors import TrainingError
 from ftserve.training import pipeline
 from ftserve.training.errors import classify
-from ftserve.training.gang_entry import ATTEMPT_ENV, DIR_ENV, OWNER_ENV, SETTINGS_FILE, SPEC_FILE
+from ftserve.training.ports import JobSpec, JobStopped
+from ftserve.worker.gang_entry import ATTEMPT_ENV, DIR_ENV, OWNER_ENV, SETTINGS_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
 
 def run_job(job_id: str, settings: Settings) -> None:
     """Train one job: in this process on one device, else as a gang of worker_procs × job_hosts processes."""
+    store = TrainingStore(settings, job_id)  # the control plane's store: training sees it as its port
     if settings.worker_procs == 1 and settings.job_hosts == 1:
-        pipeline.run_job(job_id, settings)
+        pipeline.run_job(store, settings)
     else:
-        pipeline.run_job(job_id, settings, train=_train_claimed)
+        pipeline.run_job(store, settings, train=_train_claimed)
 
 
 def _train_claimed(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
@@ -165,7 +167,7 @@ def launch(
             "--max-restarts=0",  # a dead rank fails the gang; the job is resumed by a new claim instead
             "--monitor-interval=0.5",
             "-m",
-            "ftserve.training.gang_entry",
+            "ftserve.worker.gang_entry",
         ]
         env = {**os.environ, DIR_ENV: str(folder), OWNER_ENV: owner, ATTEMPT_ENV: str(spec.attempt)}
         # torchrun gives each rank one thread unless told; on CPU the ranks share this host's cores instead.

@@ -44,7 +44,7 @@ def _ranks(service: Service) -> list[psutil.Process]:
             command = " ".join(p.cmdline())
         except psutil.Error:  # exited meanwhile (a zombie until torchrun reaps it)
             continue
-        if "ftserve.training.gang_entry" in command and "torch.distributed.run" not in command:
+        if "ftserve.worker.gang_entry" in command and "torch.distributed.run" not in command:
             ranks.append(p)
     return ranks
 

@@ -26,7 +26,7 @@ from ftserve.core.errors import InvalidRequest
 from ftserve.core.schemas.jobs import FtserveExtensions, JobCreate, Method
 from ftserve.core.storage import Storage
 from ftserve.training.methods.dpo_reference import REFERENCE_FILE
-from ftserve.training.pipeline import run_job
+from ftserve.worker.gang import run_job
 from tests.jobrows import job_and_events
 from tests.preference_data import WORDS, pair_row
 

@@ -27,6 +27,7 @@ from ftserve.models.families import TARGET_MODULES
 from ftserve.models.special_tokens import stop_token_ids
 from ftserve.training import pipeline
 from ftserve.training.tokenize import tokenize_example
+from ftserve.worker import gang
 from tests.e2e.conftest import ANIMALS, animal_prompt
 from tests.family_models import BY_NAME, FAMILIES, Family, build_all, registry_json
 from tests.servers import FTSERVE, Proc, Service, base_env, free_port, wait_http
@@ -51,7 +52,7 @@ class FamilyStack:
 
 @pytest.fixture(scope="module")
 def family_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FamilyStack]:
-    """`ftserve api --with-inference` (no worker: the test runs training.pipeline.run_job itself)."""
+    """`ftserve api --with-inference` (no worker: the test runs the worker's run_job itself)."""
     from ftserve.control.db.migrate import upgrade_head
 
     root = tmp_path_factory.mktemp("families")
@@ -99,7 +100,7 @@ def _train(stack: FamilyStack, family: Family, training_file: str, suffix: str, 
         seed=3,
         hyperparameters={"n_epochs": epochs, "batch_size": 12},
     )
-    pipeline.run_job(job.id, stack.settings)
+    gang.run_job(job.id, stack.settings)
     done = stack.client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded", done.error
     return done
@@ -292,7 +293,7 @@ def test_target_modules_extension_overrides_the_table(family_stack: FamilyStack,
         hyperparameters={"n_epochs": 1},
         extra_body={"extensions": {"target_modules": ["q_proj", "v_proj"]}},
     )
-    pipeline.run_job(job.id, family_stack.settings)
+    gang.run_job(job.id, family_stack.settings)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert "LoRA target modules (from extensions.target_modules): q_proj, v_proj" in messages
@@ -302,7 +303,7 @@ def test_target_modules_extension_overrides_the_table(family_stack: FamilyStack,
     bad = client.fine_tuning.jobs.create(
         training_file=uploaded.id, model="tiny-gpt2", extra_body={"extensions": {"target_modules": ["q_proj"]}}
     )
-    pipeline.run_job(bad.id, family_stack.settings)
+    gang.run_job(bad.id, family_stack.settings)
     failed = client.fine_tuning.jobs.retrieve(bad.id)
     assert failed.status == "failed" and failed.error is not None
     assert failed.error.code == "invalid_target_modules" and "c_attn" in failed.error.message

@@ -21,7 +21,7 @@ from ftserve.core.config import Settings
 from ftserve.core.schemas.jobs import FtserveExtensions, Hyperparameters, JobCreate
 from ftserve.core.storage import Storage
 from ftserve.training import pipeline
-from ftserve.training.pipeline import run_job
+from ftserve.worker.gang import run_job
 from tests.jobrows import job_and_events
 
 ORG = "personal"

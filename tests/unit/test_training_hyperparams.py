@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ftserve.control.services.training_store import JobSpec
 from ftserve.core.config import Settings
 from ftserve.core.schemas.jobs import FtserveExtensions, Hyperparameters
 from ftserve.training.config import TrainingConfig
 from ftserve.training.hyperparams import auto_batch_size, auto_epochs, resolve
+from ftserve.training.ports import JobSpec
 
 
 def test_auto_epochs() -> None:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import TypeAdapter
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -32,7 +31,8 @@ from ftserve.core.config import Settings
 from ftserve.core.errors import NotFound
 from ftserve.core.ids import checkpoint_model_name, new_id, now
 from ftserve.core.job_status import JobStatus
-from ftserve.core.schemas.jobs import FtserveExtensions, Hyperparameters
+from ftserve.core.schemas.jobs import FtserveExtensions
+from ftserve.training.ports import AdapterKey, JobSpec, JobStopped
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,59 +54,6 @@ _HELD = (S.RUNNING, S.PAUSED, S.QUEUED)
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class AdapterKey:
-    """Which stored adapter: a job's final one (step None) or its checkpoint at a step."""
-
-    job_id: str
-    step: int | None
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What training needs of the job row, read once when the job is claimed."""
-
-    id: str
-    org: str
-    model: str
-    base: str
-    start_adapter: AdapterKey | None
-    training_file: str
-    validation_file: str | None
-    suffix: str | None
-    seed: int
-    hyperparameters: Hyperparameters  # the method's own model (DpoHyperparameters for a DPO job)
-    extensions: FtserveExtensions
-    attempt: int = 1  # this claim's number: the fencing token every write of it carries
-    method: str = methods.DEFAULT
-
-    def to_json(self) -> str:
-        """The spec as JSON, for the processes of a torchrun gang that train it without reading the DB."""
-        return _SPEC.dump_json(self).decode()
-
-    @staticmethod
-    def from_json(text: str) -> JobSpec:
-        """A spec back from to_json (a gang trains only the methods that run on one: see worker/gang.py)."""
-        return _SPEC.validate_json(text)
-
-
-_SPEC: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
-
-
-class JobStopped(Exception):
-    """The job is no longer ours to train: cancelled, paused, deleted, or its lease went to another worker."""
-
-    def __init__(self, status: JobStatus | None, reason: str | None = None, *, pause: bool = False) -> None:
-        super().__init__(reason or (status.value if status else "deleted"))
-        self.status = status
-        self.pause = pause
-
-    @property
-    def paused(self) -> bool:
-        """Paused (perhaps resumed already) while this worker still holds the lease: save a resume point."""
-        return self.pause
 
 
 class DatabaseUnavailable(JobStopped):

@@ -10,11 +10,11 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from ftserve.control.services.training_store import JobSpec
 from ftserve.core.config import Settings
 from ftserve.core.methods import MethodSpec
 from ftserve.training.config import TrainingConfig
 from ftserve.training.hyperparams import Resolved
+from ftserve.training.ports import JobSpec
 from ftserve.training.rank import Gang
 from ftserve.training.tokenize import TokenizeStats
 from ftserve.training.trainer import LoraTrainer

@@ -1,4 +1,4 @@
-"""The program each process of a torchrun gang runs (`python -m torch.distributed.run … -m training.gang_entry`):
+"""The program each process of a torchrun gang runs (`python -m torch.distributed.run … -m ftserve.worker.gang_entry`):
 the job's settings and claimed spec from the files the supervisor wrote (worker/gang.py), its rank from torchrun,
 then the pipeline as that rank; rank 0 writes under the supervisor's claim."""
 
@@ -9,10 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-from ftserve.control.services.training_store import JobSpec, TrainingStore
+from ftserve.control.services.training_store import TrainingStore
 from ftserve.core.config import Settings
 from ftserve.models.bases import prepare_base
 from ftserve.training.pipeline import run_claimed
+from ftserve.training.ports import JobSpec
 from ftserve.training.rank import Gang
 
 SETTINGS_FILE = "settings.json"
