@@ -14,6 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from ftserve.control.db.session import session_scope
 from ftserve.control.services.jobs import create_job
+from ftserve.control.services.training_store import TrainingStore
 from ftserve.core.config import Settings
 from ftserve.core.schemas.jobs import Hyperparameters, JobCreate
 from ftserve.models.bases import load_base
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_a_gang_of_one_process_trains_a_job_on_the_device(target: Target, settings: Settings) -> None:
-    """The supervisor's path (torchrun, training/gang_entry, rank 0 writing under the claim), as gang.run_job takes
+    """The supervisor's path (torchrun, worker/gang_entry, rank 0 writing under the claim), as gang.run_job takes
     it for worker_procs > 1; with worker_procs 1 run_job trains in its own process and starts no torchrun."""
     if target.dry:  # three processes' start-up (~25 s of a loaded CI core) for what the CPU suite already runs
         pytest.skip("tests/integration/test_gang.py runs torchrun gangs on the CPU (gloo); this one is for CUDA")
@@ -45,7 +46,7 @@ def test_a_gang_of_one_process_trains_a_job_on_the_device(target: Target, settin
     )
     with session_scope(settings) as s:
         job_id = create_job(s, settings, ORG, req).id
-    pipeline.run_job(job_id, settings, train=gang._train_claimed)
+    pipeline.run_job(TrainingStore(settings, job_id), settings, train=gang._train_claimed)
     job, events = job_and_events(settings, job_id)
     assert job.status == "succeeded", job.error
     started = next(e for e in events if e.message.startswith("Training as a torchrun gang"))
