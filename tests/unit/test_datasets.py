@@ -162,3 +162,16 @@ def test_preference_files_parse_and_do_not_mix(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as err:
         validate_file(_write(tmp_path, _lines(json.dumps({"input": "a", "output": "b"}))), 1 << 20, 1)
     assert err.value.code == "unknown_format" and "preferred_output" in err.value.message
+
+
+def test_batch_files_get_the_same_line_checks_as_training_files(tmp_path: Path) -> None:
+    """One JSONL reader (datasets/jsonl) for every purpose: a lone surrogate in a batch line's body is refused with
+    the training files' code and line, before the body reaches its request model."""
+    from ftserve.core.datasets.batch import validate_batch_file
+
+    body = {"model": "m", "prompt": "x"}
+    good = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": body})
+    bad = good.replace('"a"', '"b"').replace('"x"', '"x\\ud800"')
+    with pytest.raises(DatasetError) as err:
+        validate_batch_file(_write(tmp_path, _lines(good, bad)), max_line_bytes=1 << 20, max_requests=10)
+    assert (err.value.code, err.value.line) == ("invalid_encoding", 2)
