@@ -3,6 +3,8 @@ tokenizer, batching, trainer and exporter, then registered as fine-tuned models 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from peft import LoraConfig, get_peft_model
 from sqlalchemy.orm import Session
@@ -12,6 +14,7 @@ from ftserve.control.services import catalog
 from ftserve.core.config import Settings
 from ftserve.core.datasets.formats import PromptCompletion
 from ftserve.core.storage import Storage
+from ftserve.engine.engine import InferenceEngine
 from ftserve.models.bases import load_base
 from ftserve.training.batching import padded_microbatches, step_groups
 from ftserve.training.export import save_adapter
@@ -51,3 +54,12 @@ def register(settings: Settings, job_id: str, suffix: str, step: int | None = No
         catalog.register(s, name, org, BASE, job_id, step)
         s.commit()
     return name
+
+
+class SettingsEngine(InferenceEngine):
+    """The engine as the serving role builds it (its section of the settings, the bases loaded by those settings),
+    keeping the whole settings for what a test reads beside it (its storage)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.engine(), partial(load_base, settings))
+        self.settings = settings

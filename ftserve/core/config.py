@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,18 @@ def _default_registry() -> dict[str, BaseModelSpec]:
             description="A few-MB random Llama-architecture model for tests and demos",
         ),
     }
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The inference engine's section of the settings: its batching window and width, and its caches' sizes
+    (FTSERVE_BATCH_WINDOW_MS, FTSERVE_MAX_BATCH_ROWS, FTSERVE_ADAPTER_CACHE_SIZE/_BYTES, FTSERVE_GRAMMAR_CACHE_SIZE)."""
+
+    batch_window_ms: float
+    max_batch_rows: int
+    adapter_cache_size: int
+    adapter_cache_bytes: int
+    grammar_cache_size: int
 
 
 class Settings(BaseSettings):
@@ -204,6 +217,16 @@ class Settings(BaseSettings):
             update = {"backend": "vllm", "vllm_urls": servers.urls, "vllm_adapter_dir": servers.adapter_dir}
             self.base_models[name] = BaseModelSpec.model_validate({**self.base_models[name].model_dump(), **update})
         return self
+
+    def engine(self) -> EngineSettings:
+        """The engine's section: the engine reads nothing else of the settings."""
+        return EngineSettings(
+            batch_window_ms=self.batch_window_ms,
+            max_batch_rows=self.max_batch_rows,
+            adapter_cache_size=self.adapter_cache_size,
+            adapter_cache_bytes=self.adapter_cache_bytes,
+            grammar_cache_size=self.grammar_cache_size,
+        )
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ftserve.core.config import Settings
+from ftserve.core.config import EngineSettings
 from ftserve.engine.adapters import AdapterCache
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.errors import AdapterLoadError
@@ -22,7 +23,7 @@ from ftserve.engine.lora import LoraContext, SlotTable
 from ftserve.engine.messages import Done, Job
 from ftserve.engine.scheduler import Resident, Scheduler
 from ftserve.models import special_tokens
-from ftserve.models.bases import load_base, pick_device
+from ftserve.models.bases import pick_device
 
 __all__ = ["AdapterLoadError", "AdapterRef", "InferenceEngine", "ModelRef", "stop_token_ids"]
 
@@ -50,11 +51,16 @@ def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> set[
     return special_tokens.stop_token_ids(model.generation_config, tok)
 
 
+# Loads a base by name onto a device (models/bases.load_base with the role's settings bound).
+BaseLoader = Callable[[str, torch.device], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+
+
 class InferenceEngine:
     """Serves generation for bases and adapters; thread-safe; every forward pass runs in the batcher thread."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, config: EngineSettings, load_base: BaseLoader) -> None:
+        self.config = config
+        self._load_base = load_base
         self.device = pick_device()
         self._bases: dict[str, Resident] = {}
         self._load_lock = threading.Lock()
@@ -65,7 +71,7 @@ class InferenceEngine:
         with self._load_lock:
             if self._scheduler is None:
                 self._scheduler = Scheduler(
-                    self._bases, self.settings.batch_window_ms / 1000, self.settings.max_batch_rows
+                    self._bases, self.config.batch_window_ms / 1000, self.config.max_batch_rows
                 )
             return self._scheduler
 
@@ -79,11 +85,11 @@ class InferenceEngine:
             return res
         with self._load_lock:
             if base not in self._bases:
-                model, tok = load_base(self.settings, base, self.device)
+                model, tok = self._load_base(base, self.device)
                 model.eval()
                 model.requires_grad_(False)
                 ctx = LoraContext(model.dtype, self.device)
-                s = self.settings
+                s = self.config
                 stops = stop_token_ids(model, tok)
                 batch = DecodeBatch(model, tok, stops, self.device, ctx)
                 self._bases[base] = Resident(

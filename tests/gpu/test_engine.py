@@ -14,13 +14,13 @@ from peft import PeftModel
 from ftserve.control.services.catalog import ResolvedModel
 from ftserve.core.config import Settings
 from ftserve.core.storage import Storage
-from ftserve.engine.engine import InferenceEngine, ModelRef, stop_token_ids
+from ftserve.engine.engine import ModelRef, stop_token_ids
 from ftserve.engine.generation import Row
 from ftserve.engine.sampling import Sampling
 from ftserve.models.bases import load_base
 from ftserve.serving.refs import model_ref
 from tests.gpu.target import Target
-from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, train_adapter
+from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, SettingsEngine, prompt, train_adapter
 from tests.integration.test_constrained_decoding import PET, Pet, _run_together
 
 pytestmark = pytest.mark.gpu
@@ -51,15 +51,16 @@ def adapters_dir(target: Target, tmp_path_factory: pytest.TempPathFactory, bases
 
 
 @pytest.fixture(scope="module")
-def engine(target: Target, adapters_dir: Path, bases_dir: Path) -> Iterator[InferenceEngine]:
+def engine(target: Target, adapters_dir: Path, bases_dir: Path) -> Iterator[SettingsEngine]:
     # A wide window: requests submitted one after another share one prefill, then every decode step.
-    e = InferenceEngine(_settings(target, adapters_dir, bases_dir, batch_window_ms=300))
+    settings = _settings(target, adapters_dir, bases_dir, batch_window_ms=300)
+    e = SettingsEngine(settings)
     assert e.device.type == target.device.type
     yield e
     e.close()
 
 
-def _rows(engine: InferenceEngine, animals: list[str], **sampling: object) -> list[Row]:
+def _rows(engine: SettingsEngine, animals: list[str], **sampling: object) -> list[Row]:
     tok = engine.tokenizer(BASE)
     return [Row(tok(prompt(a))["input_ids"], None, Sampling(**sampling)) for a in animals]  # type: ignore[arg-type]
 
@@ -87,7 +88,7 @@ def _merged_greedy(settings: Settings, target: Target, job: str, animals: list[s
 
 
 def test_a_multi_adapter_batch_matches_peft_merged_greedy(
-    target: Target, engine: InferenceEngine, adapters_dir: Path, bases_dir: Path
+    target: Target, engine: SettingsEngine, adapters_dir: Path, bases_dir: Path
 ) -> None:
     storage = Storage(engine.settings)
     jobs = [
@@ -105,7 +106,7 @@ def test_a_multi_adapter_batch_matches_peft_merged_greedy(
     assert [r.text for r in jobs[1][1]] == [f" {COLORS[a]}" for a in ANIMALS]
 
 
-def test_a_constrained_row_in_a_mixed_batch_is_schema_valid(engine: InferenceEngine) -> None:
+def test_a_constrained_row_in_a_mixed_batch_is_schema_valid(engine: SettingsEngine) -> None:
     storage = Storage(engine.settings)
     sounds = model_ref(ADAPTERS["ftjob-sounds"], storage)
     alone = _rows(engine, ["dog"], max_tokens=12, temperature=0)

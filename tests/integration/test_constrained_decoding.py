@@ -17,12 +17,12 @@ from ftserve.control.services.catalog import ResolvedModel
 from ftserve.core.config import Settings
 from ftserve.core.storage import Storage
 from ftserve.engine.constraint import Constraint
-from ftserve.engine.engine import InferenceEngine, ModelRef
+from ftserve.engine.engine import ModelRef
 from ftserve.engine.errors import InvalidConstraint
 from ftserve.engine.generation import Row
 from ftserve.engine.sampling import Sampling
 from ftserve.serving.refs import model_ref
-from tests.inference_adapters import BASE, SOUNDS, prompt, train_adapter
+from tests.inference_adapters import BASE, SOUNDS, SettingsEngine, prompt, train_adapter
 
 
 class Pet(BaseModel):
@@ -43,18 +43,19 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(data_dir: Path, bases_dir: Path) -> Iterator[InferenceEngine]:
+def engine(data_dir: Path, bases_dir: Path) -> Iterator[SettingsEngine]:
     # A wide window: rows submitted one after another share one prefill and then every decode step.
-    e = InferenceEngine(Settings(data_dir=data_dir, bases_dir=bases_dir, batch_window_ms=300, grammar_cache_size=3))
+    settings = Settings(data_dir=data_dir, bases_dir=bases_dir, batch_window_ms=300, grammar_cache_size=3)
+    e = SettingsEngine(settings)
     yield e
     e.close()
 
 
-def _ids(engine: InferenceEngine, text: str) -> list[int]:
+def _ids(engine: SettingsEngine, text: str) -> list[int]:
     return list(engine.tokenizer(BASE)(text)["input_ids"])
 
 
-def _run_together(engine: InferenceEngine, jobs: list[tuple[ModelRef, list[Row]]]) -> None:
+def _run_together(engine: SettingsEngine, jobs: list[tuple[ModelRef, list[Row]]]) -> None:
     """Submit every request at once (one prefill, shared decode steps) and wait for all of them."""
     left = threading.Semaphore(0)
     errors: list[BaseException] = []
@@ -71,7 +72,7 @@ def _run_together(engine: InferenceEngine, jobs: list[tuple[ModelRef, list[Row]]
     assert not errors, errors
 
 
-def test_bounded_schema_always_parses_on_a_random_model(engine: InferenceEngine) -> None:
+def test_bounded_schema_always_parses_on_a_random_model(engine: SettingsEngine) -> None:
     rows = [
         Row(_ids(engine, prompt(a)), None, Sampling(max_tokens=60, temperature=1.0, seed=s, constraint=PET))
         for s, a in enumerate(["cat", "dog", "cow", "owl"] * 4)
@@ -84,7 +85,7 @@ def test_bounded_schema_always_parses_on_a_random_model(engine: InferenceEngine)
 
 
 def test_constrained_rows_share_a_batch_without_changing_their_neighbours(
-    engine: InferenceEngine, data_dir: Path
+    engine: SettingsEngine, data_dir: Path
 ) -> None:
     base = ModelRef(BASE, BASE)
     sounds = model_ref(ResolvedModel("ft:sounds", BASE, "ftjob-sounds"), Storage(engine.settings))
@@ -111,7 +112,7 @@ def test_constrained_rows_share_a_batch_without_changing_their_neighbours(
         Pet.model_validate_json(r.text)
 
 
-def test_lark_grammar_embeds_a_json_schema_between_fixed_text(engine: InferenceEngine) -> None:
+def test_lark_grammar_embeds_a_json_schema_between_fixed_text(engine: SettingsEngine) -> None:
     args = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 99}}}
     args |= {"required": ["n"], "additionalProperties": False}
     lark = f'start: "CALL add(" args ") END"\nargs: %json{json.dumps(args)}'
@@ -131,7 +132,7 @@ def test_lark_grammar_embeds_a_json_schema_between_fixed_text(engine: InferenceE
         assert 1 <= n <= 99
 
 
-def test_logprobs_are_the_models_own_and_length_still_applies(engine: InferenceEngine) -> None:
+def test_logprobs_are_the_models_own_and_length_still_applies(engine: SettingsEngine) -> None:
     ids = _ids(engine, prompt("cat"))
     free = Row(ids, None, Sampling(max_tokens=1, temperature=0, logprobs=5))
     constrained = Row(ids, None, Sampling(max_tokens=3, temperature=0, logprobs=5, constraint=PET))
@@ -142,7 +143,7 @@ def test_logprobs_are_the_models_own_and_length_still_applies(engine: InferenceE
     assert constrained.finish_reason == "length" and len(constrained.token_ids) == 3
 
 
-def test_json_object_is_an_object(engine: InferenceEngine) -> None:
+def test_json_object_is_an_object(engine: SettingsEngine) -> None:
     row = Row(
         _ids(engine, prompt("cat")), None, Sampling(max_tokens=40, temperature=0, constraint=Constraint("json_object"))
     )
@@ -152,7 +153,7 @@ def test_json_object_is_an_object(engine: InferenceEngine) -> None:
         assert isinstance(json.loads(row.text), dict)
 
 
-def test_refused_constraints_and_the_bounded_cache(engine: InferenceEngine) -> None:
+def test_refused_constraints_and_the_bounded_cache(engine: SettingsEngine) -> None:
     unique = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
     with pytest.raises(InvalidConstraint, match="uniqueItems") as refused:
         engine.check_constraint(BASE, Constraint("json_schema", json.dumps(unique)))
@@ -176,7 +177,7 @@ def test_refused_constraints_and_the_bounded_cache(engine: InferenceEngine) -> N
     assert grammars.compile(schemas[0]) is not first, "the least recently used was dropped"
 
 
-def test_constrained_draws_follow_the_masked_distribution(engine: InferenceEngine) -> None:
+def test_constrained_draws_follow_the_masked_distribution(engine: SettingsEngine) -> None:
     """The free draw kept when allowed, else a masked draw: together exactly p restricted to the allowed tokens."""
     import torch
 

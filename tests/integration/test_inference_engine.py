@@ -18,13 +18,13 @@ from ftserve.control.services.catalog import ResolvedModel
 from ftserve.core.config import Settings
 from ftserve.core.storage import Storage
 from ftserve.engine import lora
-from ftserve.engine.engine import InferenceEngine, ModelRef
+from ftserve.engine.engine import ModelRef
 from ftserve.engine.errors import AdapterLoadError, GenerationFailed
 from ftserve.engine.generation import Row
 from ftserve.engine.sampling import Sampling
 from ftserve.models.bases import load_base
 from ftserve.serving.refs import model_ref
-from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, prompt, train_adapter
+from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, SettingsEngine, prompt, train_adapter
 
 SOUNDS_MODEL = ResolvedModel("ft:sounds", BASE, "ftjob-sounds")
 COLORS_MODEL = ResolvedModel("ft:colors", BASE, "ftjob-colors")
@@ -42,29 +42,30 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> P
 
 
 @contextmanager
-def _engine(adapters_dir: Path, bases_dir: Path, **kw: object) -> Iterator[InferenceEngine]:
-    engine = InferenceEngine(Settings(data_dir=adapters_dir, bases_dir=bases_dir, **kw))  # type: ignore[arg-type]
+def _engine(adapters_dir: Path, bases_dir: Path, **kw: object) -> Iterator[SettingsEngine]:
+    settings = Settings(data_dir=adapters_dir, bases_dir=bases_dir, **kw)  # type: ignore[arg-type]
+    engine = SettingsEngine(settings)
     yield engine
     engine.close()
 
 
 @pytest.fixture()
-def engine(adapters_dir: Path, bases_dir: Path) -> Iterator[InferenceEngine]:
+def engine(adapters_dir: Path, bases_dir: Path) -> Iterator[SettingsEngine]:
     # A wide window makes requests submitted one after another share one prefill.
     with _engine(adapters_dir, bases_dir, batch_window_ms=300) as e:
         yield e
 
 
-def _rows(engine: InferenceEngine, max_tokens: int = 8) -> list[Row]:
+def _rows(engine: SettingsEngine, max_tokens: int = 8) -> list[Row]:
     tok = engine.tokenizer(BASE)
     return [Row(tok(prompt(a))["input_ids"], None, Sampling(max_tokens=max_tokens, temperature=0)) for a in ANIMALS]
 
 
-def _ref(engine: InferenceEngine, model: ResolvedModel) -> ModelRef:
+def _ref(engine: SettingsEngine, model: ResolvedModel) -> ModelRef:
     return model_ref(model, Storage(engine.settings))
 
 
-def _texts(engine: InferenceEngine, model: ResolvedModel) -> list[str]:
+def _texts(engine: SettingsEngine, model: ResolvedModel) -> list[str]:
     rows = _rows(engine)
     engine.run(_ref(engine, model), rows)
     return [r.text for r in rows]
@@ -76,7 +77,7 @@ def _metric(name: str) -> float:
 
 @pytest.mark.parametrize("layout", ["stacked", "slot-major"])
 def test_two_adapters_in_one_batch_match_their_single_outputs(
-    engine: InferenceEngine, layout: str, monkeypatch: pytest.MonkeyPatch
+    engine: SettingsEngine, layout: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two adapters take the stacked layout; with the threshold lowered they take the slot-major one.
     if layout == "slot-major":
@@ -118,7 +119,7 @@ def test_two_adapters_in_one_batch_match_their_single_outputs(
     assert (3 * len(ANIMALS), layout) in layouts, layouts  # the shared prefill ran in the layout under test
 
 
-def test_slot_lora_matches_peft(engine: InferenceEngine, adapters_dir: Path, bases_dir: Path) -> None:
+def test_slot_lora_matches_peft(engine: SettingsEngine, adapters_dir: Path, bases_dir: Path) -> None:
     """The server's own multi-adapter LoRA layers compute what PEFT computes for the same adapter."""
     model, tok = load_base(Settings(data_dir=adapters_dir, bases_dir=bases_dir), BASE, torch.device("cpu"))
     peft = PeftModel.from_pretrained(model, str(adapters_dir / "jobs" / "ftjob-colors" / "final"))
@@ -145,7 +146,7 @@ def test_lru_evicts_and_reloads(adapters_dir: Path, bases_dir: Path, limits: dic
         assert len(engine.resident(BASE).adapters.entries) == 1
 
 
-def test_unload_then_serve_again(engine: InferenceEngine) -> None:
+def test_unload_then_serve_again(engine: SettingsEngine) -> None:
     assert _texts(engine, SOUNDS_MODEL)[0] == " meow"
     cache = engine.resident(BASE).adapters
     assert set(cache.entries) == {"ftjob-sounds-final"}
@@ -186,7 +187,7 @@ def _raise(*_: object) -> bool:
     raise RuntimeError("injected fault")
 
 
-def test_a_failing_row_fails_only_its_request(engine: InferenceEngine) -> None:
+def test_a_failing_row_fails_only_its_request(engine: SettingsEngine) -> None:
     """Faults injected into single rows of one mixed prefill (three models): each fails its own request alone,
     and every neighbour finishes with exactly its single-request output."""
     single = {m.name: _texts(engine, m) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
