@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from ftserve.core.config import Settings, get_settings
+from tests.servers import xdist_index
 
 # Under pytest-xdist each process, and every server it starts (they inherit this environment), gets its share of
 # the cores: torch's default of one thread per core in every process oversubscribes them, and a training step
@@ -24,8 +25,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 PG_ADMIN = os.environ.get("FTSERVE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 # pytest-xdist runs the suite in several processes (`-n 2` in make test): each gets its own Redis db, so one
 # process's flush or Celery queue never touches another's. Postgres databases are per test already.
-XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-REDIS_URL = os.environ.get("FTSERVE_TEST_REDIS", f"redis://127.0.0.1:6379/{15 - XDIST_INDEX}")
+REDIS_URL = os.environ.get("FTSERVE_TEST_REDIS", f"redis://127.0.0.1:6379/{15 - xdist_index()}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

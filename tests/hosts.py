@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
 import subprocess
@@ -18,11 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import Proc
-
-
-def _xdist_index() -> int:
-    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+from tests.servers import Proc, xdist_index
 
 
 def _ip(*args: str) -> None:
@@ -63,7 +58,7 @@ class Network:
     """A bridge at 10.77.N.1/24 in the root namespace and hosts at 10.77.N.10, .11, …"""
 
     # Each xdist process of a run draws from its own range, so two processes' bridges never share a subnet.
-    net: int = field(default_factory=lambda: 100 + 50 * (_xdist_index() % 3) + secrets.randbelow(50))
+    net: int = field(default_factory=lambda: 100 + 50 * (xdist_index() % 3) + secrets.randbelow(50))
     hosts: list[Host] = field(default_factory=list)
     _tag: str = field(default_factory=lambda: secrets.token_hex(2))
     _forwarders: list[_Forwarder] = field(default_factory=list)

@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FTSERVE = [sys.executable, "-m", "ftserve"]
 
 
+def xdist_index() -> int:
+    """This pytest-xdist process's number (gw0 → 0), 0 outside xdist: what keeps processes' resources apart."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

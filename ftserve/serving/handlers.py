@@ -48,21 +48,21 @@ class Handler(Generic[Req, P]):
     check: Callable[[Backend, str, P], None]
 
 
-def _check_completion(engine: Backend, base: str, plan: CompletionPlan) -> None:
+def _check_rows(engine: Backend, base: str, plan: Plan) -> None:
     """Compile the rows' response_format constraints (blocking: off the event loop); a refused one is a 400."""
     if has_constraints(plan.rows):
         check_constraints(engine, base, plan.rows)
 
 
 def _check_chat(engine: Backend, base: str, plan: ChatPlan) -> None:
-    """As for completions, and first the tools' forced-call grammar: a refused schema names its tool."""
+    """As for any rows, and first the tools' forced-call grammar: a refused schema names its tool."""
     if plan.tools is not None:
         check_grammar(engine, base, plan.tools)
-    _check_completion(engine, base, plan)  # type: ignore[arg-type]  # only .rows is read
+    _check_rows(engine, base, plan)
 
 
 COMPLETION_HANDLER: Handler[Any, CompletionPlan] = Handler(
-    COMPLETIONS, plan_completion, completion_body, _check_completion
+    COMPLETIONS, plan_completion, completion_body, _check_rows
 )
 CHAT_HANDLER: Handler[Any, ChatPlan] = Handler(CHAT_COMPLETIONS, plan_chat, chat_body, _check_chat)
 
