@@ -122,12 +122,19 @@ def test_deleting_the_model_unloads_its_adapter_from_vllm(stack: Stack) -> None:
     name = stack.register(VLLM, "todelete")
     stack.client.completions.create(model=name, prompt=PROMPTS[0], temperature=0, max_tokens=4)
     assert any(f"{JOB}-final" in served_adapters(url) for url in stack.replicas)
+    copy = stack.adapter_dir / VLLM / f"{JOB}-final"
+    assert copy.is_dir()
     stack.client.models.delete(name)
+
+    def end_state() -> tuple[bool, bool]:
+        """(still loaded on a replica, its shared copy still there)"""
+        return any(f"{JOB}-final" in served_adapters(url) for url in stack.replicas), copy.exists()
+
     deadline = time.monotonic() + 30
-    while any(f"{JOB}-final" in served_adapters(url) for url in stack.replicas):
-        assert time.monotonic() < deadline, "the deleted model's adapter is still loaded"
+    while end_state() != (False, False):
+        assert time.monotonic() < deadline, f"after deletion (loaded, copy present) = {end_state()}"
         time.sleep(0.2)
-    assert not (stack.adapter_dir / VLLM / f"{JOB}-final").exists()
+    assert not list(copy.parent.glob(f".{copy.name}*")), "a renamed-away copy was left behind"
     with pytest.raises(openai.NotFoundError):
         stack.client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=4)
 

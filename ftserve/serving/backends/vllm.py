@@ -7,8 +7,10 @@ that holds it; a replica that fails is skipped and its rows continue on another 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -154,19 +156,22 @@ class VllmBackend:
         run_via(self.submit, ref, rows)
 
     def unload(self, base: str, adapter: str) -> None:
-        """Unload a deleted model's adapter from every replica holding it, and drop its copy (in the background)."""
+        """Drop a deleted model's adapter copy and unload it from every replica holding it (the unloading in
+        the background)."""
         if base in self.replicas and not self._closed:
             self._call(self._unload(base, adapter))
 
     def resident_adapters(self) -> list[tuple[str, str]]:
-        """(base, adapter key) of every adapter loaded on some replica (read on the loop that changes them)."""
+        """(base, adapter key) of every adapter loaded on some replica (read on the loop that changes them) or
+        copied to a shared adapter dir: the sweep unloads, and so removes, those of deleted models."""
         if self._closed:
             return []
 
-        async def collect() -> list[tuple[str, str]]:
-            return sorted({(base, key) for base, reps in self.replicas.items() for r in reps for key in r.adapters})
+        async def collect() -> set[tuple[str, str]]:
+            return {(base, key) for base, reps in self.replicas.items() for r in reps for key in r.adapters}
 
-        return asyncio.run_coroutine_threadsafe(collect(), self._loop).result(timeout=30)
+        loaded = asyncio.run_coroutine_threadsafe(collect(), self._loop).result(timeout=30)
+        return sorted(loaded | self._copies())
 
     def close(self) -> None:
         if self._closed:
@@ -395,6 +400,12 @@ class VllmBackend:
         return target
 
     async def _unload(self, base: str, key: str) -> None:
+        """Drop the adapter's shared copy first, then unload it from every replica holding it.
+
+        The copy goes first so that deletion's end state does not hang on the replicas: a server that stops
+        between the two steps has lost the loaded adapter anyway, and the copy is already gone (a replica
+        keeps what it loaded in memory, so a request in flight still finishes)."""
+        await asyncio.to_thread(self._drop_copy, base, key)
         for replica in self.replicas[base]:
             if key not in replica.adapters:
                 continue
@@ -407,9 +418,41 @@ class VllmBackend:
                     log.warning("unloading %s from %s answered %s", key, replica.url, resp.status_code)
             except httpx.TransportError as exc:  # a replica that is down lost its adapters anyway
                 log.warning("unloading %s from %s failed: %s", key, replica.url, exc)
+
+    def _drop_copy(self, base: str, key: str) -> None:
+        """Remove the adapter's copy from the base's shared dir: renamed away in one step (so it is gone from
+        its path at once), then deleted; a failure to delete is logged, and the sweep retries it."""
         shared = self.bases[base].vllm_adapter_dir
-        if shared is not None:
-            await asyncio.to_thread(shutil.rmtree, Path(shared) / base / key, True)
+        if shared is None:
+            return
+        target = Path(shared) / base / key
+        doomed = target.with_name(f".{key}.deleted-{threading.get_ident()}")
+        with contextlib.suppress(FileNotFoundError):  # no copy: never loaded here, or already removed
+            target.rename(doomed)
+        for leftover in target.parent.glob(f".{key}.deleted-*"):
+            try:
+                shutil.rmtree(leftover)
+            except OSError as exc:
+                log.warning("could not remove the deleted adapter copy %s: %s", leftover, exc)
+
+    def _copies(self) -> set[tuple[str, str]]:
+        """(base, adapter key) of every adapter copy in the shared dirs, including those a stopped role left
+        behind and those renamed away but not yet deleted (copies still being written are not listed)."""
+        found: set[tuple[str, str]] = set()
+        for base in self.replicas:
+            shared = self.bases[base].vllm_adapter_dir
+            folder = None if shared is None else Path(shared) / base
+            if folder is None or not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                match = _COPY.fullmatch(path.name)
+                if match:
+                    found.add((base, match["key"] or match["gone"]))
+        return found
+
+
+# An adapter copy's name in a shared dir: `{key}`, or `.{key}.deleted-{n}` once renamed away for deletion.
+_COPY = re.compile(r"(?P<key>[^.].*-(?:final|\d+))|\.(?P<gone>.+-(?:final|\d+))\.deleted-\d+")
 
 
 async def _check_status(resp: httpx.Response, ref: ModelRef) -> None:
