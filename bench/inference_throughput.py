@@ -64,8 +64,8 @@ from ftserve.control.db.session import make_engine  # noqa: E402
 from ftserve.control.services import catalog  # noqa: E402
 from ftserve.core.config import Settings  # noqa: E402
 from ftserve.core.storage import Storage  # noqa: E402
-from ftserve.engine.engine import stop_token_ids  # noqa: E402
 from ftserve.models.bases import load_base, prepare_base  # noqa: E402
+from ftserve.models.special_tokens import stop_token_ids  # noqa: E402
 from ftserve.training.export import save_adapter  # noqa: E402
 
 TOPICS = ["river", "robot", "garden", "violin", "comet", "bakery", "glacier", "lantern"]
@@ -216,7 +216,8 @@ def naive(settings: Settings, base: str, models: list[str], n: int, max_tokens: 
         peft_model = PeftModel.from_pretrained(model, str(storage.adapter_dir(f"ftjob-{job_id}", None)))
         peft_model.eval()
         with torch.inference_mode():
-            tokens += _generate(peft_model, tok, prompt, sorted(stop_token_ids(model, tok)), max_tokens)
+            stops = sorted(stop_token_ids(model.generation_config, tok))
+            tokens += _generate(peft_model, tok, prompt, stops, max_tokens)
         service.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
     return Result(
@@ -228,7 +229,7 @@ def serial(settings: Settings, base: str, models: list[str], n: int, max_tokens:
     """(b) One resident PeftModel with every adapter; set_adapter per request, one at a time."""
     storage = Storage(settings)
     model, tok = load_base(settings, base, torch.device("cpu"), progress=lambda _m: None)
-    stops = sorted(stop_token_ids(model, tok))
+    stops = sorted(stop_token_ids(model.generation_config, tok))
     dirs = [storage.adapter_dir("ftjob-" + m.rsplit(":", 1)[1], None) for m in models]
     peft_model = PeftModel.from_pretrained(model, str(dirs[0]), adapter_name="a0")
     for i, d in enumerate(dirs[1:], start=1):

@@ -15,7 +15,7 @@ from ftserve.core.config import Settings
 from ftserve.core.datasets.formats import PromptCompletion
 from ftserve.core.storage import Storage
 from ftserve.engine.engine import InferenceEngine
-from ftserve.models.bases import load_base
+from ftserve.models.bases import load_base, load_for_generation, pick_device
 from ftserve.training.batching import padded_microbatches, step_groups
 from ftserve.training.export import save_adapter
 from ftserve.training.tokenize import tokenize_example
@@ -61,5 +61,5 @@ class SettingsEngine(InferenceEngine):
     keeping the whole settings for what a test reads beside it (its storage)."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.engine(), partial(load_base, settings))
+        super().__init__(settings.engine(), partial(load_for_generation, settings), pick_device())
         self.settings = settings

@@ -22,10 +22,8 @@ from ftserve.engine.grammar import Grammars
 from ftserve.engine.lora import LoraContext, SlotTable
 from ftserve.engine.messages import Done, Job
 from ftserve.engine.scheduler import Resident, Scheduler
-from ftserve.models import special_tokens
-from ftserve.models.bases import pick_device
 
-__all__ = ["AdapterLoadError", "AdapterRef", "InferenceEngine", "ModelRef", "stop_token_ids"]
+__all__ = ["AdapterLoadError", "AdapterRef", "BaseLoader", "InferenceEngine", "ModelRef"]
 
 
 @dataclass(frozen=True)
@@ -46,22 +44,18 @@ class ModelRef:
     adapter: AdapterRef | None = None
 
 
-def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> set[int]:
-    """Every token that ends generation: generation-config EOS ids, tokenizer EOS, chat end-of-turn."""
-    return special_tokens.stop_token_ids(model.generation_config, tok)
-
-
-# Loads a base by name onto a device (models/bases.load_base with the role's settings bound).
-BaseLoader = Callable[[str, torch.device], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+# Loads a base by name onto a device: its model, tokenizer and stop set (every token that ends generation).
+# The serving role binds models/bases.load_for_generation to its settings; the engine imports no model code.
+BaseLoader = Callable[[str, torch.device], tuple[PreTrainedModel, PreTrainedTokenizerBase, set[int]]]
 
 
 class InferenceEngine:
     """Serves generation for bases and adapters; thread-safe; every forward pass runs in the batcher thread."""
 
-    def __init__(self, config: EngineSettings, load_base: BaseLoader) -> None:
+    def __init__(self, config: EngineSettings, load_base: BaseLoader, device: torch.device) -> None:
         self.config = config
         self._load_base = load_base
-        self.device = pick_device()
+        self.device = device
         self._bases: dict[str, Resident] = {}
         self._load_lock = threading.Lock()
         self._scheduler: Scheduler | None = None
@@ -85,12 +79,11 @@ class InferenceEngine:
             return res
         with self._load_lock:
             if base not in self._bases:
-                model, tok = self._load_base(base, self.device)
+                model, tok, stops = self._load_base(base, self.device)
                 model.eval()
                 model.requires_grad_(False)
                 ctx = LoraContext(model.dtype, self.device)
                 s = self.config
-                stops = stop_token_ids(model, tok)
                 batch = DecodeBatch(model, tok, stops, self.device, ctx)
                 self._bases[base] = Resident(
                     model,

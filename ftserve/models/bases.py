@@ -23,6 +23,7 @@ from transformers import (
 
 from ftserve.core.config import BaseModelSpec, Settings
 from ftserve.core.filecache import file_lock
+from ftserve.models.special_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -199,6 +200,15 @@ def load_base(
     if head is not None:
         head.register_forward_pre_hook(_contiguous_input)
     return model, tokenizer
+
+
+def load_for_generation(
+    settings: Settings, name: str, device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, set[int]]:
+    """A base as the inference engine takes it (its BaseLoader): model and tokenizer on the device, and the
+    stop set (every token that ends generation: generation-config EOS ids, tokenizer EOS, chat end-of-turn)."""
+    model, tok = load_base(settings, name, device)
+    return model, tok, stop_token_ids(model.generation_config, tok)
 
 
 def _tokenizer(path: Path) -> PreTrainedTokenizerBase:

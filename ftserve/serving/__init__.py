@@ -1,5 +1,2 @@
-"""The inference HTTP role: completions and chat routes over the engine, with the org's model names."""
-
-from ftserve.serving.app import install
-
-__all__ = ["install"]
+"""The inference HTTP role: completions and chat routes over the engine, the Batch API's runner and the
+deleted-model sweep; `serving.app.install` adds it to an app, with the control plane's ports (serving/ports)."""

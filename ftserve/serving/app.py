@@ -5,20 +5,23 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from ftserve.control.services.catalog import ResolvedModel
 from ftserve.core.config import Settings
+from ftserve.core.resolved import ResolvedModel
 from ftserve.serving.backends.dispatch import Backends
 from ftserve.serving.batches import BatchRunner
+from ftserve.serving.ports import BatchStore, ModelCatalog
 from ftserve.serving.refs import adapter_key
 from ftserve.serving.routes import router
 from ftserve.serving.sweep import sweep_forever
 
 
-def install(app: FastAPI, settings: Settings, sweep: bool) -> None:
-    """Serve completions from this process; `sweep`: no api role here, so watch the DB for deleted models."""
+def install(app: FastAPI, settings: Settings, catalog: ModelCatalog, batches: BatchStore, sweep: bool) -> None:
+    """Serve completions from this process, with the control plane's ports (what model names mean, the Batch
+    API's store); `sweep`: no api role here, so ask the catalog now and then which adapters were deleted."""
     # Each base's own engine: ftserve's (builtin) or its vLLM servers (vllm), per the registry.
     engine = Backends(settings)
     app.state.engine = engine
+    app.state.catalog = catalog
     app.include_router(router)
 
     def unload(resolved: ResolvedModel) -> None:
@@ -27,9 +30,9 @@ def install(app: FastAPI, settings: Settings, sweep: bool) -> None:
 
     app.state.model_deleted.append(unload)
     if sweep:
-        app.state.background.append(lambda: sweep_forever(engine, settings))
+        app.state.background.append(lambda: sweep_forever(engine, catalog, settings.adapter_sweep_seconds))
     # The Batch API runs here, through this engine; it leaves its batch (lease released) before the engine stops.
-    runner = BatchRunner(engine, settings)
+    runner = BatchRunner(engine, settings, batches, catalog)
     app.state.background.append(runner.run_forever)
     app.state.shutdown.append(runner.stop)
     app.state.shutdown.append(engine.close)

@@ -16,17 +16,13 @@ from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 from transformers import PreTrainedTokenizerBase
 
-from ftserve.control.api.errors import envelope
-from ftserve.control.db.session import session_scope
-from ftserve.control.services import catalog
-from ftserve.control.services.batch_store import BatchLost, BatchStore, ClaimedBatch, Result, runner_id
 from ftserve.core import metrics
 from ftserve.core.config import Settings
 from ftserve.core.datasets.batch import BatchLine, iter_batch_lines
 from ftserve.core.datasets.formats import DatasetError
+from ftserve.core.envelope import envelope
 from ftserve.core.errors import ServiceError, bad_request
 from ftserve.core.ids import new_id, now
 from ftserve.core.storage import Storage
@@ -34,6 +30,7 @@ from ftserve.engine.engine import ModelRef
 from ftserve.engine.errors import EngineStopped
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.handlers import HANDLERS, Handler, Plan
+from ftserve.serving.ports import BatchLost, BatchStore, ClaimedBatch, ModelCatalog, Result
 from ftserve.serving.refs import model_ref
 
 log = logging.getLogger(__name__)
@@ -57,10 +54,11 @@ class Pending:
 class BatchRunner:
     """Runs one batch at a time through the engine; `run_forever` is the inference role's background loop."""
 
-    def __init__(self, engine: Backend, settings: Settings) -> None:
+    def __init__(self, engine: Backend, settings: Settings, store: BatchStore, catalog: ModelCatalog) -> None:
         self.engine = engine
         self.settings = settings
-        self.store = BatchStore(settings, runner_id())
+        self.store = store
+        self.catalog = catalog
         self.stopping = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
@@ -223,8 +221,7 @@ class BatchRunner:
             raise bad_request(f"Invalid request body: {exc.errors()[0].get('msg')}") from None
         if req.model not in models:
             try:
-                with session_scope(self.settings) as session:
-                    ref = self._resolve(session, org, req.model)
+                ref = model_ref(self.catalog.resolve(org, req.model), Storage(self.settings))
                 models[req.model] = (ref, self.engine.tokenizer(ref.base))
             except ServiceError as exc:
                 models[req.model] = exc
@@ -235,9 +232,6 @@ class BatchRunner:
         plan = handler.plan(req, tok, self.settings, ref.base)
         handler.check(self.engine, ref.base, plan)
         return Pending(line, handler, plan, tok), ref
-
-    def _resolve(self, session: Session, org: str, model: str) -> ModelRef:
-        return model_ref(catalog.resolve(session, self.settings, org, model), Storage(self.settings))
 
     def _success(self, p: Pending) -> Result:
         body = p.handler.body(p.plan, p.tok, new_id(p.handler.endpoint.id_prefix), now())

@@ -61,9 +61,7 @@ def _check_chat(engine: Backend, base: str, plan: ChatPlan) -> None:
     _check_rows(engine, base, plan)
 
 
-COMPLETION_HANDLER: Handler[Any, CompletionPlan] = Handler(
-    COMPLETIONS, plan_completion, completion_body, _check_rows
-)
+COMPLETION_HANDLER: Handler[Any, CompletionPlan] = Handler(COMPLETIONS, plan_completion, completion_body, _check_rows)
 CHAT_HANDLER: Handler[Any, ChatPlan] = Handler(CHAT_COMPLETIONS, plan_chat, chat_body, _check_chat)
 
 HANDLERS: dict[str, Handler[Any, Any]] = {h.endpoint.path: h for h in (COMPLETION_HANDLER, CHAT_HANDLER)}

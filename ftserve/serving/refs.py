@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftserve.control.services.catalog import ResolvedModel
+from ftserve.core.resolved import ResolvedModel
 from ftserve.core.storage import Storage
 from ftserve.engine.engine import AdapterRef, ModelRef
 

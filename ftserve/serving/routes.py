@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
-from ftserve.control.api.deps import OrgDep, SessionDep, SettingsDep
-from ftserve.control.services import catalog
 from ftserve.core.config import Settings
 from ftserve.core.ids import new_id, now
 from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
@@ -20,6 +17,7 @@ from ftserve.engine.engine import ModelRef
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.handlers import CHAT_HANDLER, COMPLETION_HANDLER
 from ftserve.serving.logprobs import StreamCursor
+from ftserve.serving.ports import ModelCatalog
 from ftserve.serving.refs import model_ref
 from ftserve.serving.streaming import stream, usage_chunk
 from ftserve.serving.tools import ChoiceStream
@@ -32,18 +30,34 @@ def _engine(request: Request) -> Backend:
     return engine
 
 
-def _resolve(session: Session, settings: Settings, org: str, model: str) -> ModelRef:
-    """The org's model name as the engine's reference; the DB session is closed before generation starts."""
-    ref = model_ref(catalog.resolve(session, settings, org, model), Storage(settings))
-    session.close()  # generation can take a while; hold no DB connection meanwhile
-    return ref
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _catalog(request: Request) -> ModelCatalog:
+    catalog: ModelCatalog = request.app.state.catalog
+    return catalog
+
+
+def _org(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's org (a sync dependency: FastAPI runs it in the threadpool, as the catalog reads the DB)."""
+    return _catalog(request).org_for(authorization)
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+OrgDep = Annotated[str, Depends(_org)]
+
+
+def _resolve(request: Request, org: str, model: str) -> ModelRef:
+    """The org's model name as the engine's reference (the catalog holds no DB connection once it answers)."""
+    settings = _settings(request)
+    return model_ref(_catalog(request).resolve(org, model), Storage(settings))
 
 
 @router.post(COMPLETION_HANDLER.endpoint.path, response_model=COMPLETION_HANDLER.endpoint.response)
-async def completions(
-    req: CompletionRequest, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
-) -> Any:
-    ref = _resolve(session, settings, org, req.model)
+async def completions(req: CompletionRequest, request: Request, settings: SettingsDep, org: OrgDep) -> Any:
+    ref = await run_in_threadpool(_resolve, request, org, req.model)
     engine = _engine(request)
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
     plan = COMPLETION_HANDLER.plan(req, tok, settings, ref.base)
@@ -70,10 +84,8 @@ async def completions(
 
 
 @router.post(CHAT_HANDLER.endpoint.path, response_model=CHAT_HANDLER.endpoint.response)
-async def chat_completions(
-    req: ChatCompletionRequest, request: Request, session: SessionDep, settings: SettingsDep, org: OrgDep
-) -> Any:
-    ref = _resolve(session, settings, org, req.model)
+async def chat_completions(req: ChatCompletionRequest, request: Request, settings: SettingsDep, org: OrgDep) -> Any:
+    ref = await run_in_threadpool(_resolve, request, org, req.model)
     engine = _engine(request)
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
     plan = CHAT_HANDLER.plan(req, tok, settings, ref.base)

@@ -13,7 +13,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from ftserve.control.api.errors import envelope
+from ftserve.core.envelope import envelope
 from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
 from ftserve.engine.engine import ModelRef
 from ftserve.engine.generation import Row

@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ftserve.control.db.session import session_scope
-from ftserve.control.services import catalog
-from ftserve.core.config import Settings
 from ftserve.serving.backends.base import Backend
+from ftserve.serving.ports import ModelCatalog
 from ftserve.serving.refs import parse_adapter_key
 
 log = logging.getLogger(__name__)
 
 
-def unload_deleted(engine: Backend, settings: Settings) -> int:
+def unload_deleted(engine: Backend, catalog: ModelCatalog) -> int:
     """Unload resident adapters whose model no longer exists or was deleted; how many were unloaded.
 
     Requests for such a model already get 404 (resolution reads the DB); this frees the memory too.
@@ -23,19 +21,18 @@ def unload_deleted(engine: Backend, settings: Settings) -> int:
     resident = engine.resident_adapters()
     if not resident:
         return 0
-    with session_scope(settings) as session:
-        servable = catalog.servable_adapters(session, {parse_adapter_key(key) for _, key in resident})
+    servable = catalog.servable_adapters({parse_adapter_key(key) for _, key in resident})
     gone = [(base, key) for base, key in resident if parse_adapter_key(key) not in servable]
     for base, key in gone:
         engine.unload(base, key)
     return len(gone)
 
 
-async def sweep_forever(engine: Backend, settings: Settings) -> None:
+async def sweep_forever(engine: Backend, catalog: ModelCatalog, every_s: float) -> None:
     while True:
-        await asyncio.sleep(settings.adapter_sweep_seconds)
+        await asyncio.sleep(every_s)
         try:
-            unloaded = await asyncio.to_thread(unload_deleted, engine, settings)
+            unloaded = await asyncio.to_thread(unload_deleted, engine, catalog)
             if unloaded:
                 log.info("unloaded %d adapters of deleted models", unloaded)
         except Exception:

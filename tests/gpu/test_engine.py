@@ -11,13 +11,14 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ftserve.control.services.catalog import ResolvedModel
 from ftserve.core.config import Settings
+from ftserve.core.resolved import ResolvedModel
 from ftserve.core.storage import Storage
-from ftserve.engine.engine import ModelRef, stop_token_ids
+from ftserve.engine.engine import ModelRef
 from ftserve.engine.generation import Row
 from ftserve.engine.sampling import Sampling
 from ftserve.models.bases import load_base
+from ftserve.models.special_tokens import stop_token_ids
 from ftserve.serving.refs import model_ref
 from tests.gpu.target import Target
 from tests.inference_adapters import ANIMALS, BASE, COLORS, SOUNDS, SettingsEngine, prompt, train_adapter
@@ -75,7 +76,7 @@ def _merged_greedy(settings: Settings, target: Target, job: str, animals: list[s
     base, tok = load_base(settings, BASE, target.device)
     merged = PeftModel.from_pretrained(base, str(Storage(settings).adapter_dir(job, None))).merge_and_unload()
     merged.eval()
-    stops = sorted(stop_token_ids(merged, tok))  # type: ignore[arg-type]
+    stops = sorted(stop_token_ids(merged.generation_config, tok))  # type: ignore[arg-type]
     out = []
     for animal in animals:
         ids = tok(prompt(animal), return_tensors="pt").to(target.device)

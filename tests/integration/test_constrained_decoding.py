@@ -13,8 +13,8 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from ftserve.control.services.catalog import ResolvedModel
 from ftserve.core.config import Settings
+from ftserve.core.resolved import ResolvedModel
 from ftserve.core.storage import Storage
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.engine import ModelRef

@@ -14,8 +14,8 @@ import torch
 from peft import PeftModel
 from prometheus_client import REGISTRY
 
-from ftserve.control.services.catalog import ResolvedModel
 from ftserve.core.config import Settings
+from ftserve.core.resolved import ResolvedModel
 from ftserve.core.storage import Storage
 from ftserve.engine import lora
 from ftserve.engine.engine import ModelRef

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ftserve.control.db.session import session_scope
 from ftserve.control.services import catalog
+from ftserve.control.services.serving_catalog import SqlModelCatalog
 from ftserve.core.config import BaseModelSpec, Settings
 from ftserve.serving.backends.vllm import VllmBackend
 from ftserve.serving.sweep import unload_deleted
@@ -41,7 +42,7 @@ def test_the_sweep_removes_copies_of_deleted_models_and_keeps_live_ones(settings
             ("b", "ftjob-deleted-7"),
             ("b", "ftjob-deleted-final"),
         }
-        assert unload_deleted(backend, settings) == 2
+        assert unload_deleted(backend, SqlModelCatalog(settings)) == 2
         deadline = time.monotonic() + 10  # unloading runs on the backend's own loop
         while deleted.exists() or renamed.exists():
             assert time.monotonic() < deadline, sorted(p.name for p in folder.iterdir())

@@ -1,5 +1,5 @@
-"""The one place errors become responses: each kind of domain error (app/errors.py) gets its HTTP status,
-and every error, validation and streamed ones included, is OpenAI's {"error": {message, type, param, code}}."""
+"""The api's error handlers: every error, validation and HTTP ones included, becomes OpenAI's
+{"error": {message, type, param, code}} through the one table in core/envelope.py."""
 
 from __future__ import annotations
 
@@ -13,74 +13,24 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftserve.control.db.session import is_unavailable
+from ftserve.control.db.session import domain_error, is_unavailable
 from ftserve.core import errors
+from ftserve.core.envelope import body
+from ftserve.core.envelope import envelope as core_envelope
 
 log = logging.getLogger(__name__)
 
-# Kind of error -> (HTTP status, OpenAI's `type`); the SDK picks its exception class by the status.
-_STATUS: list[tuple[type[errors.ServiceError], int, str]] = [
-    (errors.InvalidRequest, 400, "invalid_request_error"),
-    (errors.Unauthenticated, 401, "invalid_request_error"),
-    (errors.PermissionDenied, 403, "permission_error"),
-    (errors.NotFound, 404, "invalid_request_error"),
-    (errors.Conflict, 409, "conflict_error"),
-    (errors.PayloadTooLarge, 413, "invalid_request_error"),
-    (errors.UpstreamUnavailable, 502, "server_error"),
-    (errors.Unavailable, 503, "server_error"),
-    (errors.ServerFault, 500, "server_error"),
-]
 _HTTP_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     409: "conflict_error",
     429: "rate_limit_error",
 }
-INTERNAL = "The server had an error while processing your request."
-# While the database is unreachable every request is a 503 that says when to try again.
-DB_RETRY_AFTER_SECONDS = 5
-DB_UNAVAILABLE = (
-    f"The service's database is unreachable right now; nothing was changed. "
-    f"Retry after {DB_RETRY_AFTER_SECONDS} seconds (Retry-After)."
-)
-# An error never echoes more than this of what the client sent (a 20 MB id must not make a 20 MB 404).
-MAX_MESSAGE_CHARS = 2000
-MAX_PARAM_CHARS = 256
-
-
-def _cap(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return f"{text[:limit]}… (truncated from {len(text)} characters)"
-
-
-def body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": _cap(message, MAX_MESSAGE_CHARS),
-            "type": type,
-            "param": _cap(param, MAX_PARAM_CHARS),
-            "code": code,
-        }
-    }
-
-
-def domain_error(exc: BaseException) -> BaseException:
-    """exc, or the domain error it stands for: an unreachable database is Unavailable (503, Retry-After)."""
-    if not isinstance(exc, errors.ServiceError) and is_unavailable(exc):
-        return errors.Unavailable(DB_UNAVAILABLE, code="database_unavailable", retry_after=DB_RETRY_AFTER_SECONDS)
-    return exc
 
 
 def envelope(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """(status, envelope) for any exception; an unexpected one is a 500 that reveals nothing of its text."""
-    exc = domain_error(exc)
-    if isinstance(exc, errors.ServiceError):
-        for kind, status, type_ in _STATUS:
-            if isinstance(exc, kind):
-                return status, body(exc.message, type_, exc.param, exc.code)
-        return 500, body(exc.message, "server_error", exc.param, exc.code)
-    return 500, body(INTERNAL, "server_error", None, "internal_error")
+    """(status, envelope) for any exception, an unreachable database included (503)."""
+    return core_envelope(domain_error(exc))
 
 
 def response(exc: BaseException) -> JSONResponse:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ftserve.core.config import Settings
+from ftserve.core.errors import Unavailable
 
 # Seconds a Postgres connection attempt may take before the database counts as unreachable.
 CONNECT_TIMEOUT_SECONDS = 5
@@ -68,3 +69,18 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+# While the database is unreachable every request is a 503 that says when to try again.
+DB_RETRY_AFTER_SECONDS = 5
+DB_UNAVAILABLE = (
+    f"The service's database is unreachable right now; nothing was changed. "
+    f"Retry after {DB_RETRY_AFTER_SECONDS} seconds (Retry-After)."
+)
+
+
+def domain_error(exc: BaseException) -> BaseException:
+    """exc, or the domain error it stands for: an unreachable database is Unavailable (503, Retry-After)."""
+    if is_unavailable(exc):
+        return Unavailable(DB_UNAVAILABLE, code="database_unavailable", retry_after=DB_RETRY_AFTER_SECONDS)
+    return exc

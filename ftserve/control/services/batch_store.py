@@ -10,7 +10,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
@@ -20,40 +19,19 @@ from ftserve.control.db.tables import Batch, BatchResult, File
 from ftserve.core.config import Settings
 from ftserve.core.ids import new_id, now
 from ftserve.core.storage import Storage
+from ftserve.serving.ports import BatchLost, ClaimedBatch, Result
 
 # A batch a runner may hold: new, running, being cancelled, or finalizing when its runner died.
 ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")
-
-
-class BatchLost(Exception):
-    """This runner no longer holds the batch's lease (another process took it over)."""
-
-
-@dataclass(frozen=True)
-class ClaimedBatch:
-    id: str
-    org: str
-    endpoint: str
-    input_file_id: str
-    status: str
-    expires_at: int
-
-
-@dataclass(frozen=True)
-class Result:
-    """A finished request: its line, whether it goes to the output file (else the error file), the line's JSON."""
-
-    line: int
-    ok: bool
-    record: dict[str, Any]
 
 
 def runner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class BatchStore:
-    """Reads and writes the batches one runner claims; every write checks the lease is still its own."""
+class SqlBatchStore:
+    """Serving's BatchStore port on the DB: the batches one runner claims; every write checks the lease is
+    still its own."""
 
     def __init__(self, settings: Settings, owner: str) -> None:
         self.settings = settings

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import dataclass
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
@@ -14,23 +13,11 @@ from ftserve.control.db.tables import Checkpoint, FineTunedModel
 from ftserve.core.config import Settings
 from ftserve.core.errors import NotFound, PermissionDenied, quote
 from ftserve.core.ids import now
+from ftserve.core.resolved import ResolvedModel
 from ftserve.core.storage import Storage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """What serving or training a model name means: a base, plus an adapter when fine-tuned."""
-
-    name: str
-    base: str
-    job_id: str | None = None
-    step: int | None = None
-
-    @property
-    def is_base(self) -> bool:
-        return self.job_id is None
+__all__ = ["ResolvedModel"]  # re-exported: the catalog's callers name what it returns from here
 
 
 def resolve(session: Session, settings: Settings, org: str, name: str, param: str = "model") -> ResolvedModel:

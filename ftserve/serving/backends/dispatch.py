@@ -11,7 +11,7 @@ from ftserve.engine.constraint import Constraint
 from ftserve.engine.engine import InferenceEngine, ModelRef, generate_via, run_via
 from ftserve.engine.generation import Row
 from ftserve.engine.messages import Done
-from ftserve.models.bases import load_base
+from ftserve.models.bases import load_for_generation, pick_device
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.backends.vllm import VllmBackend
 
@@ -21,7 +21,7 @@ class Backends:
     only when the registry has such a base)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.builtin = InferenceEngine(settings.engine(), partial(load_base, settings))
+        self.builtin = InferenceEngine(settings.engine(), partial(load_for_generation, settings), pick_device())
         vllm_bases = {name: spec for name, spec in settings.base_models.items() if spec.backend == "vllm"}
         self.vllm = VllmBackend(settings, vllm_bases) if vllm_bases else None
 

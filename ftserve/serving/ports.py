@@ -1,0 +1,93 @@
+"""What serving needs from the control plane, as ports the control plane implements (control/services:
+serving_catalog.SqlModelCatalog, batch_store.SqlBatchStore) and hands to `serving.app.install`: who the
+caller is and what a model name means, and the Batch API's leased store. Torch-free; stands on core alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ftserve.core.resolved import ResolvedModel
+
+# (job id, step or None for the final adapter): one fine-tuned adapter.
+AdapterId = tuple[str, int | None]
+
+
+class ModelCatalog(Protocol):
+    """The caller's organization and the org's model names; errors are domain errors (core/errors)."""
+
+    def org_for(self, authorization: str | None) -> str:
+        """The org an Authorization header belongs to (Unauthenticated when it is refused)."""
+        ...
+
+    def resolve(self, org: str, model: str) -> ResolvedModel:
+        """A model name for this org: a base, or a live fine-tuned model of the org (NotFound otherwise)."""
+        ...
+
+    def servable_adapters(self, adapters: set[AdapterId]) -> set[AdapterId]:
+        """Those adapters that still back a model nobody deleted."""
+        ...
+
+
+class BatchLost(Exception):
+    """This runner no longer holds the batch's lease (another process took it over)."""
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    id: str
+    org: str
+    endpoint: str
+    input_file_id: str
+    status: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished request: its line, whether it goes to the output file (else the error file), the line's JSON."""
+
+    line: int
+    ok: bool
+    record: dict[str, Any]
+
+
+class BatchStore(Protocol):
+    """The batches one runner claims; every write checks the lease is still its own (else BatchLost)."""
+
+    def claim(self) -> ClaimedBatch | None:
+        """The oldest active batch whose lease is free or expired, now leased to this runner; None if none."""
+        ...
+
+    def start(self, batch_id: str, total: int) -> None:
+        """validating → in_progress with its request count."""
+        ...
+
+    def fail(self, batch_id: str, errors: list[dict[str, Any]]) -> None:
+        """The batch cannot run (its input file is gone or unreadable): failed, with the reasons."""
+        ...
+
+    def renew(self, batch_id: str) -> str:
+        """Extend the lease; returns the batch's status (the api may have moved it to cancelling)."""
+        ...
+
+    def release(self, batch_id: str) -> None:
+        """Give the lease up (this process is stopping), so the next runner takes over at once."""
+        ...
+
+    def finished_lines(self, batch_id: str) -> set[int]:
+        """Lines already recorded: a restarted batch skips them."""
+        ...
+
+    def record(self, batch_id: str, results: Iterable[Result]) -> str:
+        """Store finished requests and their counts and renew the lease, together; returns the status."""
+        ...
+
+    def finalizing(self, batch_id: str) -> None:
+        """in_progress → finalizing (the output files are being written)."""
+        ...
+
+    def finish(self, batch_id: str, org: str, status: str, unrun: list[dict[str, Any]]) -> None:
+        """Write the output and error files (`unrun` lines last) and move the batch to `status`, all or nothing."""
+        ...
