@@ -17,7 +17,7 @@ from ftserve.core.config import EngineSettings
 from ftserve.engine.adapters import AdapterCache
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.errors import AdapterLoadError
-from ftserve.engine.generation import DecodeBatch, Row
+from ftserve.engine.generation import DecodeBatch, Listener, Row, attach
 from ftserve.engine.grammar import Grammars
 from ftserve.engine.lora import LoraContext, SlotTable
 from ftserve.engine.messages import Done, Job
@@ -64,9 +64,7 @@ class InferenceEngine:
     def scheduler(self) -> Scheduler:
         with self._load_lock:
             if self._scheduler is None:
-                self._scheduler = Scheduler(
-                    self._bases, self.config.batch_window_ms / 1000, self.config.max_batch_rows
-                )
+                self._scheduler = Scheduler(self._bases, self.config.batch_window_ms / 1000, self.config.max_batch_rows)
             return self._scheduler
 
     def tokenizer(self, base: str) -> PreTrainedTokenizerBase:
@@ -100,18 +98,28 @@ class InferenceEngine:
         InvalidConstraint when the grammar library cannot compile it."""
         self.resident(base).grammars.compile(constraint)
 
-    def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None:
-        """Queue rows for generation; `done(error_or_None)` is called from the batcher thread when all finish.
+    def submit(
+        self,
+        ref: ModelRef,
+        rows: list[Row],
+        done: Done,
+        listen: Listener | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        background: bool = False,
+    ) -> None:
+        """Queue a request's rows for generation; `done(error_or_None)` is called from the batcher thread when
+        all finish, `listen` with each row's events (text deltas, then its finish) as they happen; the rows stop
+        at the next step once `cancelled()` is true.
 
         Rows with a constraint get their grammar here (InvalidConstraint if it cannot be compiled).
         `background`: throughput work (a batch's lines), admitted into a running batch in groups."""
         res = self.resident(ref.base)
         adapter = None if ref.adapter is None else ref.adapter.key
         locate = None if ref.adapter is None else ref.adapter.locate
+        attach(rows, adapter, listen, cancelled)
         for r in rows:
-            r.adapter = adapter
-            if r.sampling.constraint is not None and r.grammar is None:
-                r.grammar = res.grammars.row(r.sampling.constraint)  # compiled here, not in the batcher
+            if r.sampling.constraint is not None and r.state.grammar is None:
+                r.state.grammar = res.grammars.row(r.sampling.constraint)  # compiled here, not in the batcher
         self.scheduler.submit(Job(ref.base, ref.name, adapter, locate, rows, done, background=background))
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:

@@ -4,12 +4,13 @@ leave at once.
 
 Failures stay with the row that causes them: each row's own work (its generator, sampling, logprobs,
 detokenizing, stop strings, callbacks) is guarded per row, and a prefill pass that fails is retried one
-request at a time, so only the request whose rows break it fails (`Row.error`); its neighbours finish
+request at a time, so only the request whose rows break it fails (`RowState.error`); its neighbours finish
 with their normal output.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,19 +26,55 @@ from ftserve.engine.grammar import RowGrammar
 from ftserve.engine.lora import BASE_SLOT, LoraContext
 from ftserve.engine.sampling import Sampling, sample, shape_logits
 
+log = logging.getLogger(__name__)
 
-@dataclass
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of choice `index` (what a stream sends next; a possible stop-string prefix is held back)."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Choice `index` has finished: its row's outputs (text, finish_reason, logprobs) are final."""
+
+    index: int
+    reason: str
+
+
+RowEvent = TextDelta | Finished
+# Receives a request's row events, from the thread that generates (the batcher, or a backend's loop).
+Listener = Callable[[RowEvent], None]
+
+
+@dataclass(eq=False)
+class RowState:
+    """The engine's own state of a row: set at submit and while generating, read by nobody else."""
+
+    index: int = 0  # the row's choice index within its request (events name it)
+    adapter: str | None = None  # adapter key within the base; None = the base
+    listen: Listener | None = None
+    cancelled: Callable[[], bool] | None = None
+    grammar: RowGrammar | None = None  # the row's place in its constraint's grammar
+    error: BaseException | None = None  # what failed this row alone
+    abandoned: bool = False  # another row of its request failed: drop it at the next step
+    job: Any = None  # the scheduler's request this row belongs to
+    sent: int = 0  # characters of text sent as TextDelta
+    slot: int = BASE_SLOT
+    pending: int = 0  # sampled, not yet fed to the model
+    gen: torch.Generator | None = None
+
+
+@dataclass(eq=False)
 class Row:
-    """One sequence to generate: a prompt's token ids, the adapter to apply (None = base) and sampling."""
+    """One sequence to generate. In: the prompt's token ids and the sampling (set by whoever makes the row; the
+    engine never changes them). Out: what the engine fills in while generating. `state` is the engine's own."""
 
     prompt_ids: list[int]
-    adapter: str | None
     sampling: Sampling
-    on_text: Callable[[str], None] | None = None
-    on_finish: Callable[[], None] | None = None  # called once the row's finish_reason is final
-    cancelled: Callable[[], bool] | None = None
-    # The row's place in its constraint's grammar (sampling.constraint), set by the engine at submit.
-    grammar: RowGrammar | None = None
     # Filled while generating:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -51,18 +88,29 @@ class Row:
     prompt_token_logprobs: list[float | None] = field(default_factory=list)
     prompt_top_logprobs: list[dict[int, float] | None] = field(default_factory=list)
     was_cancelled: bool = False
-    error: BaseException | None = None  # what failed this row alone
-    abandoned: bool = False  # another row of its request failed: drop it at the next step
-    job: Any = None  # the scheduler's request this row belongs to
-    _sent: int = 0
-    _slot: int = BASE_SLOT
-    _pending: int = 0  # sampled, not yet fed to the model
-    _gen: torch.Generator | None = None
+    state: RowState = field(default_factory=RowState, repr=False)
+
+
+def attach(rows: list[Row], adapter: str | None, listen: Listener | None, cancelled: Callable[[], bool] | None) -> None:
+    """A request's rows as a backend takes them at submit: their adapter, listener and cancellation check."""
+    for i, row in enumerate(rows):
+        row.state.index, row.state.adapter, row.state.listen, row.state.cancelled = i, adapter, listen, cancelled
+
+
+def notify_finished(row: Row, reason: str) -> None:
+    """Tell the row's listener it has finished (a listener that raises is logged: the row is finished anyway)."""
+    if row.state.listen is None:
+        return
+    try:
+        row.state.listen(Finished(row.state.index, reason))
+    except Exception:  # the listener went away
+        log.exception("a row listener failed")
 
 
 def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
     """Decode the row's tokens, cut at a stop string, and send the new text (holding back a possible stop prefix)."""
-    if not final and row.on_text is None and not row.sampling.stop:
+    listen = row.state.listen
+    if not final and listen is None and not row.sampling.stop:
         return  # no listener and no stop string to find: decoding once at the end is enough
     text = decode_reply(tok, row.prompt_ids, row.token_ids)
     for stop in row.sampling.stop:
@@ -75,10 +123,10 @@ def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
             return
         hold = max((len(s) - 1 for s in row.sampling.stop), default=0)
         text = text[: len(text) - hold] if hold else text
-    if len(text) > row._sent:
-        if row.on_text is not None:
-            row.on_text(text[row._sent :])
-        row._sent = len(text)
+    if len(text) > row.state.sent:
+        if listen is not None:
+            listen(TextDelta(row.state.index, text[row.state.sent :]))
+        row.state.sent = len(text)
     if final:
         row.text = text
 
@@ -86,7 +134,7 @@ def emit(row: Row, tok: PreTrainedTokenizerBase, final: bool) -> None:
 def _draw(row: Row, logits: torch.Tensor, greedy: int) -> int:
     if row.sampling.temperature <= 0 and not row.sampling.shapes_logits:
         return greedy  # one argmax over the whole batch beats one per row
-    return sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row._gen)
+    return sample(shape_logits(logits, row.sampling, row.token_ids), row.sampling, row.state.gen)
 
 
 def _draw_constrained(row: Row, grammar: RowGrammar, logits: torch.Tensor, greedy: int) -> int:
@@ -104,14 +152,14 @@ def _draw_constrained(row: Row, grammar: RowGrammar, logits: torch.Tensor, greed
             return first
     masked = grammar.mask(shape_logits(logits, s, row.token_ids), allowed)
     # numpy's argmax: a fraction of torch's on one CPU row
-    return int(masked.numpy().argmax()) if s.temperature <= 0 else sample(masked, s, row._gen)
+    return int(masked.numpy().argmax()) if s.temperature <= 0 else sample(masked, s, row.state.gen)
 
 
 def advance(row: Row, logits: torch.Tensor, greedy: int, tok: PreTrainedTokenizerBase, stop_ids: set[int]) -> bool:
     """Sample the row's next token from its logits (`greedy`: their argmax); True when the row has finished.
 
     A constrained row draws from its logits masked by its grammar; its logprobs stay the model's own."""
-    grammar = row.grammar
+    grammar = row.state.grammar
     token = _draw(row, logits, greedy) if grammar is None else _draw_constrained(row, grammar, logits, greedy)
     if row.sampling.logprobs is not None:
         lp = torch.log_softmax(logits.float(), -1)
@@ -129,7 +177,7 @@ def accept(row: Row, token: int, tok: PreTrainedTokenizerBase, stop_ids: set[int
     """Take the row's next token (from this engine or another one): stop tokens, stop strings, max_tokens
     and the text sent so far are handled here alone; True when the row has finished. A row with a grammar
     (the builtin engine's constrained rows) advances its matcher here too."""
-    grammar = row.grammar
+    grammar = row.state.grammar
     if token in stop_ids:
         row.stop_token = token
         row.finish_reason = "stop"
@@ -138,7 +186,7 @@ def accept(row: Row, token: int, tok: PreTrainedTokenizerBase, stop_ids: set[int
     if grammar is not None:
         grammar.accept(token)
     row.token_ids.append(token)
-    row._pending = token
+    row.state.pending = token
     emit(row, tok, final=False)
     if row.finish_reason == "stop" or (grammar is not None and grammar.complete):
         row.finish_reason = "stop"  # a stop string, or a grammar that allows nothing but the end
@@ -175,7 +223,7 @@ def _first_token(
 ) -> bool:
     """A newly prefilled row: its generator, its prompt logprobs, its first token; True when it has finished."""
     seed = row.sampling.seed
-    row._gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    row.state.gen = torch.Generator().manual_seed(seed) if seed is not None else None
     if logits is not None:
         prompt_logprobs(row, logits)
     if row.sampling.max_tokens <= 0:  # scoring only (echo with max_tokens 0)
@@ -191,17 +239,18 @@ def _final_text(row: Row, tok: PreTrainedTokenizerBase) -> bool:
 
 
 def guarded(row: Row, work: Callable[[], bool]) -> bool:
-    """Run one row's own work; whatever it raises fails that row alone (finished, with `row.error`)."""
+    """Run one row's own work; whatever it raises fails that row alone (finished, with `state.error`)."""
     try:
         return work()
     except Exception as exc:
-        row.error = exc
+        row.state.error = exc
         return True
 
 
 def is_cancelled(row: Row) -> bool:
     """Whether the row should leave now: its client went away, or another row of its request failed."""
-    return row.abandoned or guarded(row, lambda: row.cancelled is not None and bool(row.cancelled()))
+    check = row.state.cancelled
+    return row.state.abandoned or guarded(row, lambda: check is not None and bool(check()))
 
 
 # Prefill passes that keep every position's logits (prompt logprobs) are split to stay under this size.
@@ -250,7 +299,7 @@ class DecodeBatch:
 
     def admit(self, groups: list[list[Row]]) -> list[Row]:
         """Prefill new rows (each group: one request's rows) together, sample their first tokens and merge them
-        into the batch; returns the rows already finished, failed ones (`row.error`) included.
+        into the batch; returns the rows already finished, failed ones (`state.error`) included.
 
         Rows asking for prompt logprobs get passes of their own that keep every position's logits (the others
         keep only the last); a pass that fails is retried one group at a time, so only its culprit fails.
@@ -278,7 +327,7 @@ class DecodeBatch:
             if len(groups) > 1:  # find the culprit: each request alone
                 return [r for g in groups for r in self._admit_groups([g], full)]
             for r in rows:
-                r.error = exc
+                r.state.error = exc
             return rows
         width = mask.shape[1]
         last = logits[:, -1, :].float().cpu()
@@ -305,7 +354,7 @@ class DecodeBatch:
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self._forward(ids, mask, pos, cache, [r._slot for r in rows], keep=0 if full else 1)
+        out = self._forward(ids, mask, pos, cache, [r.state.slot for r in rows], keep=0 if full else 1)
         return out.logits.cpu() if full else out.logits, cache, mask, pos
 
     def _merge(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> None:
@@ -331,15 +380,15 @@ class DecodeBatch:
         cancelled = [r for r in self.rows if is_cancelled(r)]
         for r in cancelled:
             r.was_cancelled, r.finish_reason = True, r.finish_reason or "stop"
-            if r.error is None and not r.abandoned:
+            if r.state.error is None and not r.state.abandoned:
                 guarded(r, partial(_final_text, r, self.tok))
         self._drop(cancelled)
         if not self.rows:
             return cancelled
         assert self.cache is not None
-        ids = torch.tensor([[r._pending] for r in self.rows], device=self.device)
+        ids = torch.tensor([[r.state.pending] for r in self.rows], device=self.device)
         self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
-        out = self._forward(ids, self.mask, self.positions, self.cache, [r._slot for r in self.rows])
+        out = self._forward(ids, self.mask, self.positions, self.cache, [r.state.slot for r in self.rows])
         self.positions = self.positions + 1
         logits = out.logits[:, -1, :].float().cpu()
         greedy = logits.argmax(-1).tolist()

@@ -25,7 +25,7 @@ from ftserve.core import metrics
 from ftserve.engine.adapter_files import LoadedAdapter, read_adapter
 from ftserve.engine.adapters import AdapterCache
 from ftserve.engine.errors import AdapterLoadError, EngineStopped, GenerationFailed
-from ftserve.engine.generation import DecodeBatch, Row
+from ftserve.engine.generation import DecodeBatch, Row, notify_finished
 from ftserve.engine.grammar import Grammars
 from ftserve.engine.lora import BASE_SLOT
 from ftserve.engine.messages import Job, ListResident, Loaded, Message, Stop, Submit, Unload
@@ -146,7 +146,7 @@ class Scheduler:
         error = EngineStopped()
         jobs = {id(j): j for j in self.waiting}
         for res in self.residents.values():
-            jobs.update((id(r.job), r.job) for r in res.batch.rows)
+            jobs.update((id(r.state.job), r.state.job) for r in res.batch.rows)
             res.batch.rows, res.batch.cache = [], None
         for job in jobs.values():
             job.done(error)
@@ -243,8 +243,8 @@ class Scheduler:
             slot = self._slot(job)
             assert slot is not None
             for row in job.rows:
-                row._slot = slot
-                row.job = job
+                row.state.slot = slot
+                row.state.job = job
                 metrics.QUEUE_SECONDS.observe(now - job.submitted)
                 if job.adapter is not None:
                     res.adapters.pin(job.adapter)
@@ -287,21 +287,19 @@ class Scheduler:
     def _finish(self, res: Resident, rows: list[Row]) -> None:
         """Rows that left the batch: a failed row fails its request alone; the request completes with its last row."""
         for row in rows:
-            job: Job = row.job
-            if row.error is not None and not job.failed:
-                log.warning("a row of %s failed: %r", job.model, row.error)
+            job: Job = row.state.job
+            error = row.state.error
+            if error is not None and not job.failed:
+                log.warning("a row of %s failed: %r", job.model, error)
                 job.failed = True
                 for sibling in job.rows:  # the request has failed: its other rows stop at the next step
-                    sibling.abandoned = True
-                job.done(GenerationFailed(row.error))
-            failed = row.error is not None or row.abandoned
+                    sibling.state.abandoned = True
+                job.done(GenerationFailed(error))
+            failed = error is not None or row.state.abandoned
             reason = "error" if failed else "cancelled" if row.was_cancelled else row.finish_reason or "stop"
             metrics.ROWS_FINISHED.labels(reason).inc()
-            if row.on_finish is not None and not failed:
-                try:
-                    row.on_finish()
-                except Exception:  # the listener went away; the row is finished all the same
-                    log.exception("on_finish callback failed")
+            if not failed:
+                notify_finished(row, row.finish_reason or "stop")
             if job.adapter is not None:
                 res.adapters.unpin(job.adapter)
             job.remaining -= 1
@@ -314,7 +312,7 @@ class Scheduler:
         error = GenerationFailed(exc)
         jobs: dict[int, Job] = {}
         for row in rows:
-            job: Job = row.job
+            job: Job = row.state.job
             jobs[id(job)] = job
             if job.adapter is not None:
                 res.adapters.unpin(job.adapter)

@@ -162,11 +162,11 @@ class BatchRunner:
                 except ServiceError as exc:
                     buffer.append(self._failure(line, exc))
                     continue
-                for row in pending.plan.rows:
-                    row.cancelled = cancel.is_set
                 in_flight[line.line] = pending
                 rows_in_flight += len(pending.plan.rows)
-                self.engine.submit(ref, pending.plan.rows, partial(_put, finished, pending), background=True)
+                self.engine.submit(
+                    ref, pending.plan.rows, partial(_put, finished, pending), cancelled=cancel.is_set, background=True
+                )
             if not in_flight and (exhausted or cancel.is_set()):
                 break
             try:

@@ -88,7 +88,7 @@ def plan_completion(
         plan.prompt_lens.append(len(ids))
         for c in range(best_of):
             s = sampling(req, max_tokens, scored, c, len(tok), prompt_logprobs=prompt_scores, constraint=constraint)
-            plan.rows.append(Row(list(ids), None, s))
+            plan.rows.append(Row(list(ids), s))
     return plan
 
 
@@ -133,9 +133,7 @@ def plan_chat(req: ChatCompletionRequest, tok: PreTrainedTokenizerBase, settings
                 param="response_format",
             )
         constraint = tools.constraint
-    rows = [
-        Row(list(ids), None, sampling(req, max_tokens, top, c, len(tok), constraint=constraint)) for c in range(req.n)
-    ]
+    rows = [Row(list(ids), sampling(req, max_tokens, top, c, len(tok), constraint=constraint)) for c in range(req.n)]
     return ChatPlan(req, len(ids), rows, top, tools)
 
 

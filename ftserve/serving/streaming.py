@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 from sse_starlette import EventSourceResponse
@@ -16,13 +16,19 @@ from starlette.concurrency import run_in_threadpool
 from ftserve.core.envelope import envelope
 from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
 from ftserve.engine.engine import ModelRef
-from ftserve.engine.generation import Row
+from ftserve.engine.generation import Row, RowEvent, TextDelta
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.protocol import usage
 
 # A choice's text delta (or its finish) as one chunk, or several (a tool call's name, then its arguments).
 Chunk = Callable[[int, str, str | None], dict[str, Any] | list[dict[str, Any]]]
-_DONE = object()
+
+
+@dataclass(frozen=True)
+class _Done:
+    """The request's rows have all finished; `error`: what failed it."""
+
+    error: BaseException | None
 
 
 async def stream(
@@ -34,34 +40,35 @@ async def stream(
     that fails to load is still an HTTP error with the envelope, not a broken stream.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    queue: asyncio.Queue[RowEvent | _Done] = asyncio.Queue()
     disconnected = threading.Event()
-    for i, row in enumerate(rows):
-        row.on_text = partial(_relay, loop, queue, i)
-        row.on_finish = partial(_relay, loop, queue, i, None)  # text None: choice i has finished
-        row.cancelled = disconnected.is_set
+
+    def listen(event: RowEvent) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
 
     def done(error: BaseException | None) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (_DONE, error))
+        loop.call_soon_threadsafe(queue.put_nowait, _Done(error))
 
-    await run_in_threadpool(engine.submit, ref, rows, done)
+    await run_in_threadpool(engine.submit, ref, rows, done, listen, disconnected.is_set)
     first = await queue.get()
-    if first[0] is _DONE and first[1] is not None:
+    if isinstance(first, _Done) and first.error is not None:
         disconnected.set()
-        raise first[1]
+        raise first.error
 
     async def events() -> AsyncIterator[str]:
         item = first
         try:
-            while item[0] is not _DONE:
-                i, text = item
+            while not isinstance(item, _Done):
                 # Each choice's finish_reason chunk goes out when that choice ends, as OpenAI's streams do.
-                out = chunk(i, "", rows[i].finish_reason) if text is None else chunk(i, text, None)
+                if isinstance(item, TextDelta):
+                    out = chunk(item.index, item.text, None)
+                else:
+                    out = chunk(item.index, "", item.reason)
                 for event in out if isinstance(out, list) else [out]:
                     yield json.dumps(event)
                 item = await queue.get()
-            if item[1] is not None:  # a failed forward pass after the stream began
-                yield json.dumps(envelope(item[1])[1])
+            if item.error is not None:  # a failed forward pass after the stream began
+                yield json.dumps(envelope(item.error)[1])
                 return
             tail = final()
             if tail is not None:
@@ -72,10 +79,6 @@ async def stream(
             disconnected.set()
 
     return EventSourceResponse(events(), ping=15)
-
-
-def _relay(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], i: int, text: str | None) -> None:
-    loop.call_soon_threadsafe(queue.put_nowait, (i, text))
 
 
 def usage_chunk(

@@ -63,7 +63,7 @@ def engine(target: Target, adapters_dir: Path, bases_dir: Path) -> Iterator[Sett
 
 def _rows(engine: SettingsEngine, animals: list[str], **sampling: object) -> list[Row]:
     tok = engine.tokenizer(BASE)
-    return [Row(tok(prompt(a))["input_ids"], None, Sampling(**sampling)) for a in animals]  # type: ignore[arg-type]
+    return [Row(tok(prompt(a))["input_ids"], Sampling(**sampling)) for a in animals]  # type: ignore[arg-type]
 
 
 def _generated(row: Row) -> list[int]:

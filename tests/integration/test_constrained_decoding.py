@@ -74,7 +74,7 @@ def _run_together(engine: SettingsEngine, jobs: list[tuple[ModelRef, list[Row]]]
 
 def test_bounded_schema_always_parses_on_a_random_model(engine: SettingsEngine) -> None:
     rows = [
-        Row(_ids(engine, prompt(a)), None, Sampling(max_tokens=60, temperature=1.0, seed=s, constraint=PET))
+        Row(_ids(engine, prompt(a)), Sampling(max_tokens=60, temperature=1.0, seed=s, constraint=PET))
         for s, a in enumerate(["cat", "dog", "cow", "owl"] * 4)
     ]
     engine.run(ModelRef(BASE, BASE), rows)
@@ -91,7 +91,7 @@ def test_constrained_rows_share_a_batch_without_changing_their_neighbours(
     sounds = model_ref(ResolvedModel("ft:sounds", BASE, "ftjob-sounds"), Storage(engine.settings))
 
     def free(adapter: bool) -> Row:
-        return Row(_ids(engine, prompt("dog" if adapter else "cat")), None, Sampling(max_tokens=12, temperature=0))
+        return Row(_ids(engine, prompt("dog" if adapter else "cat")), Sampling(max_tokens=12, temperature=0))
 
     alone_base, alone_adapter = free(False), free(True)
     engine.run(base, [alone_base])
@@ -99,8 +99,8 @@ def test_constrained_rows_share_a_batch_without_changing_their_neighbours(
 
     before = len(engine.scheduler.prefills)
     mixed_base, mixed_adapter = free(False), free(True)
-    constrained = Row(_ids(engine, prompt("cow")), None, Sampling(max_tokens=60, temperature=0, constraint=PET))
-    constrained_adapter = Row(_ids(engine, prompt("cow")), None, Sampling(max_tokens=60, temperature=0, constraint=PET))
+    constrained = Row(_ids(engine, prompt("cow")), Sampling(max_tokens=60, temperature=0, constraint=PET))
+    constrained_adapter = Row(_ids(engine, prompt("cow")), Sampling(max_tokens=60, temperature=0, constraint=PET))
     _run_together(engine, [(base, [mixed_base, constrained]), (sounds, [mixed_adapter, constrained_adapter])])
 
     assert list(engine.scheduler.prefills)[before:] == [(4, 2)], "all four rows (two models) in one prefill"
@@ -119,7 +119,6 @@ def test_lark_grammar_embeds_a_json_schema_between_fixed_text(engine: SettingsEn
     rows = [
         Row(
             _ids(engine, prompt("cat")),
-            None,
             Sampling(max_tokens=40, temperature=1.0, seed=s, constraint=Constraint("lark", lark)),
         )
         for s in range(4)
@@ -134,8 +133,8 @@ def test_lark_grammar_embeds_a_json_schema_between_fixed_text(engine: SettingsEn
 
 def test_logprobs_are_the_models_own_and_length_still_applies(engine: SettingsEngine) -> None:
     ids = _ids(engine, prompt("cat"))
-    free = Row(ids, None, Sampling(max_tokens=1, temperature=0, logprobs=5))
-    constrained = Row(ids, None, Sampling(max_tokens=3, temperature=0, logprobs=5, constraint=PET))
+    free = Row(ids, Sampling(max_tokens=1, temperature=0, logprobs=5))
+    constrained = Row(ids, Sampling(max_tokens=3, temperature=0, logprobs=5, constraint=PET))
     engine.run(ModelRef(BASE, BASE), [free, constrained])
     # The first token is forced ('{'), yet its alternatives are the model's unmasked distribution.
     assert constrained.text.startswith("{")
@@ -145,7 +144,7 @@ def test_logprobs_are_the_models_own_and_length_still_applies(engine: SettingsEn
 
 def test_json_object_is_an_object(engine: SettingsEngine) -> None:
     row = Row(
-        _ids(engine, prompt("cat")), None, Sampling(max_tokens=40, temperature=0, constraint=Constraint("json_object"))
+        _ids(engine, prompt("cat")), Sampling(max_tokens=40, temperature=0, constraint=Constraint("json_object"))
     )
     engine.run(ModelRef(BASE, BASE), [row])
     assert row.text.startswith("{")
@@ -165,7 +164,7 @@ def test_refused_constraints_and_the_bounded_cache(engine: SettingsEngine) -> No
         engine.check_constraint(BASE, Constraint("json_schema", "{nope"))
     # Submitting a refused constraint fails the request before anything runs.
     with pytest.raises(InvalidConstraint):
-        engine.run(ModelRef(BASE, BASE), [Row([1, 2], None, Sampling(constraint=Constraint("lark", "start: (((")))])
+        engine.run(ModelRef(BASE, BASE), [Row([1, 2], Sampling(constraint=Constraint("lark", "start: (((")))])
 
     grammars = engine.resident(BASE).grammars
     schemas = [Constraint("json_schema", json.dumps({"enum": [i]})) for i in range(5)]
@@ -188,7 +187,7 @@ def test_constrained_draws_follow_the_masked_distribution(engine: SettingsEngine
     logits = torch.randn(allowed.shape[0], generator=torch.Generator().manual_seed(0)) * 2
     logits[allowed.nonzero()[0]] += 4  # one allowed token likely enough that the free draw often keeps it
     expected = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
-    row = Row([1], None, Sampling(temperature=1.0, seed=7))
+    row = Row([1], Sampling(temperature=1.0, seed=7))
     row._gen = torch.Generator().manual_seed(7)
     draws = 4000
     counts = torch.bincount(
@@ -197,5 +196,5 @@ def test_constrained_draws_follow_the_masked_distribution(engine: SettingsEngine
     )
     assert int(counts[~allowed].sum()) == 0
     assert float((counts / draws - expected).abs().max()) < 0.03
-    greedy = Row([1], None, Sampling(temperature=0))
+    greedy = Row([1], Sampling(temperature=0))
     assert _draw_constrained(greedy, grammar, logits, int(logits.argmax())) == int(expected.argmax())

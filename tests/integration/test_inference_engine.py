@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ from ftserve.core.storage import Storage
 from ftserve.engine import lora
 from ftserve.engine.engine import ModelRef
 from ftserve.engine.errors import AdapterLoadError, GenerationFailed
-from ftserve.engine.generation import Row
+from ftserve.engine.generation import Listener, Row, RowEvent, TextDelta
 from ftserve.engine.sampling import Sampling
 from ftserve.models.bases import load_base
 from ftserve.serving.refs import model_ref
@@ -58,7 +58,7 @@ def engine(adapters_dir: Path, bases_dir: Path) -> Iterator[SettingsEngine]:
 
 def _rows(engine: SettingsEngine, max_tokens: int = 8) -> list[Row]:
     tok = engine.tokenizer(BASE)
-    return [Row(tok(prompt(a))["input_ids"], None, Sampling(max_tokens=max_tokens, temperature=0)) for a in ANIMALS]
+    return [Row(tok(prompt(a))["input_ids"], Sampling(max_tokens=max_tokens, temperature=0)) for a in ANIMALS]
 
 
 def _ref(engine: SettingsEngine, model: ResolvedModel) -> ModelRef:
@@ -126,7 +126,7 @@ def test_slot_lora_matches_peft(engine: SettingsEngine, adapters_dir: Path, base
     ids = tok([prompt(a) for a in ANIMALS[:1]], return_tensors="pt")
     with torch.inference_mode():
         expected = peft(**ids).logits[0, -1]
-    row = Row(ids["input_ids"][0].tolist(), None, Sampling(max_tokens=1, temperature=0, logprobs=5))
+    row = Row(ids["input_ids"][0].tolist(), Sampling(max_tokens=1, temperature=0, logprobs=5))
     engine.run(_ref(engine, COLORS_MODEL), [row])
     top = torch.log_softmax(expected.float(), -1).topk(5)
     got = row.top_logprobs[0]
@@ -187,6 +187,16 @@ def _raise(*_: object) -> bool:
     raise RuntimeError("injected fault")
 
 
+def _raise_on(index: int) -> Listener:
+    """A listener that raises on the text of choice `index`."""
+
+    def listen(event: RowEvent) -> None:
+        if isinstance(event, TextDelta) and event.index == index:
+            raise RuntimeError("injected fault")
+
+    return listen
+
+
 def test_a_failing_row_fails_only_its_request(engine: SettingsEngine) -> None:
     """Faults injected into single rows of one mixed prefill (three models): each fails its own request alone,
     and every neighbour finishes with exactly its single-request output."""
@@ -196,13 +206,15 @@ def test_a_failing_row_fails_only_its_request(engine: SettingsEngine) -> None:
     ids = tok(prompt("cat"))["input_ids"]
 
     def one(**sampling: object) -> list[Row]:
-        return [Row(list(ids), None, Sampling(max_tokens=8, **sampling))]  # type: ignore[arg-type]
+        return [Row(list(ids), Sampling(max_tokens=8, **sampling))]  # type: ignore[arg-type]
 
     callback, cancel_check, siblings = one(temperature=0), one(temperature=0), one(temperature=0) + one(temperature=0)
-    callback[0].on_text = _raise  # a listener that raises mid-generation
-    cancel_check[0].cancelled = _raise
-    siblings[1].on_text = _raise  # one row of an n=2 request: the request fails, its other row stops
-    out_of_vocab = [Row([*ids, vocab + 5], None, Sampling(max_tokens=8, temperature=0))]  # breaks the prefill pass
+    watch: dict[str, tuple[Listener | None, Callable[[], bool] | None]] = {
+        "callback": (_raise_on(0), None),  # a listener that raises mid-generation
+        "cancel check": (None, _raise),
+        "sibling": (_raise_on(1), None),  # one row of an n=2 request: the request fails, its other row stops
+    }
+    out_of_vocab = [Row([*ids, vocab + 5], Sampling(max_tokens=8, temperature=0))]  # breaks the prefill pass
     faulty = {
         "sampling": (SOUNDS_MODEL, one(temperature=1.0, logit_bias=((vocab + 7, 1.0),))),
         "stop string": (COLORS_MODEL, one(temperature=0, stop=(b"not text",))),
@@ -213,7 +225,7 @@ def test_a_failing_row_fails_only_its_request(engine: SettingsEngine) -> None:
     }
     normal = {m.name: (m, _rows(engine)) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
     # Valid but extreme: a nucleus that rounds to nothing in float32 must still sample (the top token).
-    tiny_top_p = (SOUNDS_MODEL, [Row(r.prompt_ids, None, Sampling(max_tokens=8, temperature=1.0, top_p=1e-50))
+    tiny_top_p = (SOUNDS_MODEL, [Row(r.prompt_ids, Sampling(max_tokens=8, temperature=1.0, top_p=1e-50))
                                  for r in _rows(engine)])  # fmt: skip
     jobs = {**faulty, **normal, "tiny top_p": tiny_top_p}
     results: dict[str, BaseException | None] = {}
@@ -225,7 +237,8 @@ def test_a_failing_row_fails_only_its_request(engine: SettingsEngine) -> None:
             finished.set()
 
     for name, (model, rows) in jobs.items():
-        engine.submit(_ref(engine, model), rows, partial(record, name))
+        listen, cancelled = watch.get(name, (None, None))
+        engine.submit(_ref(engine, model), rows, partial(record, name), listen, cancelled)
     assert finished.wait(120), results
     assert (sum(len(rows) for _, rows in jobs.values()), 3) in engine.scheduler.prefills  # one shared prefill
     for name in faulty:
@@ -249,7 +262,7 @@ def test_background_rows_join_a_running_batch_in_groups(adapters_dir: Path, base
 
         def rows() -> list[Row]:  # different lengths: rows leave the batch at different steps
             return [
-                Row(tok(prompt(a))["input_ids"], None, Sampling(max_tokens=2 + i % 7, temperature=0))
+                Row(tok(prompt(a))["input_ids"], Sampling(max_tokens=2 + i % 7, temperature=0))
                 for i, a in enumerate(ANIMALS * 5)
             ]
 

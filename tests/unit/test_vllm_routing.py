@@ -61,15 +61,15 @@ def test_base_requests_go_to_the_least_loaded_and_down_replicas_are_skipped() ->
 
 
 def test_refused_features_name_their_parameter() -> None:
-    logprobs = Row([1, 2], None, Sampling(logprobs=2))
-    refused = check_servable("b", [Row([1], None, Sampling()), logprobs])
+    logprobs = Row([1, 2], Sampling(logprobs=2))
+    refused = check_servable("b", [Row([1], Sampling()), logprobs])
     assert refused is not None and refused.param == "logprobs" and refused.code == "unsupported_on_backend"
-    assert check_servable("b", [Row([1], None, Sampling(prompt_logprobs=True))]) is not None
-    assert check_servable("b", [Row([1], None, Sampling(temperature=0.7, seed=3))]) is None
+    assert check_servable("b", [Row([1], Sampling(prompt_logprobs=True))]) is not None
+    assert check_servable("b", [Row([1], Sampling(temperature=0.7, seed=3))]) is None
 
 
 def test_a_row_that_moves_replica_continues_where_it_was() -> None:
-    row = Row([1, 2, 3], None, Sampling(max_tokens=10, temperature=0.0, logit_bias=((7, 2.0),), seed=4))
+    row = Row([1, 2, 3], Sampling(max_tokens=10, temperature=0.0, logit_bias=((7, 2.0),), seed=4))
     row.token_ids = [9, 8]
     body = request_body("m", row, {0, 2})
     assert body["prompt"] == [1, 2, 3, 9, 8] and body["max_tokens"] == 8
@@ -79,7 +79,7 @@ def test_a_row_that_moves_replica_continues_where_it_was() -> None:
 
 def test_constraints_are_forwarded_as_vllms_structured_outputs() -> None:
     def sent(c: Constraint) -> object:
-        return request_body("m", Row([1], None, Sampling(constraint=c)), {2})["structured_outputs"]
+        return request_body("m", Row([1], Sampling(constraint=c)), {2})["structured_outputs"]
 
     assert sent(Constraint("json_object")) == {"json_object": True}
     assert sent(Constraint("json_schema", '{"type": "object"}')) == {"json": {"type": "object"}}

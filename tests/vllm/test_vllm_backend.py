@@ -150,12 +150,10 @@ def test_constrained_rows_follow_their_schema_through_vllms_structured_outputs(s
         rows = [
             Row(
                 list(ids),
-                None,
                 Sampling(max_tokens=40, temperature=0.0, constraint=Constraint("json_schema", json.dumps(schema))),
             ),
             Row(
                 list(ids),
-                None,
                 Sampling(max_tokens=8, temperature=0.0, constraint=Constraint("lark", 'start: "yes" | "no"')),
             ),
         ]

@@ -3,13 +3,14 @@ see only this, whichever engine serves a base (engine.InferenceEngine, or vLLM s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.engine import ModelRef
-from ftserve.engine.generation import Row
+from ftserve.engine.generation import Listener, Row
 from ftserve.engine.messages import Done
 
 
@@ -23,7 +24,18 @@ class Backend(Protocol):
         """Compile a row's constraint for the base now (cached): engine.errors.InvalidConstraint when refused."""
         ...
 
-    def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None: ...
+    def submit(
+        self,
+        ref: ModelRef,
+        rows: list[Row],
+        done: Done,
+        listen: Listener | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        background: bool = False,
+    ) -> None:
+        """Queue a request's rows; `done(error_or_None)` once all finish, `listen` with each row's events (text
+        deltas, then its finish), rows stopped once `cancelled()` is true (engine.InferenceEngine.submit)."""
+        ...
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from transformers import PreTrainedTokenizerBase
@@ -9,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 from ftserve.core.config import Settings
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.engine import InferenceEngine, ModelRef, generate_via, run_via
-from ftserve.engine.generation import Row
+from ftserve.engine.generation import Listener, Row
 from ftserve.engine.messages import Done
 from ftserve.models.bases import load_for_generation, pick_device
 from ftserve.serving.backends.base import Backend
@@ -36,8 +37,16 @@ class Backends:
     def check_constraint(self, base: str, constraint: Constraint) -> None:
         self._for(base).check_constraint(base, constraint)
 
-    def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None:
-        self._for(ref.base).submit(ref, rows, done, background)
+    def submit(
+        self,
+        ref: ModelRef,
+        rows: list[Row],
+        done: Done,
+        listen: Listener | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        background: bool = False,
+    ) -> None:
+        self._for(ref.base).submit(ref, rows, done, listen, cancelled, background)
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:
         await generate_via(self.submit, ref, rows)

@@ -14,7 +14,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ftserve.core.errors import InvalidRequest, ServiceError, Unavailable, bad_r
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.engine import ModelRef, generate_via, run_via
 from ftserve.engine.errors import AdapterLoadError, EngineStopped, GenerationFailed
-from ftserve.engine.generation import Row, accept, emit
+from ftserve.engine.generation import Listener, Row, accept, attach, emit, notify_finished
 from ftserve.engine.grammar import Grammars
 from ftserve.engine.messages import Done
 from ftserve.models.bases import load_tokenizer
@@ -136,7 +136,15 @@ class VllmBackend:
                 grammars = self._grammars.setdefault(base, grammars)
         grammars.compile(constraint)
 
-    def submit(self, ref: ModelRef, rows: list[Row], done: Done, background: bool = False) -> None:
+    def submit(
+        self,
+        ref: ModelRef,
+        rows: list[Row],
+        done: Done,
+        listen: Listener | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        background: bool = False,
+    ) -> None:
         if self._closed:
             done(EngineStopped())
             return
@@ -145,8 +153,7 @@ class VllmBackend:
             done(refused)
             return
         tok, stops = self._tokenizer(ref.base)
-        for r in rows:
-            r.adapter = None if ref.adapter is None else ref.adapter.key
+        attach(rows, None if ref.adapter is None else ref.adapter.key, listen, cancelled)
         self._call(self._job(ref, rows, done, tok, stops))
 
     async def generate(self, ref: ModelRef, rows: list[Row]) -> None:
@@ -235,7 +242,7 @@ class VllmBackend:
                     error = error or GenerationFailed(exc)
                 if error is not None:
                     for row in rows:
-                        row.abandoned = True
+                        row.state.abandoned = True
         except asyncio.CancelledError:
             for task in tasks:
                 task.cancel()
@@ -281,11 +288,8 @@ class VllmBackend:
         metrics.GENERATED_TOKENS.inc(len(row.token_ids))
         reason = "cancelled" if row.was_cancelled else row.finish_reason or "stop"
         metrics.ROWS_FINISHED.labels(reason).inc()
-        if row.on_finish is not None and not row.abandoned:
-            try:
-                row.on_finish()
-            except Exception:  # the listener went away; the row is finished all the same
-                log.exception("on_finish callback failed")
+        if not row.state.abandoned:
+            notify_finished(row, row.finish_reason or "stop")
 
     async def _generate_on(
         self, replica: Replica, ref: ModelRef, row: Row, tok: PreTrainedTokenizerBase, stops: set[int]
@@ -327,7 +331,8 @@ class VllmBackend:
                     if accept(row, int(token), tok, stops):
                         return  # leaving the stream closes it: vLLM aborts the request
                 vllm_reason = choice.get("finish_reason") or vllm_reason
-            if row.abandoned or (row.cancelled is not None and row.cancelled()):
+            check = row.state.cancelled
+            if row.state.abandoned or (check is not None and check()):
                 row.was_cancelled = True
                 return
         if vllm_reason is None:
