@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -49,6 +49,37 @@ class Pending:
     handler: Handler[Any, Any]
     plan: Plan
     tok: PreTrainedTokenizerBase
+
+
+@dataclass
+class _Run:
+    """One batch's requests while they run: what is in the engine and the results not recorded yet."""
+
+    claimed: ClaimedBatch
+    lines: Iterator[BatchLine]
+    cancel: threading.Event
+    finished: queue.Queue[tuple[Pending, BaseException | None]] = field(default_factory=queue.Queue)
+    models: dict[str, tuple[ModelRef, PreTrainedTokenizerBase] | ServiceError] = field(default_factory=dict)
+    in_flight: dict[int, Pending] = field(default_factory=dict)
+    buffer: list[Result] = field(default_factory=list)
+    rows: int = 0  # rows of the requests in flight
+    exhausted: bool = False
+    outcome: str = "completed"
+    flushed: float = field(default_factory=time.monotonic)  # when results were last recorded (or the lease renewed)
+
+    def take_finished(self, wait_s: float) -> list[tuple[Pending, BaseException | None]]:
+        try:
+            items = [self.finished.get(timeout=wait_s)]
+        except queue.Empty:
+            return []
+        while not self.finished.empty():
+            items.append(self.finished.get_nowait())
+        return items
+
+    def due(self, renew_s: float) -> bool:
+        """Whether to record now: enough results, results waiting too long, or the lease needs renewing."""
+        waited = time.monotonic() - self.flushed
+        return len(self.buffer) >= FLUSH_RESULTS or (bool(self.buffer) and waited > FLUSH_SECONDS) or waited > renew_s
 
 
 class BatchRunner:
@@ -144,67 +175,69 @@ class BatchRunner:
             cancel.set()  # leaving for any reason (lost lease, DB error): rows still in the engine stop
 
     def _drive(self, claimed: ClaimedBatch, todo: list[BatchLine], cancel: threading.Event) -> str:
-        finished: queue.Queue[tuple[Pending, BaseException | None]] = queue.Queue()
-        models: dict[str, tuple[ModelRef, PreTrainedTokenizerBase] | ServiceError] = {}
-        lines: Iterator[BatchLine] = iter(todo)
-        buffer: list[Result] = []
-        in_flight: dict[int, Pending] = {}
-        rows_in_flight, exhausted, outcome = 0, False, "completed"
-        flushed = renewed = time.monotonic()
+        """Keep the engine full with the batch's requests, record results as they finish, and renew the lease;
+        the outcome ('completed', 'cancelled', 'expired'), or Stopping when this process leaves the batch."""
+        run = _Run(claimed, iter(todo), cancel)
         while True:
-            while not cancel.is_set() and not exhausted and rows_in_flight < self.window:
-                line = next(lines, None)
-                if line is None:
-                    exhausted = True
-                    break
-                try:
-                    pending, ref = self._prepare(claimed.org, line, models)
-                except ServiceError as exc:
-                    buffer.append(self._failure(line, exc))
-                    continue
-                in_flight[line.line] = pending
-                rows_in_flight += len(pending.plan.rows)
-                self.engine.submit(
-                    ref, pending.plan.rows, partial(_put, finished, pending), cancelled=cancel.is_set, background=True
-                )
-            if not in_flight and (exhausted or cancel.is_set()):
+            self._fill(run)
+            if not run.in_flight and (run.exhausted or cancel.is_set()):
                 break
-            try:
-                items = [finished.get(timeout=FLUSH_SECONDS)]
-                while not finished.empty():
-                    items.append(finished.get_nowait())
-            except queue.Empty:
-                items = []
-            for pending, error in items:
-                del in_flight[pending.line.line]
-                rows_in_flight -= len(pending.plan.rows)
-                # The engine is stopping: this request did not run. (A vLLM base with no replica left is
-                # Unavailable too, but that fails the line like any other error.)
-                if isinstance(error, EngineStopped):
-                    self.stopping.set()
-                elif not any(r.was_cancelled for r in pending.plan.rows):
-                    buffer.append(self._failure(pending.line, error) if error else self._success(pending))
-            t = time.monotonic()
-            if len(buffer) >= FLUSH_RESULTS or (buffer and t - flushed > FLUSH_SECONDS) or t - renewed > self._renew_s:
-                status = self.store.record(claimed.id, buffer) if buffer else self.store.renew(claimed.id)
-                self._count(buffer)
-                buffer, flushed, renewed = [], t, t
-                if status == "cancelling":
-                    outcome = "cancelled"
-                elif now() >= claimed.expires_at:
-                    outcome = "expired"
-                if outcome != "completed":
-                    cancel.set()
+            self._collect(run)
+            if run.due(self._renew_s):
+                self._flush(run)
             if self.stopping.is_set():
                 cancel.set()
-                if not in_flight:
+                if not run.in_flight:
                     break
-        if buffer:
-            self.store.record(claimed.id, buffer)
-            self._count(buffer)
-        if self.stopping.is_set() and outcome == "completed":
+        if run.buffer:
+            self.store.record(claimed.id, run.buffer)
+            self._count(run.buffer)
+        if self.stopping.is_set() and run.outcome == "completed":
             raise Stopping()  # what is not recorded yet is run by the next runner
-        return outcome
+        return run.outcome
+
+    def _fill(self, run: _Run) -> None:
+        """Submit the next lines until the engine holds a window's worth of rows (a line that cannot run is
+        answered at once)."""
+        while not run.cancel.is_set() and not run.exhausted and run.rows < self.window:
+            line = next(run.lines, None)
+            if line is None:
+                run.exhausted = True
+                return
+            try:
+                pending, ref = self._prepare(run.claimed.org, line, run.models)
+            except ServiceError as exc:
+                run.buffer.append(self._failure(line, exc))
+                continue
+            run.in_flight[line.line] = pending
+            run.rows += len(pending.plan.rows)
+            done = partial(_put, run.finished, pending)
+            self.engine.submit(ref, pending.plan.rows, done, cancelled=run.cancel.is_set, background=True)
+
+    def _collect(self, run: _Run) -> None:
+        """Take the requests that finished (waiting up to FLUSH_SECONDS for the first) into the results."""
+        for pending, error in run.take_finished(FLUSH_SECONDS):
+            del run.in_flight[pending.line.line]
+            run.rows -= len(pending.plan.rows)
+            # The engine is stopping: this request did not run. (A vLLM base with no replica left is
+            # Unavailable too, but that fails the line like any other error.)
+            if isinstance(error, EngineStopped):
+                self.stopping.set()
+            elif not any(r.was_cancelled for r in pending.plan.rows):
+                run.buffer.append(self._failure(pending.line, error) if error else self._success(pending))
+
+    def _flush(self, run: _Run) -> None:
+        """Record the results (or just renew the lease); a batch the api is cancelling, or past its expiry, stops."""
+        claimed = run.claimed
+        status = self.store.record(claimed.id, run.buffer) if run.buffer else self.store.renew(claimed.id)
+        self._count(run.buffer)
+        run.buffer, run.flushed = [], time.monotonic()
+        if status == "cancelling":
+            run.outcome = "cancelled"
+        elif now() >= claimed.expires_at:
+            run.outcome = "expired"
+        if run.outcome != "completed":
+            run.cancel.set()
 
     @property
     def _renew_s(self) -> float:
