@@ -39,7 +39,7 @@ CONVERT = {
         "currency": {"type": "string", "enum": ["EUR", "USD"]},
     },
     "required": ["amount", "currency"],
-    # Not closed by the schema itself: `strict` closes it (OpenAI's strict mode).
+    # Not closed by the schema itself: ftserve closes it (`strict` or not, as xgrammar does).
 }
 TOOLS: list[Any] = [
     {"type": "function", "function": {"name": "get_weather", "description": "Forecast", "parameters": WEATHER}},
@@ -92,7 +92,7 @@ def test_required_calls_any_tool_once_unless_parallel(client: OpenAI) -> None:
     for choice in reply.choices:
         calls = choice.message.tool_calls or []
         assert choice.finish_reason == "tool_calls" and len(calls) == 1
-        # `convert`'s schema leaves its object open: strict closes it, so a random model still ends it.
+        # `convert`'s schema leaves its object open: ftserve closes it, so a random model still ends it.
         _valid(calls[0].function.name, calls[0].function.arguments)
     # Parallel calls (the default): one or more, each valid, ids distinct.
     reply = client.chat.completions.create(
