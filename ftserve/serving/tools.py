@@ -81,11 +81,19 @@ def tool_plan(req: ChatCompletionRequest) -> ToolPlan | None:
 
 
 def _constrained(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The tools as the grammar takes them: a strict function's objects take no undeclared properties."""
+    """The tools as the grammar takes them: every function's objects take no undeclared properties unless their
+    schema opts in (`additionalProperties: true` or a schema, `patternProperties`), `strict` or not.
+
+    A forced call's arguments go to `fn(**args)`: a key the function does not declare breaks the call, and
+    LangChain and most callers send non-strict schemas that leave `additionalProperties` out (JSON Schema's
+    default: open). xgrammar, vLLM's default backend, closes such objects; so does ftserve, as for
+    response_format. The schema is rewritten here rather than through a compiler option: llguidance's JSON
+    options (separators, whitespace, coerce_one_of, lenient) have none for it, and a rewritten schema travels
+    in the Constraint, so the builtin engine and a vLLM backend's structured_outputs enforce the same one."""
     out = []
     for t in tools:
         fn = t["function"]
-        if fn.get("strict") and isinstance(fn.get("parameters"), dict):
+        if isinstance(fn.get("parameters"), dict):
             t = {**t, "function": {**fn, "parameters": strict_schema(fn["parameters"])}}
         out.append(t)
     return out

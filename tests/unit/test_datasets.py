@@ -175,3 +175,26 @@ def test_batch_files_get_the_same_line_checks_as_training_files(tmp_path: Path) 
     with pytest.raises(DatasetError) as err:
         validate_batch_file(_write(tmp_path, _lines(good, bad)), max_line_bytes=1 << 20, max_requests=10)
     assert (err.value.code, err.value.line) == ("invalid_encoding", 2)
+
+
+def test_unknown_keys_are_accepted_and_named_with_their_first_line_and_count(tmp_path: Path) -> None:
+    chat = json.loads(GOOD_CHAT)
+    lines = [chat | {"weight_decay": 1}, chat, chat | {"mesages": [], "weight_decay": 2}, chat | {"mesages": []}]
+    summary = validate_file(_write(tmp_path, _lines(*map(json.dumps, lines))), 65_536, 1)
+    assert (summary.format, summary.n_examples) == ("chat", 4), "accepted, every line trained on"
+    assert summary.warning is not None
+    assert '"weight_decay" (first on line 1, 2 lines); "mesages" (first on line 3, 2 lines)' in summary.warning
+    # What each format reads: OpenAI's keys pass without a word.
+    tools = {"tools": [], "parallel_tool_calls": False}
+    assert validate_file(_write(tmp_path, _lines(json.dumps(chat | tools))), 65_536, 1).warning is None
+    assert validate_file(_write(tmp_path, _lines(GOOD_PC)), 65_536, 1).warning is None
+    pref = {
+        "input": {"messages": [{"role": "user", "content": "q"}], "tools": [], "temperature": 0},
+        "preferred_output": [{"role": "assistant", "content": "a"}],
+        "non_preferred_output": [{"role": "assistant", "content": "b"}],
+        "score": 1,
+    }
+    warning = validate_file(_write(tmp_path, _lines(GOOD_PC.replace("}", ', "id": 7}'))), 65_536, 1).warning
+    assert warning is not None and warning.startswith('warning: unknown keys ignored: "id" (first on line 1, 1 line)')
+    warning = validate_file(_write(tmp_path, _lines(json.dumps(pref))), 65_536, 1).warning
+    assert warning is not None and '"score" (first on line 1, 1 line); "input.temperature"' in warning

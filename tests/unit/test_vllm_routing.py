@@ -3,11 +3,16 @@ fallback, replicas marked down skipped; and what the vllm backend refuses rather
 
 from __future__ import annotations
 
+import json
+import re
+
+from ftserve.core.schemas.completions import ChatCompletionRequest
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.generation import Row
 from ftserve.engine.sampling import Sampling
 from ftserve.serving.backends.replicas import Replica, order
-from ftserve.serving.backends.vllm import check_servable, request_body
+from ftserve.serving.backends.vllm import check_servable, request_body, structured_outputs
+from ftserve.serving.tools import tool_plan
 
 URLS = [f"http://vllm-{i}:8000" for i in range(4)]
 
@@ -84,3 +89,21 @@ def test_constraints_are_forwarded_as_vllms_structured_outputs() -> None:
     assert sent(Constraint("json_object")) == {"json_object": True}
     assert sent(Constraint("json_schema", '{"type": "object"}')) == {"json": {"type": "object"}}
     assert sent(Constraint("lark", 'start: "yes" | "no"')) == {"grammar": 'start: "yes" | "no"'}
+
+
+def test_a_forced_call_on_a_non_strict_schema_reaches_vllm_closed() -> None:
+    """vLLM gets the same closed schema as the builtin engine: it is in the grammar's text, not an option."""
+    params = {"type": "object", "properties": {"city": {"type": "string"}, "opts": {"type": "object"}}}
+    for open_to in (None, True):
+        parameters = params if open_to is None else params | {"additionalProperties": open_to}
+        tool = {"type": "function", "function": {"name": "get_weather", "parameters": parameters}}
+        req = ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "required"}
+        )
+        plan = tool_plan(req)
+        assert plan is not None and plan.constraint is not None
+        grammar = structured_outputs(plan.constraint)["grammar"]
+        body = json.loads(re.search(r"%json (.*)", grammar).group(1))  # type: ignore[union-attr]
+        args = body["properties"]["arguments"]
+        assert args["additionalProperties"] is (open_to is True)
+        assert args["properties"]["opts"]["additionalProperties"] is False, "nested objects close too"

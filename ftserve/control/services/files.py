@@ -32,6 +32,7 @@ def to_wire(f: File) -> FileObject:
         filename=f.filename,
         purpose=f.purpose,
         status=f.status,  # type: ignore[arg-type]
+        # The reason of an error; on a processed training file, a warning (unknown keys ignored) or None.
         status_details=f.status_details,
         extensions={"error_code": f.error_code, "error_line": f.error_line} if f.status == "error" else None,
     )
@@ -76,7 +77,7 @@ async def create_upload(
         status="uploaded",
     )
     try:
-        fmt, count = await asyncio.to_thread(lambda: _validate(storage.local_file(file_id), purpose, settings))
+        fmt, count, warning = await asyncio.to_thread(lambda: _validate(storage.local_file(file_id), purpose, settings))
     except DatasetError as err:
         row.status, row.status_details = "error", err.describe()
         row.error_code, row.error_line = err.code, err.line
@@ -85,7 +86,8 @@ async def create_upload(
         raise InvalidRequest(
             f"Invalid {kind} file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
         ) from None
-    row.status, row.format, row.n_examples = "processed", fmt, count
+    # A valid file whose lines carry keys their format does not read is accepted (as OpenAI does) and says so.
+    row.status, row.status_details, row.format, row.n_examples = "processed", warning, fmt, count
     _commit(session, storage, row)
     return row
 
@@ -101,13 +103,14 @@ def _commit(session: Session, storage: Storage, row: File) -> None:
         raise
 
 
-def _validate(path: Path, purpose: str, settings: Settings) -> tuple[str, int]:
-    """(format, examples or requests) of an upload, checked line by line by its purpose; DatasetError if bad."""
+def _validate(path: Path, purpose: str, settings: Settings) -> tuple[str, int, str | None]:
+    """(format, examples or requests, a warning for status_details or None) of an upload, checked line by line
+    by its purpose; DatasetError if bad."""
     if purpose == "batch":
         batch = validate_batch_file(path, settings.max_line_bytes, settings.max_batch_requests)
-        return ENDPOINTS[batch.url].batch_format, batch.n_requests
+        return ENDPOINTS[batch.url].batch_format, batch.n_requests, None
     summary = validate_file(path, settings.max_line_bytes, settings.min_training_examples)
-    return summary.format, summary.n_examples
+    return summary.format, summary.n_examples, summary.warning
 
 
 def create_result_file(session: Session, settings: Settings, org: str, filename: str, data: bytes) -> File:

@@ -85,6 +85,15 @@ class Preference:
 
 Example = PromptCompletion | Chat | Preference
 PREFERENCE_KEYS = ("preferred_output", "non_preferred_output")
+# The top-level keys each format's reader takes (OpenAI's training formats); a line's other keys are ignored,
+# as OpenAI ignores them, and reported in the file's status_details (datasets/validate.UnknownKeys).
+KNOWN_KEYS: dict[Format, frozenset[str]] = {
+    "prompt_completion": frozenset({"prompt", "completion"}),
+    "chat": frozenset({"messages", "tools", "parallel_tool_calls", "functions"}),
+    "preference": frozenset({"input", *PREFERENCE_KEYS}),
+}
+# A preference line's `input`: the conversation the two outputs answer, with its tools.
+PREFERENCE_INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
 
 
 def detect_format(obj: dict[str, Any]) -> Format | None:
