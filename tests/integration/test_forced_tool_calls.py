@@ -75,7 +75,6 @@ def test_a_non_strict_schema_gets_only_its_declared_keys(engine: SettingsEngine,
     rows = [
         Row(
             list(tok(p)["input_ids"]),
-            None,
             Sampling(max_tokens=80, temperature=1.0, seed=seed, constraint=plan.constraint),
         )
         for p in PROMPTS
