@@ -10,7 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ftserve.core.config import Settings
 from ftserve.core.ids import new_id, now
-from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
+from ftserve.core.schemas.completions import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    CompletionChunk,
+    CompletionChunkChoice,
+    CompletionRequest,
+)
 from ftserve.core.schemas.errors import ERROR_RESPONSES
 from ftserve.core.storage import Storage
 from ftserve.engine.engine import ModelRef
@@ -19,7 +27,7 @@ from ftserve.serving.handlers import CHAT_HANDLER, COMPLETION_HANDLER
 from ftserve.serving.logprobs import StreamCursor
 from ftserve.serving.ports import ModelCatalog
 from ftserve.serving.refs import model_ref
-from ftserve.serving.streaming import stream, usage_chunk
+from ftserve.serving.streaming import ChunkHead, stream, usage_chunk
 from ftserve.serving.tools import ChoiceStream
 
 router = APIRouter(tags=["inference"], responses=ERROR_RESPONSES)
@@ -68,16 +76,18 @@ async def completions(req: CompletionRequest, request: Request, settings: Settin
         echoed: set[int] = set()
         prompt_of = [plan.prompt_texts[i // req.n] for i in range(len(rows))]
         cursor = StreamCursor(rows, [len(p) for p in prompt_of])
-        envelope = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
+        head = ChunkHead(id=cid, object="text_completion", created=created, model=req.model)
 
-        def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
+        def chunk(i: int, text: str, finish: str | None) -> list[CompletionChunk]:
             if req.echo and i not in echoed:
                 echoed.add(i)
                 text = prompt_of[i] + text
             lp = None if req.logprobs is None else cursor.completion(tok, i, req.echo).model_dump()
-            return {**envelope, "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]}
+            choice = CompletionChunkChoice(index=i, text=text, logprobs=lp, finish_reason=finish)  # type: ignore[arg-type]
+            return [CompletionChunk(**head.fields(), choices=[choice])]
 
-        final = partial(usage_chunk, req, envelope, [plan.prompt_lens[i // req.n] for i in range(len(rows))], rows)
+        prompt_tokens = [plan.prompt_lens[i // req.n] for i in range(len(rows))]
+        final = partial(usage_chunk, req, CompletionChunk, head, prompt_tokens, rows)
         return await stream(engine, ref, rows, chunk, final)
     await engine.generate(ref, rows)
     return COMPLETION_HANDLER.body(plan, tok, cid, created)
@@ -95,32 +105,28 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, setting
     if req.stream:
         started: set[int] = set()
         cursor = StreamCursor(rows)
-        envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
+        head = ChunkHead(id=cid, object="chat.completion.chunk", created=created, model=req.model)
         choices = [ChoiceStream(plan.tools) for _ in rows]
         # Tool calls' first chunk has content null, as OpenAI's; a text reply's has "".
         empty = None if plan.tools is not None and plan.tools.choice != "none" else ""
 
-        def chunk(i: int, text: str, finish: str | None) -> list[dict[str, Any]]:
+        def chunk(i: int, text: str, finish: str | None) -> list[ChatCompletionChunk]:
             deltas, reason = (choices[i].feed(text), None) if finish is None else choices[i].finish(finish)
             if finish is not None:
-                deltas.append({})  # the finish_reason goes in a chunk of its own
+                deltas.append(ChatDelta())  # the finish_reason goes in a chunk of its own
             events = []
             for n, delta in enumerate(deltas):
                 if i not in started:  # every choice's first chunk names the role, even one that ends at once
-                    delta = {"role": "assistant", "content": empty, **delta}
+                    delta = ChatDelta(**{"role": "assistant", "content": empty, **delta.model_dump(exclude_unset=True)})
                     started.add(i)
                 # Logprobs of the tokens generated since the last chunk (held text sends none until it goes).
                 lp = None if top is None else cursor.chat(tok, i, top).model_dump()
-                event = {
-                    "index": i,
-                    "delta": delta,
-                    "logprobs": lp,
-                    "finish_reason": reason if n == len(deltas) - 1 else None,
-                }
-                events.append({**envelope, "choices": [event]})
+                last = reason if n == len(deltas) - 1 else None
+                choice = ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=last)  # type: ignore[arg-type]
+                events.append(ChatCompletionChunk(**head.fields(), choices=[choice]))
             return events
 
-        final = partial(usage_chunk, req, envelope, [plan.prompt_len] * req.n, rows)
+        final = partial(usage_chunk, req, ChatCompletionChunk, head, [plan.prompt_len] * req.n, rows)
         return await stream(engine, ref, rows, chunk, final)
     await engine.generate(ref, rows)
     return CHAT_HANDLER.body(plan, tok, cid, created)

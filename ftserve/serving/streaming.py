@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -20,8 +21,27 @@ from ftserve.engine.generation import Row, RowEvent, TextDelta
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.protocol import usage
 
-# A choice's text delta (or its finish) as one chunk, or several (a tool call's name, then its arguments).
-Chunk = Callable[[int, str, str | None], dict[str, Any] | list[dict[str, Any]]]
+# A choice's text delta (or its finish) as one chunk, or several (a tool call's name, then its arguments): the
+# endpoint's typed stream chunks (core/endpoints: CompletionChunk, ChatCompletionChunk).
+Chunk = Callable[[int, str, str | None], Sequence[BaseModel]]
+
+
+@dataclass(frozen=True)
+class ChunkHead:
+    """What every chunk of one stream repeats."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
+
+
+def sse(chunk: BaseModel) -> str:
+    """A chunk as its event's data: only the fields it carries (OpenAI's chunks leave the others out)."""
+    return chunk.model_dump_json(exclude_unset=True)
 
 
 @dataclass(frozen=True)
@@ -64,15 +84,15 @@ async def stream(
                     out = chunk(item.index, item.text, None)
                 else:
                     out = chunk(item.index, "", item.reason)
-                for event in out if isinstance(out, list) else [out]:
-                    yield json.dumps(event)
+                for event in out:
+                    yield sse(event)
                 item = await queue.get()
             if item.error is not None:  # a failed forward pass after the stream began
                 yield json.dumps(envelope(item.error)[1])
                 return
             tail = final()
             if tail is not None:
-                yield json.dumps(tail)
+                yield sse(tail)
             yield "[DONE]"
         finally:
             # A client that went away stops its rows at the next decode step.
@@ -82,9 +102,13 @@ async def stream(
 
 
 def usage_chunk(
-    req: CompletionRequest | ChatCompletionRequest, envelope: dict[str, Any], prompt_tokens: list[int], rows: list[Row]
-) -> dict[str, Any] | None:
+    req: CompletionRequest | ChatCompletionRequest,
+    chunk_type: type[BaseModel],
+    head: ChunkHead,
+    prompt_tokens: list[int],
+    rows: list[Row],
+) -> BaseModel | None:
     """The stream's last chunk when stream_options.include_usage asks for it: no choices, the usage."""
     if not (req.stream_options and req.stream_options.include_usage):
         return None
-    return {**envelope, "choices": [], "usage": usage(prompt_tokens, rows).model_dump()}
+    return chunk_type(**head.fields(), choices=[], usage=usage(prompt_tokens, rows))

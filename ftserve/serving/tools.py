@@ -13,7 +13,14 @@ from typing import Any
 
 from ftserve.core.errors import bad_request
 from ftserve.core.ids import new_id
-from ftserve.core.schemas.completions import ChatCompletionRequest, ReplyFunctionCall, ReplyToolCall
+from ftserve.core.schemas.completions import (
+    ChatCompletionRequest,
+    ChatDelta,
+    DeltaFunctionCall,
+    DeltaToolCall,
+    ReplyFunctionCall,
+    ReplyToolCall,
+)
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.errors import InvalidConstraint
 from ftserve.engine.generation import Row
@@ -138,25 +145,25 @@ class ChoiceStream:
     def plain(self) -> bool:
         return self.plan is None or self.plan.choice == "none"
 
-    def feed(self, delta: str) -> list[dict[str, Any]]:
+    def feed(self, delta: str) -> list[ChatDelta]:
         if self.plain:
-            return [{"content": delta}]
+            return [ChatDelta(content=delta)]
         self.text += delta
         if self.plan is not None and self.plan.forced:
             return self._calls([(n, a) for n, a, _ in read_forced_calls(self.text, final=False)])
         return self._auto_content()
 
-    def finish(self, finish: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    def finish(self, finish: str | None) -> tuple[list[ChatDelta], str | None]:
         if self.plain:
             return [], finish
         content, calls, reason = read_reply(self.plan, self.text, finish)
         out = []
         if content is not None and len(content) > self.content_sent:
-            out.append({"content": content[self.content_sent :]})
+            out.append(ChatDelta(content=content[self.content_sent :]))
         out += self._calls([(c.name, c.arguments) for c in calls])
         return out, reason
 
-    def _auto_content(self) -> list[dict[str, Any]]:
+    def _auto_content(self) -> list[ChatDelta]:
         """Content as it comes, up to where a call may start (held until the end, when parsing decides)."""
         if self.held:
             return []
@@ -174,20 +181,23 @@ class ChoiceStream:
         if len(text) <= self.content_sent:
             return []
         piece, self.content_sent = text[self.content_sent :], len(text)
-        return [{"content": piece}]
+        return [ChatDelta(content=piece)]
 
-    def _calls(self, calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    def _calls(self, calls: list[tuple[str, str]]) -> list[ChatDelta]:
         """Deltas that bring the sent calls up to these (each a prefix-extension of what was sent)."""
-        out: list[dict[str, Any]] = []
+        out: list[ChatDelta] = []
         for index, (name, args) in enumerate(calls):
             if index == len(self.calls):
                 call_id = new_id("call_")
                 self.calls.append((call_id, 0))
-                head = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
-                out.append({"tool_calls": [head]})
+                function = DeltaFunctionCall(name=name, arguments="")
+                out.append(
+                    ChatDelta(tool_calls=[DeltaToolCall(index=index, id=call_id, type="function", function=function)])
+                )
             call_id, sent = self.calls[index]
             if len(args) > sent:
-                out.append({"tool_calls": [{"index": index, "function": {"arguments": args[sent:]}}]})
+                function = DeltaFunctionCall(arguments=args[sent:])
+                out.append(ChatDelta(tool_calls=[DeltaToolCall(index=index, function=function)]))
                 self.calls[index] = (call_id, len(args))
         return out
 

@@ -194,7 +194,7 @@ def _streamed(plan: Any, text: str, finish: str) -> tuple[str | None, list[tuple
     tail, reason = stream.finish(finish)
     content: str | None = None
     calls: list[list[str]] = []
-    for d in deltas + tail:
+    for d in (delta.model_dump(exclude_unset=True) for delta in deltas + tail):  # as the wire carries them
         if "content" in d:
             content = (content or "") + d["content"]
         for c in d.get("tool_calls", []):

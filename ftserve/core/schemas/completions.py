@@ -355,3 +355,62 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+# --- stream chunks (serialized with exclude_unset: a field a chunk does not carry is absent, as in OpenAI's) ---
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion (the last, with include_usage, has no choices)."""
+
+    id: str
+    object: Literal["text_completion"]  # no default: exclude_unset would leave a default out
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of tool call `index`: its first carries id, type and function.name, the next argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion (the last, with include_usage, has no choices)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]  # no default: exclude_unset would leave a default out
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
