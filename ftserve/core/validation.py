@@ -65,10 +65,8 @@ class _Resolver:
 
 def _branches(node: Schema) -> list[Schema] | None:
     """A union's branches, null left out; None if node is no union."""
-    choices = node.get("anyOf") or node.get("oneOf")
-    if not choices:
-        return None
-    return [c for c in choices if c.get("type") != "null"]
+    choices = [c for c in (node.get("anyOf") or node.get("oneOf") or ()) if c.get("type") != "null"]
+    return choices or None
 
 
 def _label(node: Schema | None, resolve: _Resolver) -> str:
