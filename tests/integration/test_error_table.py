@@ -20,6 +20,8 @@ from fastapi.testclient import TestClient
 from ftserve.control.db.migrate import upgrade_head
 from ftserve.control.main import create_app
 from ftserve.core.config import Settings
+from ftserve.core.datasets.batch import parse_line
+from ftserve.core.datasets.formats import DatasetError
 
 JOBS, CHAT, COMPLETIONS, BATCHES = "/v1/fine_tuning/jobs", "/v1/chat/completions", "/v1/completions", "/v1/batches"
 JOB = {"model": "ftserve-tiny", "training_file": "file-abc"}
@@ -288,3 +290,20 @@ def test_valid_json_types_are_still_taken(client: TestClient) -> None:
     ]:
         answer = client.post(path, json={**body, "model": "no-such-model"})
         assert answer.status_code == 404, answer.text  # the model or file does not exist: the body was valid
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "words"),
+    [
+        (COMPLETIONS, completion(max_tokens="5"), 'body.max_tokens must be an integer of at least 0; got "5".'),
+        (CHAT, chat(temperature=True), "body.temperature must be a number from 0 to 2; got true."),
+        (CHAT, chat(messages=[{"role": "robot"}]), 'body.messages[0].role must be one of "system"'),
+        (COMPLETIONS, completion(n_epochs=1), "Unknown parameter: 'body.n_epochs'."),
+    ],
+)
+def test_batch_lines_are_explained_by_the_same_translation(url: str, body: dict[str, Any], words: str) -> None:
+    line = {"custom_id": "a", "method": "POST", "url": url, "body": body}
+    with pytest.raises(DatasetError) as err:
+        parse_line(3, line)
+    assert err.value.code == "invalid_body" and words in err.value.describe(), err.value.describe()
+    assert err.value.describe().startswith("line 3: ")
