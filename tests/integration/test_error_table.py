@@ -22,6 +22,7 @@ from ftserve.control.main import create_app
 from ftserve.core.config import Settings
 from ftserve.core.datasets.batch import parse_line
 from ftserve.core.datasets.formats import DatasetError
+from tests.jobrows import make_job
 
 JOBS, CHAT, COMPLETIONS, BATCHES = "/v1/fine_tuning/jobs", "/v1/chat/completions", "/v1/completions", "/v1/batches"
 JOB = {"model": "ftserve-tiny", "training_file": "file-abc"}
@@ -230,11 +231,16 @@ ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def app_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("errors")
     settings = Settings(data_dir=data, bases_dir=data / "bases")
     upgrade_head(settings.resolved_database_url())
-    yield TestClient(create_app(settings))  # no lifespan: no reaper, no batch runner, no model loaded
+    return settings
+
+
+@pytest.fixture(scope="module")
+def client(app_settings: Settings) -> Iterator[TestClient]:
+    yield TestClient(create_app(app_settings))  # no lifespan: no reaper, no batch runner, no model loaded
 
 
 def _send(client: TestClient, case: Case) -> Any:
@@ -307,3 +313,22 @@ def test_batch_lines_are_explained_by_the_same_translation(url: str, body: dict[
         parse_line(3, line)
     assert err.value.code == "invalid_body" and words in err.value.describe(), err.value.describe()
     assert err.value.describe().startswith("line 3: ")
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "words"),
+    [
+        ("cancelled", "cancel", "has already been cancelled; only a job that has not finished can be cancelled."),
+        ("succeeded", "cancel", "has already succeeded; only a job that has not finished can be cancelled."),
+        ("failed", "cancel", "has already failed; only a job that has not finished can be cancelled."),
+        ("succeeded", "pause", "has already succeeded; only queued or running jobs can be paused."),
+        ("running", "resume", "is running; only paused jobs can be resumed."),
+    ],
+)
+def test_a_job_state_refusal_is_a_correct_sentence(
+    client: TestClient, app_settings: Settings, status: str, action: str, words: str
+) -> None:
+    job_id = make_job(app_settings, status)
+    answer = client.post(f"{JOBS}/{job_id}/{action}")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == f"Job {job_id} {words}"
