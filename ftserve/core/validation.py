@@ -234,7 +234,7 @@ def _describe(
         empty = node.get("minItems") == 1
         head = ("non-empty arrays" if empty else "arrays") if plural else ("a non-empty array" if empty else "an array")
         lo, hi = node.get("minItems"), node.get("maxItems")
-        size = f" ({lo} to {hi} items)" if lo and hi else f" (at most {hi} items)" if hi else ""
+        size = f" ({lo} to {hi} items)" if lo and hi and not empty else f" (at most {hi} items)" if hi else ""
         size = size or (f" (at least {lo} items)" if lo and lo > 1 else "")
         return f"{head} of {items}{size}"
     if kind == "null":

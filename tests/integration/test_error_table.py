@@ -188,6 +188,8 @@ CASES = [
         "response_format.json_schema.name", "at most 64 characters", 'got "a b"'),
     bad("seed-2^64", CHAT, chat(seed=2**64), "seed",
         "an integer from -9223372036854775808 to 9223372036854775807", "got 18446744073709551616"),
+    bad("logit_bias-200", CHAT, chat(logit_bias={"5": 200}), "logit_bias.5", "a number from -100 to 100", "got 200"),
+    bad("logit_bias-key", COMPLETIONS, completion(logit_bias={"cat": 1}), "logit_bias", "token ids", "got 'cat'"),
     wrong_type("logit_bias-string", CHAT, chat(logit_bias={"5": "1"}), "logit_bias.5", "a number", 'got "1"'),
     # -- completions --
     bad("prompt-mixed", COMPLETIONS, completion(prompt=["a", 5]), "prompt", "a non-empty string",
