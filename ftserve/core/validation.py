@@ -336,10 +336,10 @@ def explain(
         return _unknown(param, last)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return _tag(param, node, error, resolve)
-    if param is None or (len(steps) == 1 and steps[0].key in sources and kind.endswith("_type")):
-        return InvalidRequest(f"The request body must be a JSON object{got}.", param=None, code="invalid_type")
     if kind in ("value_error", "assertion_error"):
         return InvalidRequest(_own_words(param, str(error.get("msg", ""))), param=param, code="invalid_value")
+    if param is None:  # the body itself: a JSON array, a string, a number
+        return InvalidRequest(f"The request body must be a JSON object{got}.", param=None, code="invalid_type")
     if node is None:
         message = f"{param}: {error.get('msg', 'is not valid')}{got}"
         return InvalidRequest(message, param=param, code="invalid_value")
@@ -404,11 +404,13 @@ def _tag(param: str | None, node: Schema | None, error: Mapping[str, Any], resol
     return InvalidRequest(f"{where} must be one of {allowed}; got {got}.", param=where, code="invalid_value")
 
 
-def _own_words(param: str, message: str) -> str:
+def _own_words(param: str | None, message: str) -> str:
     """A model's own check (a ValueError) already says what is wrong; it is put after the field it names."""
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     message = message if message.endswith(".") else f"{message}."
+    if param is None:
+        return message
     if message.startswith("must "):
         return f"{param} {message}"
     leaf = param.rsplit(".", 1)[-1].split("[", 1)[0]
