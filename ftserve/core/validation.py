@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ftserve.core.errors import InvalidRequest
+from ftserve.core.schema_words import Resolver, Schema, describe, received, union_branches
 
-Schema = Mapping[str, Any]
 # Where a request's values come from: pydantic's loc starts with one of these for FastAPI's parameters; the user
 # never wrote them, so a param never shows them.
 SOURCES = ("body", "query", "path", "header", "cookie")
-# The most of a received value an error quotes back.
-RECEIVED_CHARS = 100
 # A schema extension: an object's fields that moved, by their old name → the parameter to send instead.
 MOVED = "x-moved"
 _TYPE_ERRORS = {"int_from_float", "int_parsing", "float_parsing", "bool_parsing", "model_attributes_type"}
@@ -48,28 +46,7 @@ class _Step:
     parent: Schema | None  # the object schema holding a field (for unknown and moved fields)
 
 
-class _Resolver:
-    def __init__(self, document: Schema) -> None:
-        self.document = document
-
-    def __call__(self, node: Schema | None) -> Schema | None:
-        """node with its $ref followed (within the document: `#/$defs/X`, `#/components/schemas/X`)."""
-        seen = 0
-        while node is not None and "$ref" in node and seen < 32:
-            target: Any = self.document
-            for part in str(node["$ref"]).lstrip("#/").split("/"):
-                target = target.get(part) if isinstance(target, Mapping) else None
-            node, seen = target, seen + 1
-        return node
-
-
-def _branches(node: Schema) -> list[Schema] | None:
-    """A union's branches, null left out; None if node is no union."""
-    choices = [c for c in (node.get("anyOf") or node.get("oneOf") or ()) if c.get("type") != "null"]
-    return choices or None
-
-
-def _label(node: Schema | None, resolve: _Resolver) -> str:
+def _label(node: Schema | None, resolve: Resolver) -> str:
     """The tag pydantic gives a union branch of this schema (its core schema's short name), as best as the JSON
     schema tells it: `str`, `constrained-int`, `list[str]`, `literal['auto']`, a model's name."""
     if node is None:
@@ -96,16 +73,14 @@ def _label(node: Schema | None, resolve: _Resolver) -> str:
     return str(node.get("title", ""))
 
 
-def _walk(
-    root: Schema | None, loc: Sequence[str | int], resolve: _Resolver, strict: bool = False
-) -> list[_Step] | None:
+def _walk(root: Schema | None, loc: Sequence[str | int], resolve: Resolver, strict: bool = False) -> list[_Step] | None:
     """loc as steps through the schema; None when `strict` and loc leaves the schema before its last element."""
     steps: list[_Step] = []
     node, parent = resolve(root), None
     i = 0
     while i < len(loc):
         key = loc[i]
-        branches = _branches(node) if node is not None else None
+        branches = union_branches(node) if node is not None else None
         if branches is not None and len(branches) == 1:
             node = resolve(branches[0])
             continue
@@ -132,13 +107,13 @@ def _walk(
     return steps
 
 
-def _unwrap(node: Schema | None, resolve: _Resolver) -> Schema | None:
+def _unwrap(node: Schema | None, resolve: Resolver) -> Schema | None:
     """A nullable field's schema without its null."""
-    branches = _branches(node) if node is not None else None
+    branches = union_branches(node) if node is not None else None
     return resolve(branches[0]) if branches is not None and len(branches) == 1 else node
 
 
-def _branch(branches: list[Schema], tag: str | int, rest: Sequence[str | int], resolve: _Resolver) -> Schema | None:
+def _branch(branches: list[Schema], tag: str | int, rest: Sequence[str | int], resolve: Resolver) -> Schema | None:
     """The branch a union's tag names, where the rest of the loc leads on."""
     walkable = [b for b in branches if _walk(b, rest, resolve, strict=True) is not None]
     named = [b for b in walkable if _label(b, resolve) == tag]
@@ -154,101 +129,6 @@ def _param(steps: Sequence[_Step], sources: Sequence[str]) -> str | None:
             continue
         out += f"[{step.key}]" if isinstance(step.key, int) else (f".{step.key}" if out else str(step.key))
     return out or None
-
-
-# -- words ------------------------------------------------------------------------------------------------------
-def _num(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return str(value)
-
-
-def _bounds(node: Schema) -> str:
-    lo, lo_x = node.get("minimum"), node.get("exclusiveMinimum")
-    hi, hi_x = node.get("maximum"), node.get("exclusiveMaximum")
-    if lo is not None and hi is not None:
-        return f" from {_num(lo)} to {_num(hi)}"
-    low = f"greater than {_num(lo_x)}" if lo_x is not None else f"of at least {_num(lo)}" if lo is not None else ""
-    high = f"less than {_num(hi_x)}" if hi_x is not None else f"at most {_num(hi)}" if hi is not None else ""
-    if low and high:
-        return f" {low} and {high}"
-    if high and hi is not None:
-        return f" of {high}"
-    return f" {low or high}" if low or high else ""
-
-
-def _join_or(words: Sequence[str]) -> str:
-    words = list(dict.fromkeys(words))
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _count(node: Schema, low: str, high: str, unit: str) -> str:
-    lo, hi = node.get(low), node.get(high)
-    if lo is not None and hi is not None:
-        return f" of {lo} to {hi} {unit}"
-    if hi is not None:
-        return f" of at most {hi} {unit}"
-    if lo is not None and lo > 1:
-        return f" of at least {lo} {unit}"
-    return ""
-
-
-def describe(node: Schema | None, resolve: Callable[[Schema | None], Schema | None], finite: bool = False) -> str:
-    """What a schema takes, in words: `"auto" or an integer from 1 to 50`, `one of "text", "json_object"`."""
-    return _describe(node, resolve, finite, plural=False)
-
-
-def _describe(
-    node: Schema | None, resolve: Callable[[Schema | None], Schema | None], finite: bool, plural: bool
-) -> str:
-    node = resolve(node)
-    if node is None:
-        return "values" if plural else "a valid value"
-    branches = _branches(node)
-    if branches is not None:
-        return _join_or([_describe(b, resolve, finite, plural) for b in branches] or ["null"])
-    if "const" in node:
-        return json.dumps(node["const"])
-    if "enum" in node:
-        values = [json.dumps(v) for v in node["enum"]]
-        return values[0] if len(values) == 1 else "one of " + ", ".join(values)
-    kind = node.get("type")
-    if kind == "integer":
-        return ("integers" if plural else "an integer") + _bounds(node)
-    if kind == "number":
-        noun = "finite number" if finite else "number"
-        return (f"{noun}s" if plural else f"a {noun}") + _bounds(node)
-    if kind == "string":
-        empty = node.get("minLength") == 1
-        text = (
-            ("non-empty strings" if plural else "a non-empty string")
-            if empty
-            else ("strings" if plural else "a string")
-        )
-        text += _count(node, "minLength" if not empty else "", "maxLength", "characters")
-        return text + (f" matching {node['pattern']}" if "pattern" in node else "")
-    if kind == "boolean":
-        return "booleans" if plural else "a boolean (true or false)"
-    if kind == "array":
-        items = _describe(node.get("items"), resolve, finite, plural=True)
-        empty = node.get("minItems") == 1
-        head = ("non-empty arrays" if empty else "arrays") if plural else ("a non-empty array" if empty else "an array")
-        lo, hi = node.get("minItems"), node.get("maxItems")
-        size = f" ({lo} to {hi} items)" if lo and hi and not empty else f" (at most {hi} items)" if hi else ""
-        size = size or (f" (at least {lo} items)" if lo and lo > 1 else "")
-        return f"{head} of {items}{size}"
-    if kind == "null":
-        return "null"
-    return "objects" if plural else "an object"
-
-
-def received(value: Any) -> str:
-    """A received value as the user wrote it (JSON), cut to RECEIVED_CHARS."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=True, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= RECEIVED_CHARS else f"{text[:RECEIVED_CHARS]}… ({len(text)} characters)"
 
 
 def _not_finite(value: Any) -> bool:
@@ -271,7 +151,7 @@ def _at(body: Any, steps: Sequence[_Step], sources: Sequence[str]) -> tuple[bool
 
 # -- choosing the one error to report ---------------------------------------------------------------------------
 def _choose(
-    errors: Sequence[Mapping[str, Any]], root: Schema | None, resolve: _Resolver
+    errors: Sequence[Mapping[str, Any]], root: Schema | None, resolve: Resolver
 ) -> tuple[Mapping[str, Any], list[_Step]]:
     """The error to report and its steps into the request. A union's branches each report an error; when exactly
     one branch got past the value's type (its errors lie deeper) and no other took the value's type, that branch's
@@ -312,7 +192,7 @@ def explain(
     request's schema (refs resolved in `document`, by default the schema itself) as one 400 naming the field."""
     if not errors:
         return InvalidRequest("The request is not valid.", param=None)
-    resolve = _Resolver(document if document is not None else (schema or {}))
+    resolve = Resolver(document if document is not None else (schema or {}))
     first = errors[0]
     if first.get("type") == "json_invalid":
         return _json_invalid(first)
@@ -391,7 +271,7 @@ def _unknown(param: str | None, last: _Step | None) -> InvalidRequest:
     return InvalidRequest(f"Unknown parameter: '{param}'.{takes}", param=param, code="unknown_parameter")
 
 
-def _tag(param: str | None, node: Schema | None, error: Mapping[str, Any], resolve: _Resolver) -> InvalidRequest:
+def _tag(param: str | None, node: Schema | None, error: Mapping[str, Any], resolve: Resolver) -> InvalidRequest:
     union = node or {}
     field = str((union.get("discriminator") or {}).get("propertyName") or "type")
     where = f"{param}.{field}" if param else field
@@ -429,16 +309,16 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _wrong_type(kind: str, found: bool, value: Any, node: Schema, resolve: _Resolver) -> bool:
+def _wrong_type(kind: str, found: bool, value: Any, node: Schema, resolve: Resolver) -> bool:
     """Whether the value's JSON type is none the field takes (a string for a number, true for an integer)."""
     if kind.endswith("_type") or kind in _TYPE_ERRORS:
         return True
     if not found or kind != "union":
         return False
-    return not any(_type_fits(value, b, resolve) for b in (_branches(node) or [node]))
+    return not any(_type_fits(value, b, resolve) for b in (union_branches(node) or [node]))
 
 
-def _type_fits(value: Any, node: Schema, resolve: _Resolver) -> bool:
+def _type_fits(value: Any, node: Schema, resolve: Resolver) -> bool:
     node = resolve(node) or {}
     if "const" in node or "enum" in node:
         return any(type(value) is type(v) for v in ([node["const"]] if "const" in node else node["enum"]))
