@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -17,6 +19,7 @@ from ftserve.control.db.session import domain_error, is_unavailable
 from ftserve.core import errors
 from ftserve.core.envelope import body
 from ftserve.core.envelope import envelope as core_envelope
+from ftserve.core.validation import explain
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +45,48 @@ def response(exc: BaseException) -> JSONResponse:
     return JSONResponse(content, status_code=status, headers=headers)
 
 
-def _loc_to_param(loc: tuple[object, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+def request_schema(request: Request) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The schema of what the matched route takes: an object whose `body`, `query`, `path` and `header` hold the
+    body model's own JSON schema (exact where OpenAPI's rounds large integers) and each parameter's, as the
+    route's OpenAPI operation documents it; refs resolve in the document returned beside it."""
+    document: dict[str, Any] = request.app.openapi()
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None)
+    operation = (document.get("paths", {}).get(path) or {}).get(request.method.lower()) if path else None
+    if not operation:
+        return None, document
+    sources: dict[str, Any] = {}
+    for parameter in operation.get("parameters", []):
+        where = sources.setdefault(parameter["in"], {"type": "object", "properties": {}})
+        where["properties"][parameter["name"]] = parameter.get("schema", {})
+    content = (operation.get("requestBody") or {}).get("content") or {}
+    if content:
+        sources["body"] = next(iter(content.values())).get("schema", {})
+    model = _body_model(route)
+    if model is not None:
+        own = _model_schema(model)
+        sources["body"] = own
+        document = {**document, "$defs": own.get("$defs", {})}
+    return {"type": "object", "properties": sources}, document
 
 
-def validation_error(exc: RequestValidationError) -> errors.InvalidRequest:
-    """OpenAI answers bad input with 400, not FastAPI's 422: the first problem, naming its parameter."""
-    first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-    param = _loc_to_param(tuple(first.get("loc", ())))
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    code = {"missing": "missing_required_parameter", "json_invalid": "invalid_json"}.get(
-        str(first.get("type")), "invalid_value"
-    )
-    return errors.InvalidRequest(message, param=param, code=code)
+def _body_model(route: Any) -> type[BaseModel] | None:
+    """The route's body model, when its body is one (a form's fields are the OpenAPI document's to tell)."""
+    params = getattr(getattr(route, "dependant", None), "body_params", None) or []
+    annotation = getattr(getattr(params[0], "field_info", None), "annotation", None) if len(params) == 1 else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+@functools.cache
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+def validation_error(exc: RequestValidationError, request: Request | None = None) -> errors.InvalidRequest:
+    """OpenAI answers bad input with 400, not FastAPI's 422: the first problem, in the user's words
+    (core/validation: the field as they wrote it, what it takes, what was received)."""
+    schema, document = request_schema(request) if request is not None else (None, None)
+    return explain(list(exc.errors()), schema, document=document, body=getattr(exc, "body", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -64,16 +95,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return response(validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return response(validation_error(exc, request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        content = body(str(exc.detail), _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), None, code)
         headers = dict(getattr(exc, "headers", None) or {})
-        if exc.status_code == 405 and (methods := allowed_methods(request)):
+        methods = allowed_methods(request) if exc.status_code == 405 else []
+        if methods:
             headers["Allow"] = ", ".join(methods)
+        message = http_message(request, exc.status_code, str(exc.detail), methods)
+        content = body(message, _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), None, None)
         return JSONResponse(content, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(DBAPIError)
@@ -89,6 +121,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return response(exc)
+
+
+def http_message(request: Request, status: int, detail: str, methods: list[str]) -> str:
+    """OpenAI's words for a path it does not serve (404) and a method a path does not take (405)."""
+    said = f"({request.method} {request.url.path})"
+    if status == 404 and detail == "Not Found":
+        return f"Invalid URL {said}"
+    if status == 405:
+        takes = f"; it takes {' or '.join(methods)}" if methods else ""
+        return f"Invalid method for URL {said}{takes}"
+    return detail
 
 
 def _flat_routes(app: FastAPI) -> Iterable[Any]:

@@ -157,12 +157,27 @@ def purge_checkpoints(session: Session, settings: Settings, job_id: str) -> int:
     return deleted
 
 
+# A job's status as the end of a sentence that starts "Job ftjob-…".
+_FINISHED = {
+    JobStatus.SUCCEEDED: "has already succeeded",
+    JobStatus.FAILED: "has already failed",
+    JobStatus.CANCELLED: "has already been cancelled",
+}
+_STATE = {
+    **_FINISHED,
+    JobStatus.VALIDATING_FILES: "is still validating its files",
+    JobStatus.QUEUED: "is queued",
+    JobStatus.RUNNING: "is running",
+    JobStatus.PAUSED: "is paused",
+}
+
+
 def cancel_job(session: Session, settings: Settings, org: str, job_id: str) -> Job:
     """Cancel a job that has not finished; a running job stops before its next optimizer step."""
     job = get_job(session, org, job_id)
     if job.status in TERMINAL:
         raise InvalidRequest(
-            f"Job {job_id} has already {job.status}; it cannot be cancelled",
+            f"Job {job_id} {_FINISHED[job.status]}; only a job that has not finished can be cancelled.",
             param="fine_tuning_job_id",
             code="job_not_cancellable",
         )
@@ -190,7 +205,7 @@ def _move(
     """A client-requested transition; a job in the wrong state gets a 400 with `code`."""
     job = get_job(session, org, job_id)
     if not job_state.transition(session, job.id, to, message, only_from=only_from, **fields):
-        raise InvalidRequest(f"Job {job_id} is {job.status}; {refusal}", param="fine_tuning_job_id", code=code)
+        raise InvalidRequest(f"Job {job_id} {_STATE[job.status]}; {refusal}.", param="fine_tuning_job_id", code=code)
     session.commit()
     session.refresh(job)
     return job

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ftserve.core.datasets.formats import DatasetError
 from ftserve.core.datasets.jsonl import json_lines
 from ftserve.core.endpoints import ENDPOINTS
+from ftserve.core.validation import explain
 
 _KEYS = {"custom_id", "method", "url", "body"}
 
@@ -34,10 +35,11 @@ class BatchSummary:
     n_requests: int
 
 
-def _body_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return f"body.{where}: {first.get('msg')}" if where else f"body: {first.get('msg')}"
+def _body_error(exc: ValidationError, schema: dict[str, Any], body: Any) -> str:
+    """The first problem of a request body, in the api's words (core/validation), its field named under `body`."""
+    errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+    root = {"type": "object", "properties": {"body": schema}}
+    return explain(errors, root, document=schema, body={"body": body}, sources=()).message
 
 
 def parse_line(lineno: int, obj: Any) -> BatchLine:
@@ -62,7 +64,8 @@ def parse_line(lineno: int, obj: Any) -> BatchLine:
     try:
         request = ENDPOINTS[url].request.model_validate(body)
     except ValidationError as exc:
-        raise DatasetError("invalid_body", _body_error(exc), lineno) from None
+        schema = ENDPOINTS[url].request.model_json_schema()
+        raise DatasetError("invalid_body", _body_error(exc, schema, body), lineno) from None
     if getattr(request, "stream", False):
         raise DatasetError("invalid_body", "body.stream: requests in a batch cannot be streamed", lineno)
     return BatchLine(lineno, custom_id, url, body)

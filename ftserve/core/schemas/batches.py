@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from ftserve.core.schemas.common import Metadata
+from ftserve.core.schemas.common import Metadata, WireRequest
 
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
 ]
 
 
-class BatchCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BatchCreate(WireRequest):
     input_file_id: str
     endpoint: str
     completion_window: str

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ftserve.core.schemas.common import Metadata
+from ftserve.core.schemas.common import Metadata, WireRequest
+from ftserve.core.validation import moved
 
 # OpenAI takes `seed` as a 64-bit signed integer.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
@@ -46,8 +47,8 @@ def lone_surrogate_path(value: Any, path: str = "") -> str | None:
     return None
 
 
-class _Request(BaseModel):
-    """Nulls mean the default; every string must be valid Unicode."""
+class _Request(WireRequest):
+    """Nulls mean the default; every string must be valid Unicode; JSON types as sent (WireRequest)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -66,6 +67,9 @@ class _Request(BaseModel):
 
 
 class StreamOptions(_Request):
+    # Options newer clients send (include_obfuscation) change nothing here: ignored, as before.
+    model_config = ConfigDict(extra="ignore")
+
     include_usage: bool = False
 
 
@@ -83,12 +87,8 @@ class InferenceRequest(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # Token id (as a string, as OpenAI sends it) → bias in [-100, 100] added to that token's logit.
-    logit_bias: dict[str, float] | None = Field(
-        default=None,
-        json_schema_extra={
-            "propertyNames": {"pattern": "^[0-9]+$"},
-            "additionalProperties": {"minimum": -100, "maximum": 100},
-        },
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        default=None, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}}
     )
     # Documented no-ops: accepted because current clients send them, and ignored because they do not
     # change the output (docs/api.md).
@@ -104,11 +104,9 @@ class InferenceRequest(_Request):
     @field_validator("logit_bias")
     @classmethod
     def _bias_keys_are_token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (v or {}).items():
+        for key in v or {}:
             if not (key.isascii() and key.isdigit()):
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
-            if not -100.0 <= bias <= 100.0:
-                raise ValueError(f"logit_bias values must be between -100 and 100, got {bias} for {key}")
+                raise ValueError(f"keys must be token ids (digits); got {key!r}")
         return v
 
     def stop_list(self) -> list[str]:
@@ -131,21 +129,15 @@ class JsonSchemaSpec(_Request):
 
 # The three formats are plain models: a discriminator field cannot carry _Request's validators (the strings
 # they hold are in JsonSchemaSpec, which does).
-class ResponseFormatText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ResponseFormatText(WireRequest):
     type: Literal["text"]
 
 
-class ResponseFormatJsonObject(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ResponseFormatJsonObject(WireRequest):
     type: Literal["json_object"]
 
 
-class ResponseFormatJsonSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ResponseFormatJsonSchema(WireRequest):
     type: Literal["json_schema"]
     json_schema: JsonSchemaSpec
 
@@ -264,6 +256,9 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(InferenceRequest):
+    # OpenAI's legacy function calling, replaced by tools.
+    model_config = ConfigDict(json_schema_extra=moved({"functions": "tools", "function_call": "tool_choice"}))
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)

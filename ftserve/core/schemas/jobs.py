@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ftserve.core.job_status import JobStatus
-from ftserve.core.schemas.common import Metadata
+from ftserve.core.schemas.common import Metadata, WireRequest
+from ftserve.core.validation import moved
 
 Auto = Literal["auto"]
 # OpenAI's bounds (n_epochs 1-50, batch_size 1-256, learning_rate_multiplier > 0); ftserve also caps the
@@ -15,10 +16,23 @@ Auto = Literal["auto"]
 Epochs = Annotated[int, Field(ge=1, le=50)]
 BatchSize = Annotated[int, Field(ge=1, le=256)]
 LearningRateMultiplier = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
+Beta = Annotated[float, Field(gt=0.0, le=2.0, allow_inf_nan=False)]
+
+# Fields that moved, where a client that learned an earlier shape sends them, and where they are now: the
+# legacy /v1/fine-tunes API took the hyperparameters at the top level, and ftserve's own settings live in
+# `extensions` (earlier ftserve versions took prompt_loss_weight among the hyperparameters).
+_EXTENSIONS = ("prompt_loss_weight", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "warmup_ratio")
+MOVED_INTO_EXTENSIONS = {name: f"extensions.{name}" for name in (*_EXTENSIONS, "lr_scheduler")}
+MOVED_FROM_TOP = {
+    **MOVED_INTO_EXTENSIONS,
+    **{name: f"hyperparameters.{name}" for name in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+    "beta": "method.dpo.hyperparameters.beta",
+}
+MOVED_FROM_HYPERPARAMETERS = {**MOVED_INTO_EXTENSIONS, "beta": "method.dpo.hyperparameters.beta"}
 
 
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Hyperparameters(WireRequest):
+    model_config = ConfigDict(json_schema_extra=moved(MOVED_FROM_HYPERPARAMETERS))
 
     n_epochs: Auto | Epochs | None = None
     batch_size: Auto | BatchSize | None = None
@@ -28,32 +42,21 @@ class Hyperparameters(BaseModel):
 class DpoHyperparameters(Hyperparameters):
     """OpenAI's DPO hyperparameters: the supervised three plus beta ("auto" or 0 < beta <= 2)."""
 
-    beta: Auto | float | None = Field(default=None, json_schema_extra={"exclusiveMinimum": 0, "maximum": 2})
+    model_config = ConfigDict(json_schema_extra=moved(MOVED_INTO_EXTENSIONS))
 
-    @field_validator("beta")
-    @classmethod
-    def _beta_range(cls, value: Auto | float | None) -> Auto | float | None:
-        if isinstance(value, float | int) and not 0 < value <= 2:
-            raise ValueError('beta must be "auto" or a number greater than 0 and at most 2')
-        return value
+    beta: Auto | Beta | None = None
 
 
-class SupervisedMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SupervisedMethod(WireRequest):
     hyperparameters: Hyperparameters | None = None
 
 
-class DpoMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DpoMethod(WireRequest):
     hyperparameters: DpoHyperparameters | None = None
 
 
-class Method(BaseModel):
+class Method(WireRequest):
     """OpenAI's `method`; `reinforcement` is accepted by the schema so the service can refuse it by name."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: SupervisedMethod | None = None
@@ -61,10 +64,8 @@ class Method(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
-class FtserveExtensions(BaseModel):
+class FtserveExtensions(WireRequest):
     """ftserve-only settings (not in OpenAI's API); documented in docs/api.md."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt_loss_weight: float | None = Field(default=None, ge=0.0, le=1.0)
     lora_rank: int | None = Field(default=None, ge=1, le=256)
@@ -75,8 +76,8 @@ class FtserveExtensions(BaseModel):
     lr_scheduler: Literal["linear", "cosine", "constant"] | None = None
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JobCreate(WireRequest):
+    model_config = ConfigDict(json_schema_extra=moved(MOVED_FROM_TOP))
 
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
