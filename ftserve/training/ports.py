@@ -5,8 +5,9 @@ training's composition root, hands one in. Torch-free: the api imports this modu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
@@ -43,13 +44,21 @@ class JobSpec:
     method: str = methods.DEFAULT
 
     def to_json(self) -> str:
-        """The spec as JSON, for the processes of a torchrun gang that train it without reading the DB."""
-        return _SPEC.dump_json(self).decode()
+        """The spec as JSON, for the processes of a torchrun gang that train it without reading the DB (the
+        hyperparameters dumped by their own model, so a method's own ones are kept)."""
+        data = json.loads(_SPEC.dump_json(self))
+        data["hyperparameters"] = self.hyperparameters.model_dump(mode="json")
+        return json.dumps(data)
 
     @staticmethod
     def from_json(text: str) -> JobSpec:
-        """A spec back from to_json (a gang trains only the methods that run on one: see worker/gang.py)."""
-        return _SPEC.validate_json(text)
+        """A spec back from to_json, its hyperparameters read by its method's own model (the registry's), so a
+        method's own hyperparameters (DPO's beta) come back too."""
+        data = json.loads(text)
+        own = methods.get(data.get("method", methods.DEFAULT)).hyperparameters
+        hyperparameters = own.model_validate_json(json.dumps(data.get("hyperparameters", {})))
+        spec = _SPEC.validate_json(json.dumps({**data, "hyperparameters": {}}))
+        return replace(spec, hyperparameters=hyperparameters)
 
 
 _SPEC: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
