@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES
 CHUNK = 1024 * 1024
 
 
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+async def read_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK):
         yield chunk
 
@@ -38,7 +38,7 @@ async def create_file(
     with idempotency.once(session, settings, org, idempotency_key, "/v1/files") as slot:
         if slot.stored is not None:
             return slot.stored
-        row = await service.create_upload(session, settings, org, file.filename or "", purpose, _chunks(file))
+        row = await service.create_upload(session, settings, org, file.filename or "", purpose, read_chunks(file))
         slot.result = service.to_wire(row)
     return slot.result
 

@@ -4,7 +4,9 @@ settings.orphan_grace_seconds (an upload or adapter still being written is touch
 Swept: file blobs with no DB row (the api died after the body arrived), partial uploads, staged adapter
 directories (a worker died while saving), a job's folder with no job, and the adapters of finished jobs
 that nothing lists (unregistered checkpoints, a resume point, an unpublished final adapter). A complete
-checkpoint of a job that may still run is kept: the job's next worker registers it on resume."""
+checkpoint of a job that may still run is kept: the job's next worker registers it on resume. Uploads API
+uploads past their expiry are marked expired, and the parts of finished uploads (completed, cancelled,
+expired: none is read again) go at once, those of uploads with no row after the grace period."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ftserve.control.db.tables import Checkpoint, File, Job
+from ftserve.control.services import uploads
 from ftserve.core.config import Settings
 from ftserve.core.job_status import TERMINAL, JobStatus
 from ftserve.core.storage import JobEntry, Storage
@@ -31,9 +34,11 @@ class SweepReport:
     staged: list[str] = field(default_factory=list)
     job_dirs: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    upload_parts: list[str] = field(default_factory=list)  # upload ids whose parts were deleted
 
     def total(self) -> int:
-        return sum(len(v) for v in (self.uploads, self.partial_uploads, self.staged, self.job_dirs, self.adapters))
+        kinds = (self.uploads, self.partial_uploads, self.staged, self.job_dirs, self.adapters, self.upload_parts)
+        return sum(len(v) for v in kinds)
 
 
 def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
@@ -42,6 +47,7 @@ def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
     cutoff = now - settings.orphan_grace_seconds
     report = SweepReport()
     _sweep_uploads(session, storage, cutoff, report)
+    report.upload_parts = uploads.sweep_parts(session, settings, storage, now)
     for job_id in storage.job_ids():
         _sweep_job(session, storage, job_id, cutoff, report)
     if report.total():

@@ -1,0 +1,44 @@
+"""/v1/uploads (OpenAI's Uploads API): create an upload, add parts (multipart field `data`), complete, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+
+from ftserve.control.api.deps import OrgDep, SessionDep, SettingsDep
+from ftserve.control.api.files import read_chunks
+from ftserve.control.services import uploads as service
+from ftserve.core.schemas.errors import ERROR_RESPONSES
+from ftserve.core.schemas.uploads import UploadComplete, UploadCreate, UploadObject, UploadPartObject
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERROR_RESPONSES)
+
+
+@router.post("", response_model=UploadObject)
+def create_upload(body: UploadCreate, session: SessionDep, settings: SettingsDep, org: OrgDep) -> UploadObject:
+    return service.to_wire(service.create_upload(session, settings, org, body))
+
+
+@router.post("/{upload_id}/parts", response_model=UploadPartObject)
+async def add_upload_part(
+    upload_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    org: OrgDep,
+    data: Annotated[UploadFile, File(description="The chunk of bytes for this Part")],
+) -> UploadPartObject:
+    return service.part_to_wire(await service.add_part(session, settings, org, upload_id, read_chunks(data)))
+
+
+@router.post("/{upload_id}/complete", response_model=UploadObject)
+async def complete_upload(
+    upload_id: str, body: UploadComplete, session: SessionDep, settings: SettingsDep, org: OrgDep
+) -> UploadObject:
+    row, file = await service.complete_upload(session, settings, org, upload_id, body)
+    return service.to_wire(row, file)
+
+
+@router.post("/{upload_id}/cancel", response_model=UploadObject)
+async def cancel_upload(upload_id: str, session: SessionDep, settings: SettingsDep, org: OrgDep) -> UploadObject:
+    return service.to_wire(await service.cancel_upload(session, settings, org, upload_id))
