@@ -13,7 +13,7 @@ from ftserve.control.services import files as service
 from ftserve.control.services import idempotency
 from ftserve.core.schemas.common import DeletedObject, ListPage
 from ftserve.core.schemas.errors import ERROR_RESPONSES
-from ftserve.core.schemas.files import FileObject
+from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
 from ftserve.core.storage import Storage
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -32,7 +32,7 @@ async def create_file(
     org: OrgDep,
     file: Annotated[UploadFile, File(description="The JSONL file")],
     # The schema lists the purposes ftserve accepts; anything else is a 400 naming them.
-    purpose: Annotated[str, Form(json_schema_extra={"enum": list(service.UPLOAD_PURPOSES)})],
+    purpose: Annotated[str, Form(json_schema_extra={"enum": list(UPLOAD_PURPOSES)})],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
     with idempotency.once(session, settings, org, idempotency_key, "/v1/files") as slot:

@@ -13,14 +13,22 @@ from ftserve.core.schemas.errors import ERROR_RESPONSES
 from ftserve.core.schemas.uploads import UploadComplete, UploadCreate, UploadObject, UploadPartObject
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERROR_RESPONSES)
+# OpenAPI links: the id an upload's creation returns is what its parts, complete and cancel take (tools such as
+# schemathesis follow them, so its stateful phase reaches those operations with real uploads).
+_UPLOAD_ID = {"upload_id": "$response.body#/id"}
+LINKS = {
+    "AddPart": {"operationId": "add_upload_part", "parameters": _UPLOAD_ID},
+    "Complete": {"operationId": "complete_upload", "parameters": _UPLOAD_ID},
+    "Cancel": {"operationId": "cancel_upload", "parameters": _UPLOAD_ID},
+}
 
 
-@router.post("", response_model=UploadObject)
+@router.post("", response_model=UploadObject, operation_id="create_upload", responses={200: {"links": LINKS}})
 def create_upload(body: UploadCreate, session: SessionDep, settings: SettingsDep, org: OrgDep) -> UploadObject:
     return service.to_wire(service.create_upload(session, settings, org, body))
 
 
-@router.post("/{upload_id}/parts", response_model=UploadPartObject)
+@router.post("/{upload_id}/parts", response_model=UploadPartObject, operation_id="add_upload_part")
 async def add_upload_part(
     upload_id: str,
     session: SessionDep,
@@ -31,7 +39,7 @@ async def add_upload_part(
     return service.part_to_wire(await service.add_part(session, settings, org, upload_id, read_chunks(data)))
 
 
-@router.post("/{upload_id}/complete", response_model=UploadObject)
+@router.post("/{upload_id}/complete", response_model=UploadObject, operation_id="complete_upload")
 async def complete_upload(
     upload_id: str, body: UploadComplete, session: SessionDep, settings: SettingsDep, org: OrgDep
 ) -> UploadObject:
@@ -39,6 +47,6 @@ async def complete_upload(
     return service.to_wire(row, file)
 
 
-@router.post("/{upload_id}/cancel", response_model=UploadObject)
+@router.post("/{upload_id}/cancel", response_model=UploadObject, operation_id="cancel_upload")
 async def cancel_upload(upload_id: str, session: SessionDep, settings: SettingsDep, org: OrgDep) -> UploadObject:
     return service.to_wire(await service.cancel_upload(session, settings, org, upload_id))

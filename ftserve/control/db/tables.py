@@ -215,7 +215,6 @@ class BatchResult(Base):
     record: Mapped[str] = mapped_column(Text)
 
 
-
 class Upload(Base):
     """An Uploads API upload: parts are stored as they arrive, then composed into one File on complete."""
 

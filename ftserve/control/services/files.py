@@ -18,10 +18,8 @@ from ftserve.core.datasets.validate import validate_file
 from ftserve.core.endpoints import ENDPOINTS
 from ftserve.core.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
 from ftserve.core.ids import new_id, now
-from ftserve.core.schemas.files import FileObject
+from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
 from ftserve.core.storage import Storage, UploadTooLarge
-
-UPLOAD_PURPOSES = ("fine-tune", "batch")
 
 
 def to_wire(f: File) -> FileObject:

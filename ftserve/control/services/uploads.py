@@ -22,22 +22,17 @@ from ftserve.control.services.files import to_wire as file_to_wire
 from ftserve.core.config import Settings
 from ftserve.core.errors import InvalidRequest, PayloadTooLarge, ServerFault, bad_request, not_found, quote
 from ftserve.core.ids import new_id, now
-from ftserve.core.schemas.uploads import UploadComplete, UploadCreate, UploadObject, UploadPartObject
+from ftserve.core.schemas.uploads import (
+    JSONL_MIME_TYPES,
+    UploadComplete,
+    UploadCreate,
+    UploadObject,
+    UploadPartObject,
+)
 from ftserve.core.storage import Storage, UploadTooLarge
 
 log = logging.getLogger(__name__)
 
-# The files ftserve takes are JSONL (training data, batch requests); these are the types clients send for it.
-JSONL_MIME_TYPES = (
-    "text/jsonl",
-    "application/jsonl",
-    "application/x-jsonlines",
-    "application/jsonlines",
-    "application/x-ndjson",
-    "application/json",
-    "text/plain",
-    "application/octet-stream",
-)
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 PENDING, COMPLETING, COMPLETED, CANCELLED, EXPIRED = "pending", "completing", "completed", "cancelled", "expired"
 FINISHED = (COMPLETED, CANCELLED, EXPIRED)

@@ -6,9 +6,21 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftserve.core.schemas.files import FileObject
+from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
 
 UploadStatus = Literal["pending", "completed", "cancelled", "expired"]
+# The files ftserve takes are JSONL (training data, batch requests); these are the types clients send for it
+# (parameters such as "; charset=utf-8" are allowed).
+JSONL_MIME_TYPES = (
+    "text/jsonl",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+    "application/x-ndjson",
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+)
 # Ids are ~31 characters; a part list is bounded by the upload's size cap over the smallest sensible part.
 PartId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -27,8 +39,9 @@ class UploadCreate(BaseModel):
 
     bytes: Annotated[int, Field(ge=1, description="The number of bytes in the file you are uploading")]
     filename: Annotated[str, Field(min_length=1, max_length=512)]
-    mime_type: Annotated[str, Field(min_length=1, max_length=255)]
-    purpose: str
+    # Both documented as enums; anything else is a 400 naming what ftserve accepts.
+    mime_type: Annotated[str, Field(min_length=1, max_length=255, json_schema_extra={"enum": list(JSONL_MIME_TYPES)})]
+    purpose: Annotated[str, Field(json_schema_extra={"enum": list(UPLOAD_PURPOSES)})]
     # Accepted for compatibility; ftserve keeps files until they are deleted (docs/api.md).
     expires_after: ExpiresAfter | None = None
 
