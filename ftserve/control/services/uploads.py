@@ -328,7 +328,7 @@ def sweep_parts(session: Session, settings: Settings, storage: Storage, at: floa
     if not stored:
         return []
     ids = [upload_id for upload_id, _ in stored]
-    status = dict(session.execute(select(Upload.id, Upload.status).where(Upload.id.in_(ids))).tuples())
+    status = {r.id: r.status for r in session.execute(select(Upload.id, Upload.status).where(Upload.id.in_(ids)))}
     cutoff = at - settings.orphan_grace_seconds
     swept = []
     for upload_id, modified in stored:
