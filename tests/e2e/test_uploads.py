@@ -154,8 +154,11 @@ def test_a_completed_upload_cannot_complete_again_nor_take_parts(client: OpenAI,
     data = write_prompt_completion(tmp_path / "train.jsonl").read_bytes()
     upload_id = _upload(client, len(data))
     part = client.uploads.parts.create(upload_id=upload_id, data=data)
-    first = client.uploads.complete(upload_id=upload_id, part_ids=[part.id])
+    key = {"Idempotency-Key": f"complete-{upload_id}"}
+    first = client.uploads.complete(upload_id=upload_id, part_ids=[part.id], extra_headers=key)
     assert first.status == "completed" and first.file is not None
+    # A retry under the same Idempotency-Key (the first response lost) gets the completed upload back.
+    assert client.uploads.complete(upload_id=upload_id, part_ids=[part.id], extra_headers=key) == first
     with pytest.raises(openai.BadRequestError) as err:
         client.uploads.complete(upload_id=upload_id, part_ids=[part.id])
     assert _error(err) == (

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Header, UploadFile
 
 from ftserve.control.api.deps import OrgDep, SessionDep, SettingsDep
 from ftserve.control.api.files import read_chunks
+from ftserve.control.services import idempotency
 from ftserve.control.services import uploads as service
 from ftserve.core.schemas.errors import ERROR_RESPONSES
 from ftserve.core.schemas.uploads import UploadComplete, UploadCreate, UploadObject, UploadPartObject
 
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERROR_RESPONSES)
 # OpenAPI links: the id an upload's creation returns is what its parts, complete and cancel take (tools such as
 # schemathesis follow them, so its stateful phase reaches those operations with real uploads).
@@ -24,8 +26,18 @@ LINKS = {
 
 
 @router.post("", response_model=UploadObject, operation_id="create_upload", responses={200: {"links": LINKS}})
-def create_upload(body: UploadCreate, session: SessionDep, settings: SettingsDep, org: OrgDep) -> UploadObject:
-    return service.to_wire(service.create_upload(session, settings, org, body))
+def create_upload(
+    body: UploadCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    org: OrgDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    with idempotency.once(session, settings, org, idempotency_key, "/v1/uploads") as slot:
+        if slot.stored is not None:
+            return slot.stored
+        slot.result = service.to_wire(service.create_upload(session, settings, org, body))
+    return slot.result
 
 
 @router.post("/{upload_id}/parts", response_model=UploadPartObject, operation_id="add_upload_part")
@@ -41,10 +53,22 @@ async def add_upload_part(
 
 @router.post("/{upload_id}/complete", response_model=UploadObject, operation_id="complete_upload")
 async def complete_upload(
-    upload_id: str, body: UploadComplete, session: SessionDep, settings: SettingsDep, org: OrgDep
-) -> UploadObject:
-    row, file = await service.complete_upload(session, settings, org, upload_id, body)
-    return service.to_wire(row, file)
+    upload_id: str,
+    body: UploadComplete,
+    session: SessionDep,
+    settings: SettingsDep,
+    org: OrgDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    # The path holds the upload's id (cut to what an id can be): one key completes one upload, and a retry gets
+    # the completed upload back.
+    path = f"/v1/uploads/{upload_id[:64]}/complete"
+    with idempotency.once(session, settings, org, idempotency_key, path) as slot:
+        if slot.stored is not None:
+            return slot.stored
+        row, file = await service.complete_upload(session, settings, org, upload_id, body)
+        slot.result = service.to_wire(row, file)
+    return slot.result
 
 
 @router.post("/{upload_id}/cancel", response_model=UploadObject, operation_id="cancel_upload")
