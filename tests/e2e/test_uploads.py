@@ -226,3 +226,31 @@ def test_md5_limits_and_parameters(client: OpenAI) -> None:
     with pytest.raises(openai.APIStatusError) as over:
         client.uploads.parts.create(upload_id=big_id, data=b"x" * MAX_PART)
     assert _error(over)[:3] == (413, "upload_too_large", "data")
+
+
+def test_a_100_mb_file_in_parts_stays_in_bounded_server_memory(tmp_path: Path, bases_dir: Path) -> None:
+    import json
+
+    import psutil
+
+    line = json.dumps({"prompt": "The quick brown fox " * 10, "completion": " jumps over the lazy dog " * 10}) + "\n"
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as out:
+        for _ in range(100 * 1024 * 1024 // len(line) // 1000 + 1):
+            out.write(line * 1000)
+    size = path.stat().st_size
+    (tmp_path / "data").mkdir()
+    service = start_embedded(tmp_path / "data", bases_dir, FTSERVE_MAX_UPLOAD_BYTES=str(1024 * 1024))
+    try:
+        server = psutil.Process(service.procs[0].proc.pid)
+        before = server.memory_info().rss
+        client = client_for(service, timeout=600)
+        upload = client.uploads.upload_file_chunked(
+            file=path, mime_type="text/jsonl", purpose="fine-tune", part_size=25 * 1024 * 1024
+        )
+        assert upload.status == "completed" and upload.file is not None
+        assert upload.file.status == "processed" and upload.file.bytes == size >= 100 * 1024 * 1024
+        grown = server.memory_info().rss - before
+        assert grown < 60 * 1024 * 1024, f"server RSS grew by {grown >> 20} MiB for a {size >> 20} MiB upload"
+    finally:
+        service.stop()
