@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ftserve.control.db.tables import Checkpoint, File, Job
+from ftserve.control.db.tables import Checkpoint, File, Job, Upload
 from ftserve.control.services import uploads
 from ftserve.core.config import Settings
 from ftserve.core.job_status import TERMINAL, JobStatus
@@ -47,7 +47,7 @@ def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
     cutoff = now - settings.orphan_grace_seconds
     report = SweepReport()
     _sweep_uploads(session, storage, cutoff, report)
-    report.upload_parts = uploads.sweep_parts(session, settings, storage, now)
+    report.upload_parts = _sweep_upload_parts(session, settings, storage, now)
     for job_id in storage.job_ids():
         _sweep_job(session, storage, job_id, cutoff, report)
     if report.total():
@@ -95,3 +95,39 @@ def _unreferenced(entry: JobEntry, status: JobStatus, registered: set[int]) -> b
     if entry.kind == "final":
         return status is not JobStatus.SUCCEEDED
     return entry.kind == "resume"
+
+
+def _expire_uploads(session: Session, settings: Settings, at: float) -> list[str]:
+    """Mark pending uploads past their expiry expired (and a complete that died long ago); their ids."""
+    stuck = at - settings.orphan_grace_seconds
+    open_past_expiry = (Upload.status == uploads.PENDING) & (Upload.expires_at <= at)
+    died_completing = (Upload.status == uploads.COMPLETING) & (Upload.expires_at <= stuck)
+    due = open_past_expiry | died_completing
+    ids = list(session.scalars(select(Upload.id).where(due)))
+    if ids:
+        session.execute(update(Upload).where(Upload.id.in_(ids), due).values(status=uploads.EXPIRED))
+        session.commit()
+    return ids
+
+
+def _sweep_upload_parts(session: Session, settings: Settings, storage: Storage, at: float) -> list[str]:
+    """Delete the parts of finished uploads (completed, cancelled, expired) and, once older than the grace
+    period, of uploads with no row; the upload ids whose parts went."""
+    _expire_uploads(session, settings, at)
+    stored = storage.upload_dirs()
+    if not stored:
+        return []
+    ids = [upload_id for upload_id, _ in stored]
+    status = {r.id: r.status for r in session.execute(select(Upload.id, Upload.status).where(Upload.id.in_(ids)))}
+    cutoff = at - settings.orphan_grace_seconds
+    swept = []
+    for upload_id, modified in stored:
+        known = status.get(upload_id)
+        if known in uploads.FINISHED or (known is None and modified < cutoff):
+            try:
+                storage.delete_upload(upload_id)
+            except Exception:  # a part still being written into a finished upload: the next sweep takes it
+                log.warning("could not delete the parts of %s yet", upload_id, exc_info=True)
+                continue
+            swept.append(upload_id)
+    return swept

@@ -305,35 +305,3 @@ async def cancel_upload(session: Session, settings: Settings, org: str, upload_i
 
 def completed_file(session: Session, row: Upload) -> File | None:
     return session.get(File, row.file_id) if row.file_id else None
-
-
-def expire(session: Session, settings: Settings, at: float) -> list[str]:
-    """Mark pending uploads past their expiry expired (and a complete that died long ago); their ids."""
-    stuck = at - settings.orphan_grace_seconds
-    due = (Upload.status == PENDING) & (Upload.expires_at <= at) | (Upload.status == COMPLETING) & (
-        Upload.expires_at <= stuck
-    )
-    ids = list(session.scalars(select(Upload.id).where(due)))
-    if ids:
-        session.execute(update(Upload).where(Upload.id.in_(ids), due).values(status=EXPIRED))
-        session.commit()
-    return ids
-
-
-def sweep_parts(session: Session, settings: Settings, storage: Storage, at: float) -> list[str]:
-    """Delete the parts of finished uploads (completed, cancelled, expired) and, once older than the grace
-    period, of uploads with no row; the upload ids whose parts went."""
-    expire(session, settings, at)
-    stored = storage.upload_dirs()
-    if not stored:
-        return []
-    ids = [upload_id for upload_id, _ in stored]
-    status = {r.id: r.status for r in session.execute(select(Upload.id, Upload.status).where(Upload.id.in_(ids)))}
-    cutoff = at - settings.orphan_grace_seconds
-    swept = []
-    for upload_id, modified in stored:
-        known = status.get(upload_id)
-        if known in FINISHED or (known is None and modified < cutoff):
-            storage.delete_upload(upload_id)
-            swept.append(upload_id)
-    return swept
