@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -195,7 +196,7 @@ def test_the_composed_file_is_validated_like_an_upload(client: OpenAI) -> None:
     assert errored and errored[0].bytes == len(lines)
 
 
-def test_md5_limits_and_parameters(client: OpenAI) -> None:
+def test_md5_limits_and_parameters(client: OpenAI, service: Service) -> None:
     upload_id = _upload(client, 3)
     part = client.uploads.parts.create(upload_id=upload_id, data=b"abc")
     with pytest.raises(openai.BadRequestError) as err:
@@ -218,6 +219,9 @@ def test_md5_limits_and_parameters(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.uploads.parts.create(upload_id="upload_nope", data=b"abc")
     assert _error(missing)[:2] == (404, "upload_not_found")
+    no_data = httpx.post(f"{service.base_url}/v1/uploads/{upload_id}/parts", files={"other": b"abc"}, timeout=30)
+    assert no_data.status_code == 400 and no_data.json()["error"]["param"] == "data"
+    assert no_data.json()["error"]["code"] == "missing_required_parameter"
 
     # The total cap counts every stored part.
     big_id = _upload(client, MAX_TOTAL)

@@ -26,18 +26,9 @@ LINKS = {
 
 
 @router.post("", response_model=UploadObject, operation_id="create_upload", responses={200: {"links": LINKS}})
-def create_upload(
-    body: UploadCreate,
-    session: SessionDep,
-    settings: SettingsDep,
-    org: OrgDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
-    with idempotency.once(session, settings, org, idempotency_key, "/v1/uploads") as slot:
-        if slot.stored is not None:
-            return slot.stored
-        slot.result = service.to_wire(service.create_upload(session, settings, org, body))
-    return slot.result
+def create_upload(body: UploadCreate, session: SessionDep, settings: SettingsDep, org: OrgDep) -> UploadObject:
+    # No Idempotency-Key here: a repeated create costs an empty pending upload, which expires on its own.
+    return service.to_wire(service.create_upload(session, settings, org, body))
 
 
 @router.post("/{upload_id}/parts", response_model=UploadPartObject, operation_id="add_upload_part")
