@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ftserve.control.api import batches, files, fine_tuning, metrics, models, proxy
+from ftserve.control.api import batches, files, fine_tuning, metrics, models, proxy, uploads
 from ftserve.control.api.errors import install_error_handlers
 from ftserve.control.api.limits import BodyLimit
 from ftserve.control.api.request_ids import RequestId
@@ -66,7 +66,7 @@ def create_app(settings: Settings, roles: frozenset[str] | set[str] = ROLES) -> 
     app.state.shutdown = []  # list[Callable[[], Any]]
     app.state.model_deleted = []  # list[Callable[[ResolvedModel], None]]
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, part_limit=settings.max_upload_part_bytes)
     metrics.install(app)
     app.add_middleware(RequestId)
 
@@ -79,6 +79,7 @@ def create_app(settings: Settings, roles: frozenset[str] | set[str] = ROLES) -> 
         from ftserve.control.services.reaper import run_forever
 
         app.include_router(files.router)
+        app.include_router(uploads.router)
         app.include_router(fine_tuning.router)
         app.include_router(models.router)
         app.include_router(batches.router)

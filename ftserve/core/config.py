@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     default_org: str = "personal"
 
     max_upload_bytes: int = 512 * 1024 * 1024
+    # The Uploads API (/v1/uploads, files above max_upload_bytes in parts): the most one part may carry
+    # (OpenAI's 64 MB), the most one upload may total (OpenAI's 8 GB), and how long an upload accepts parts.
+    max_upload_part_bytes: int = 64 * 1024 * 1024
+    max_upload_total_bytes: int = 8 * 1024**3
+    upload_expiry_seconds: int = 3600
     min_training_examples: int = 10
     max_line_bytes: int = 4 * 1024 * 1024
 

@@ -1,6 +1,7 @@
 """Every artifact in the object store (a local directory or s3://…, app/blobstore.py), by keys that derive
 from service-made ids only, never a client's file name: `files/{file-id}.jsonl`, `jobs/{job-id}/final`,
-`…/ckpt-step-N`, `…/resume`, `…/{name}` for a job's own files.
+`…/ckpt-step-N`, `…/resume`, `…/{name}` for a job's own files, `uploads/{upload-id}/{part-id}` for the
+Uploads API's parts.
 
 Writers publish whole objects: an upload appears when its last part is written, an adapter directory when
 its completion marker is (writers stage it on local disk and promote it, inside the training store's fenced
@@ -35,6 +36,7 @@ _CHECKPOINT = re.compile(r"^ckpt-step-(\d+)$")
 _STAGED = re.compile(r"^\..+\.tmp-\d+(-old)?$")
 _UPLOAD = re.compile(r"^(file-[A-Za-z0-9_-]+)\.(jsonl|part)$")
 _JOB_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_COPY_CHUNK = 1024 * 1024
 
 
 class UploadTooLarge(Exception):
@@ -134,9 +136,12 @@ class Storage:
     # -- files -----------------------------------------------------------------------------------
     async def save_upload(self, file_id: str, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[int, str]:
         """Stream chunks into the store (multipart on S3); returns (bytes, sha256). Nothing appears on error."""
+        return await self._save(self.file_key(file_id), chunks, max_bytes)
+
+    async def _save(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[int, str]:
         digest = hashlib.sha256()
         size = 0
-        with self.blobs.writer(self.file_key(file_id)) as out:
+        with self.blobs.writer(key) as out:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
@@ -169,6 +174,48 @@ class Storage:
         local = self.blobs.local_path(f"files/{_checked(file_id)}.part")
         if local is not None:
             local.unlink(missing_ok=True)
+
+    # -- the Uploads API: parts, composed into a file on complete ---------------------------------
+    # Each part is its own object (`uploads/{upload-id}/{part-id}`), written as it streams in, and complete
+    # copies the listed parts in order into `files/{file-id}.jsonl` through the same writer as any upload
+    # (bounded memory: one read chunk, plus one S3 multipart part of PART_BYTES on a remote store). Parts
+    # are not sent straight into one S3 multipart upload because that cannot hold what the API allows: S3
+    # needs every part but the last to be at least 5 MiB while the SDK's part_size may be anything, S3's part
+    # numbers are fixed when a part is sent while the order is only known at complete (part_ids), and a part
+    # may be left out of it. Composing costs one more pass over the bytes, inside the store's network.
+    @staticmethod
+    def upload_key(upload_id: str) -> str:
+        return f"uploads/{_checked(upload_id)}"
+
+    def part_key(self, upload_id: str, part_id: str) -> str:
+        return f"{self.upload_key(upload_id)}/{_checked(part_id)}"
+
+    async def save_part(self, upload_id: str, part_id: str, chunks: AsyncIterator[bytes], max_bytes: int) -> int:
+        """Stream one part into the store; its bytes. UploadTooLarge past max_bytes (nothing is left then)."""
+        size, _ = await self._save(self.part_key(upload_id, part_id), chunks, max_bytes)
+        return size
+
+    def compose(self, file_id: str, upload_id: str, part_ids: list[str]) -> tuple[int, str, str]:
+        """Write the parts, in order, as the file's blob; (bytes, sha256, md5). Nothing appears on error."""
+        sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        size = 0
+        with self.blobs.writer(self.file_key(file_id)) as out:
+            for part_id in part_ids:
+                with self.blobs.reader(self.part_key(upload_id, part_id)) as src:
+                    while chunk := src.read(_COPY_CHUNK):
+                        size += len(chunk)
+                        sha.update(chunk)
+                        md5.update(chunk)
+                        out.write(chunk)
+        return size, sha.hexdigest(), md5.hexdigest()
+
+    def delete_upload(self, upload_id: str) -> None:
+        """Remove an upload's parts (all of them; a repeat is a no-op)."""
+        self.blobs.delete_dir(self.upload_key(upload_id))
+
+    def upload_dirs(self) -> list[tuple[str, float]]:
+        """(upload id, newest part's modification time) of every upload with parts in the store."""
+        return [(name, modified) for name, modified in self.blobs.listing("uploads") if _SAFE_ID.match(name)]
 
     # -- adapters and a job's other files ---------------------------------------------------------
     def adapter_if_complete(self, job_id: str, step: int | None) -> Path | None:

@@ -50,7 +50,15 @@ def alpha_objects(tenants: tuple[Service, str, str], tmp_path_factory: pytest.Te
     assert job.status == "succeeded" and job.fine_tuned_model
     assert job.fine_tuned_model.startswith("ft:ftserve-tiny:alpha:")
     ckpt = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
-    return {"file": f.id, "job": job.id, "model": job.fine_tuned_model, "ckpt": ckpt.fine_tuned_model_checkpoint}
+    upload = client.uploads.create(bytes=3, filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    client.uploads.parts.create(upload_id=upload.id, data=b"abc")
+    return {
+        "file": f.id,
+        "job": job.id,
+        "model": job.fine_tuned_model,
+        "ckpt": ckpt.fine_tuned_model_checkpoint,
+        "upload": upload.id,
+    }
 
 
 def test_keys_are_stored_hashed(tenants: tuple[Service, str, str]) -> None:
@@ -88,6 +96,7 @@ def test_other_orgs_objects_are_indistinguishable_from_missing(
         "job": "ftjob-" + "x" * 24,
         "model": re.sub(r":[^:]+$", ":" + "x" * 24, alpha_objects["model"]),
         "ckpt": alpha_objects["model"].replace(alpha_objects["job"].removeprefix("ftjob-"), "x" * 24) + ":ckpt-step-1",
+        "upload": "upload_" + "x" * 24,
     }
     calls = [
         ("GET", "/files/{file}", None),
@@ -107,6 +116,8 @@ def test_other_orgs_objects_are_indistinguishable_from_missing(
         ("POST", "/completions", {"model": "{ckpt}", "prompt": "hi"}),
         ("POST", "/chat/completions", {"model": "{model}", "messages": [{"role": "user", "content": "hi"}]}),
         ("POST", "/fine_tuning/jobs", {"model": "ftserve-tiny", "training_file": "{file}"}),
+        ("POST", "/uploads/{upload}/complete", {"part_ids": []}),
+        ("POST", "/uploads/{upload}/cancel", None),
     ]
     for method, template, body in calls:
         key = re.search(r"\{(\w+)\}", template + str(body)).group(1)  # type: ignore[union-attr]
@@ -135,6 +146,7 @@ def test_the_owner_still_sees_everything(tenants: tuple[Service, str, str], alph
     assert client.files.retrieve(alpha_objects["file"]).id == alpha_objects["file"]
     assert client.fine_tuning.jobs.retrieve(alpha_objects["job"]).status == "succeeded"
     assert client.completions.create(model=alpha_objects["model"], prompt="The cat says:", max_tokens=4).choices
+    assert client.uploads.cancel(alpha_objects["upload"]).status == "cancelled"
 
 
 def test_without_keys_only_loopback_is_allowed(tmp_path: Path, bases_dir: Path) -> None:

@@ -13,14 +13,14 @@ from ftserve.control.services import files as service
 from ftserve.control.services import idempotency
 from ftserve.core.schemas.common import DeletedObject, ListPage
 from ftserve.core.schemas.errors import ERROR_RESPONSES
-from ftserve.core.schemas.files import FileObject
+from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
 from ftserve.core.storage import Storage
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
 CHUNK = 1024 * 1024
 
 
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+async def read_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK):
         yield chunk
 
@@ -32,13 +32,13 @@ async def create_file(
     org: OrgDep,
     file: Annotated[UploadFile, File(description="The JSONL file")],
     # The schema lists the purposes ftserve accepts; anything else is a 400 naming them.
-    purpose: Annotated[str, Form(json_schema_extra={"enum": list(service.UPLOAD_PURPOSES)})],
+    purpose: Annotated[str, Form(json_schema_extra={"enum": list(UPLOAD_PURPOSES)})],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
     with idempotency.once(session, settings, org, idempotency_key, "/v1/files") as slot:
         if slot.stored is not None:
             return slot.stored
-        row = await service.create_upload(session, settings, org, file.filename or "", purpose, _chunks(file))
+        row = await service.create_upload(session, settings, org, file.filename or "", purpose, read_chunks(file))
         slot.result = service.to_wire(row)
     return slot.result
 

@@ -1,15 +1,21 @@
-"""Enforce the upload size cap while the body streams in, before anything is parsed or spooled."""
+"""Enforce the upload size caps while the body streams in, before anything is parsed or spooled."""
 
 from __future__ import annotations
+
+import re
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftserve.control.api.errors import envelope
 from ftserve.control.services.files import too_large
+from ftserve.control.services.uploads import part_too_large
+from ftserve.core.errors import ServiceError
 
 # Multipart framing around the file part; a body larger than the cap plus this cannot fit.
 MULTIPART_SLACK = 64 * 1024
+# An Uploads API part has its own cap (max_upload_part_bytes), not the single-request file cap.
+_PART_PATH = re.compile(r"^/v1/uploads/[^/]+/parts/?$")
 
 
 class BodyLimit:
@@ -20,22 +26,27 @@ class BodyLimit:
     response is replaced by the 413.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, part_limit: int | None = None) -> None:
         self.app = app
         self.cap = limit
-        self.limit = limit + MULTIPART_SLACK
+        self.part_cap = limit if part_limit is None else part_limit
 
-    def _reply(self) -> JSONResponse:
-        status, content = envelope(too_large(self.cap))
+    @staticmethod
+    def _reply(error: ServiceError) -> JSONResponse:
+        status, content = envelope(error)
         return JSONResponse(content, status_code=status, headers={"connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        if _PART_PATH.match(scope.get("path", "")):
+            limit, error = self.part_cap + MULTIPART_SLACK, part_too_large(self.part_cap)
+        else:
+            limit, error = self.cap + MULTIPART_SLACK, too_large(self.cap)
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            await self._reply()(scope, receive, send)
+        if length.isdigit() and int(length) > limit:
+            await self._reply(error)(scope, receive, send)
             return
         seen = 0
         exceeded = False
@@ -47,7 +58,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     exceeded = True
                     return {"type": "http.disconnect"}
             return message
@@ -62,4 +73,4 @@ class BodyLimit:
             if not exceeded:
                 raise
         if exceeded:
-            await self._reply()(scope, receive, send)
+            await self._reply(error)(scope, receive, send)

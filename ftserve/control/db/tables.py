@@ -213,3 +213,37 @@ class BatchResult(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     # The line as it goes into the output (ok) or error file: OpenAI's {"id", "custom_id", "response", "error"}.
     record: Mapped[str] = mapped_column(Text)
+
+
+class Upload(Base):
+    """An Uploads API upload: parts are stored as they arrive, then composed into one File on complete."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(String(255))
+    # What the client declared at create; the listed parts must add up to it at complete.
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    # pending | completing (a complete in progress; "pending" on the wire) | completed | cancelled | expired
+    status: Mapped[str] = mapped_column(String(16))
+    # Every stored part's bytes, counted against max_upload_total_bytes.
+    received_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+    __table_args__ = (Index("ix_uploads_status_expires", "status", "expires_at"),)
+
+
+class UploadPart(Base):
+    """A stored part of an upload (its bytes under uploads/{upload_id}/{id} in the object store)."""
+
+    __tablename__ = "upload_parts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)

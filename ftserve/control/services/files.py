@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -18,10 +18,8 @@ from ftserve.core.datasets.validate import validate_file
 from ftserve.core.endpoints import ENDPOINTS
 from ftserve.core.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
 from ftserve.core.ids import new_id, now
-from ftserve.core.schemas.files import FileObject
+from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
 from ftserve.core.storage import Storage, UploadTooLarge
-
-UPLOAD_PURPOSES = ("fine-tune", "batch")
 
 
 def to_wire(f: File) -> FileObject:
@@ -40,7 +38,10 @@ def to_wire(f: File) -> FileObject:
 
 def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"File is larger than the upload limit of {limit} bytes", param="file", code="file_too_large"
+        f"File is larger than the upload limit of {limit} bytes; send larger files in parts through the "
+        f"Uploads API (/v1/uploads, the SDK's client.uploads.upload_file_chunked)",
+        param="file",
+        code="file_too_large",
     )
 
 
@@ -54,18 +55,40 @@ async def create_upload(
 ) -> File:
     """Stream an upload to storage and validate it; a bad training file is kept with status=error and
     answered with a 400 that names the code and line."""
-    if purpose not in UPLOAD_PURPOSES:
-        raise bad_request(
-            f"Invalid purpose {quote(purpose)}; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
-            param="purpose",
-            code="invalid_purpose",
-        )
+    check_purpose(purpose)
     storage = Storage(settings)
     file_id = new_id("file-")
     try:
         size, sha = await storage.save_upload(file_id, chunks, settings.max_upload_bytes)
     except UploadTooLarge:
         raise too_large(settings.max_upload_bytes) from None
+    return await register_stored(session, settings, storage, org, file_id, filename, purpose, size, sha)
+
+
+def check_purpose(purpose: str, param: str = "purpose") -> None:
+    """A 400 naming the purposes ftserve accepts, unless `purpose` is one of them."""
+    if purpose not in UPLOAD_PURPOSES:
+        raise bad_request(
+            f"Invalid purpose {quote(purpose)}; ftserve accepts: {', '.join(UPLOAD_PURPOSES)}",
+            param=param,
+            code="invalid_purpose",
+        )
+
+
+async def register_stored(
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    org: str,
+    file_id: str,
+    filename: str,
+    purpose: str,
+    size: int,
+    sha: str,
+    before_commit: Callable[[File], None] | None = None,
+) -> File:
+    """Validate a blob stored as `file_id` by its purpose and record it (processed, or error with a 400 that
+    names the code and line); `before_commit` sees the row first, to commit its caller's changes with it."""
     row = File(
         id=file_id,
         org_id=org,
@@ -81,21 +104,23 @@ async def create_upload(
     except DatasetError as err:
         row.status, row.status_details = "error", err.describe()
         row.error_code, row.error_line = err.code, err.line
-        _commit(session, storage, row)
+        _commit(session, storage, row, before_commit)
         kind = "batch" if purpose == "batch" else "training"
         raise InvalidRequest(
             f"Invalid {kind} file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
         ) from None
     # A valid file whose lines carry keys their format does not read is accepted (as OpenAI does) and says so.
     row.status, row.status_details, row.format, row.n_examples = "processed", warning, fmt, count
-    _commit(session, storage, row)
+    _commit(session, storage, row, before_commit)
     return row
 
 
-def _commit(session: Session, storage: Storage, row: File) -> None:
+def _commit(session: Session, storage: Storage, row: File, before: Callable[[File], None] | None = None) -> None:
     """Record the stored upload; if that fails (the database is down), remove the blob too: the client
     gets an error and uploads again, and no file is left without a row."""
     session.add(row)
+    if before is not None:
+        before(row)
     try:
         session.commit()
     except BaseException:

@@ -4,17 +4,20 @@ settings.orphan_grace_seconds (an upload or adapter still being written is touch
 Swept: file blobs with no DB row (the api died after the body arrived), partial uploads, staged adapter
 directories (a worker died while saving), a job's folder with no job, and the adapters of finished jobs
 that nothing lists (unregistered checkpoints, a resume point, an unpublished final adapter). A complete
-checkpoint of a job that may still run is kept: the job's next worker registers it on resume."""
+checkpoint of a job that may still run is kept: the job's next worker registers it on resume. Uploads API
+uploads past their expiry are marked expired, and the parts of finished uploads (completed, cancelled,
+expired: none is read again) go at once, those of uploads with no row after the grace period."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ftserve.control.db.tables import Checkpoint, File, Job
+from ftserve.control.db.tables import Checkpoint, File, Job, Upload
+from ftserve.control.services import uploads
 from ftserve.core.config import Settings
 from ftserve.core.job_status import TERMINAL, JobStatus
 from ftserve.core.storage import JobEntry, Storage
@@ -31,9 +34,11 @@ class SweepReport:
     staged: list[str] = field(default_factory=list)
     job_dirs: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    upload_parts: list[str] = field(default_factory=list)  # upload ids whose parts were deleted
 
     def total(self) -> int:
-        return sum(len(v) for v in (self.uploads, self.partial_uploads, self.staged, self.job_dirs, self.adapters))
+        kinds = (self.uploads, self.partial_uploads, self.staged, self.job_dirs, self.adapters, self.upload_parts)
+        return sum(len(v) for v in kinds)
 
 
 def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
@@ -42,6 +47,7 @@ def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
     cutoff = now - settings.orphan_grace_seconds
     report = SweepReport()
     _sweep_uploads(session, storage, cutoff, report)
+    report.upload_parts = _sweep_upload_parts(session, settings, storage, now)
     for job_id in storage.job_ids():
         _sweep_job(session, storage, job_id, cutoff, report)
     if report.total():
@@ -89,3 +95,39 @@ def _unreferenced(entry: JobEntry, status: JobStatus, registered: set[int]) -> b
     if entry.kind == "final":
         return status is not JobStatus.SUCCEEDED
     return entry.kind == "resume"
+
+
+def _expire_uploads(session: Session, settings: Settings, at: float) -> list[str]:
+    """Mark pending uploads past their expiry expired (and a complete that died long ago); their ids."""
+    stuck = at - settings.orphan_grace_seconds
+    open_past_expiry = (Upload.status == uploads.PENDING) & (Upload.expires_at <= at)
+    died_completing = (Upload.status == uploads.COMPLETING) & (Upload.expires_at <= stuck)
+    due = open_past_expiry | died_completing
+    ids = list(session.scalars(select(Upload.id).where(due)))
+    if ids:
+        session.execute(update(Upload).where(Upload.id.in_(ids), due).values(status=uploads.EXPIRED))
+        session.commit()
+    return ids
+
+
+def _sweep_upload_parts(session: Session, settings: Settings, storage: Storage, at: float) -> list[str]:
+    """Delete the parts of finished uploads (completed, cancelled, expired) and, once older than the grace
+    period, of uploads with no row; the upload ids whose parts went."""
+    _expire_uploads(session, settings, at)
+    stored = storage.upload_dirs()
+    if not stored:
+        return []
+    ids = [upload_id for upload_id, _ in stored]
+    status = {r.id: r.status for r in session.execute(select(Upload.id, Upload.status).where(Upload.id.in_(ids)))}
+    cutoff = at - settings.orphan_grace_seconds
+    swept = []
+    for upload_id, modified in stored:
+        known = status.get(upload_id)
+        if known in uploads.FINISHED or (known is None and modified < cutoff):
+            try:
+                storage.delete_upload(upload_id)
+            except Exception:  # a part still being written into a finished upload: the next sweep takes it
+                log.warning("could not delete the parts of %s yet", upload_id, exc_info=True)
+                continue
+            swept.append(upload_id)
+    return swept

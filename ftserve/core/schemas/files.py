@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 FilePurpose = Literal["fine-tune", "fine-tune-results"]
+# What a client may upload a file for (the files it then gets are JSONL, validated by their purpose).
+UPLOAD_PURPOSES = ("fine-tune", "batch")
 
 
 class FileObject(BaseModel):
