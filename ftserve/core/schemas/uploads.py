@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from ftserve.core.schemas.common import WireRequest
 from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
 
 UploadStatus = Literal["pending", "completed", "cancelled", "expired"]
@@ -25,17 +26,15 @@ JSONL_MIME_TYPES = (
 PartId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class ExpiresAfter(BaseModel):
+class ExpiresAfter(WireRequest):
     """OpenAI's expiration policy for the File the upload becomes (anchor created_at, 1 hour to 30 days)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
     anchor: Literal["created_at"]
     seconds: Annotated[int, Field(ge=3600, le=2_592_000)]
 
 
-class UploadCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class UploadCreate(WireRequest):
+    """POST /v1/uploads: the file to come, in parts."""
 
     bytes: Annotated[int, Field(ge=1, description="The number of bytes in the file you are uploading")]
     filename: Annotated[str, Field(min_length=1, max_length=512)]
@@ -46,8 +45,8 @@ class UploadCreate(BaseModel):
     expires_after: ExpiresAfter | None = None
 
 
-class UploadComplete(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class UploadComplete(WireRequest):
+    """POST /v1/uploads/{id}/complete: the parts, in order."""
 
     part_ids: Annotated[list[PartId], Field(max_length=10_000, description="The ordered list of Part IDs")]
     md5: Annotated[str | None, Field(default=None, max_length=64)] = None
