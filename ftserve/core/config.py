@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     default_org: str = "personal"
 
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Python graders' sandbox (docs/graders.md): wall-clock and CPU seconds, address space per run.
+    python_grader_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    python_grader_memory_bytes: int = Field(default=1024**3, ge=64 * 1024**2)
     min_training_examples: int = 10
     max_line_bytes: int = 4 * 1024 * 1024
 

@@ -4,6 +4,7 @@ that grades it; `build` makes a grader from its wire model, `check` raises a 400
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from ftserve.graders.sandbox import Limits
 from ftserve.graders.string_check import StringCheck
 from ftserve.graders.text_similarity import TextSimilarity
 
-__all__ = ["GradeResult", "Grader", "Limits", "NotSupportedYet", "Sample", "build", "check", "run"]
+__all__ = ["GradeResult", "Grader", "Limits", "NotSupportedYet", "Sample", "build", "check", "limits_for", "run"]
 
 # type → how to build that kind of grader from its wire model (multi builds its sub-graders through this).
 REGISTRY: dict[str, Callable[[Any, Limits], Grader]] = {
@@ -40,16 +41,23 @@ def build(spec: Any, limits: Limits | None = None) -> Grader:
     return REGISTRY[spec.type](spec, limits or Limits())
 
 
-def check(spec: Any, param: str = "grader") -> Grader:
+def limits_for(timeout_seconds: float, memory_bytes: int) -> Limits:
+    """A python grader's sandbox limits: wall time, CPU time (rounded up), address space."""
+    return Limits(
+        wall_seconds=timeout_seconds, cpu_seconds=max(1, math.ceil(timeout_seconds)), memory_bytes=memory_bytes
+    )
+
+
+def check(spec: Any, param: str = "grader", limits: Limits | None = None) -> Grader:
     """The grader, once everything a schema cannot say is checked (InvalidRequest naming the field if not)."""
-    grader = build(spec)
+    grader = build(spec, limits)
     grader.check(param)
     return grader
 
 
-def run(spec: Any, model_sample: str, item: Any) -> wire.GraderRunResponse:
+def run(spec: Any, model_sample: str, item: Any, limits: Limits | None = None) -> wire.GraderRunResponse:
     """Grade one sample: OpenAI's run response (NotSupportedYet for a model grader, for now)."""
-    grader = check(spec)
+    grader = check(spec, limits=limits)
     sample = Sample.from_text(model_sample)
     start = time.monotonic()
     result = grader.grade(sample, item)

@@ -37,6 +37,24 @@ def _operators() -> dict[type, Any]:
     return {k: v for k, v in ops.items() if k in allowed} | {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
+_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Name, ast.Constant, ast.Load, ast.operator, ast.unaryop)
+
+
+def _refused(node: ast.AST, graders: dict[str, Any]) -> str | None:
+    """Why a formula's node is not allowed (None if it is): arithmetic over grader names, numbers and FUNCTIONS."""
+    if not isinstance(node, _NODES):
+        return f"{type(node).__name__} is not allowed (only + - * / ^, numbers, grader names and {sorted(FUNCTIONS)})"
+    if isinstance(node, ast.Constant) and (isinstance(node.value, bool) or not isinstance(node.value, int | float)):
+        return f"{node.value!r} is not a number"
+    if isinstance(node, ast.Call) and (
+        node.keywords or not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS
+    ):
+        return f"only these functions may be called, without keywords: {sorted(FUNCTIONS)}"
+    if isinstance(node, ast.Name) and node.id not in graders and node.id not in FUNCTIONS:
+        return f"'{node.id}' is neither a grader ({sorted(graders)}) nor a function ({sorted(FUNCTIONS)})"
+    return None
+
+
 def evaluate(formula: str, names: dict[str, float]) -> float:
     """The formula's value (simpleeval); raises on anything it does not allow or cannot compute."""
     from simpleeval import SimpleEval
@@ -64,13 +82,9 @@ class Multi:
                 f"calculate_output does not parse: {exc.msg}", param=where, code="invalid_formula"
             ) from None
         for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id not in self.graders and node.id not in FUNCTIONS:
-                raise bad_request(
-                    f"calculate_output names '{node.id}', which is neither a grader ({sorted(self.graders)}) "
-                    f"nor a function ({sorted(FUNCTIONS)})",
-                    param=where,
-                    code="invalid_formula",
-                )
+            problem = _refused(node, self.graders)
+            if problem:
+                raise bad_request(f"calculate_output: {problem}", param=where, code="invalid_formula")
         try:
             evaluate(self.spec.calculate_output, dict.fromkeys(self.graders, 0.5))
         except (ArithmeticError, ValueError):

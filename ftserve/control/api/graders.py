@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from ftserve import graders
-from ftserve.control.api.deps import OrgDep
+from ftserve.control.api.deps import OrgDep, SettingsDep
 from ftserve.core.errors import bad_request
 from ftserve.core.schemas.errors import ERROR_RESPONSES
 from ftserve.core.schemas.graders import (
@@ -20,11 +20,12 @@ router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", tags=["graders"], res
 
 
 @router.post("/run", response_model=GraderRunResponse)
-async def run_grader(body: GraderRunRequest, _org: OrgDep) -> GraderRunResponse:
+async def run_grader(body: GraderRunRequest, settings: SettingsDep, _org: OrgDep) -> GraderRunResponse:
     """The grader's reward for `model_sample` and `item`; a model grader is a 400 until ftserve can judge."""
     try:
         # A python grader waits on its sandbox (seconds at most): off the event loop.
-        return await run_in_threadpool(graders.run, body.grader, body.model_sample, body.item)
+        limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
+        return await run_in_threadpool(graders.run, body.grader, body.model_sample, body.item, limits)
     except graders.NotSupportedYet as exc:
         raise bad_request(str(exc), param="grader.type", code="grader_not_supported_yet") from None
 
