@@ -23,6 +23,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -131,7 +132,7 @@ def run(source: str, sample: Any, item: Any, limits: Limits | None = None) -> Ou
     bwrap_bin, python = bwrap(), interpreter()
     if bwrap_bin is None or python is None:
         return Outcome(server_error="sandbox_failed", details="no sandbox on this server")
-    job = json.dumps({"source": source, "sample": sample, "item": item})
+    job = json.dumps({"source": source, "sample": sample, "item": item}).encode()
     proc = subprocess.Popen(
         _command(bwrap_bin, python),
         stdin=subprocess.PIPE,
@@ -142,19 +143,45 @@ def run(source: str, sample: Any, item: Any, limits: Limits | None = None) -> Ou
         close_fds=True,
         env={},
     )
+    # Threads, so a grader that never reads its input or writes without end cannot block this one or fill
+    # its memory: what it writes past the cap is read and dropped.
+    out = bytearray()
+    threads = [
+        threading.Thread(target=_feed, args=(proc, job), daemon=True),
+        threading.Thread(target=_drain, args=(proc, out, limits.output_bytes), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
     try:
-        out, _ = proc.communicate(job.encode(), timeout=limits.wall_seconds)
+        proc.wait(timeout=limits.wall_seconds)
     except subprocess.TimeoutExpired:
         _kill(proc)
         return Outcome(server_error="timeout", details=f"grade() ran past {limits.wall_seconds:g} s")
-    return _outcome(proc.returncode, out, limits)
+    finally:
+        for thread in threads:
+            thread.join(timeout=5)
+    return _outcome(proc.returncode, bytes(out), limits)
+
+
+def _feed(proc: subprocess.Popen[bytes], job: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        proc.stdin.write(job)
+        proc.stdin.close()
+
+
+def _drain(proc: subprocess.Popen[bytes], out: bytearray, cap: int) -> None:
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read(65_536):
+        if len(out) <= cap:
+            out += chunk
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     """Kill bwrap's whole session (its PID namespace dies with it), then reap it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
 
 
 def _outcome(returncode: int, out: bytes, limits: Limits) -> Outcome:

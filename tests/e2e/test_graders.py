@@ -224,3 +224,11 @@ def test_an_endless_loop_times_out(client: OpenAI) -> None:
 def test_a_non_number_or_a_crash_is_a_runtime_error(client: OpenAI, value: str) -> None:
     result, _ = run_python(client, f"def grade(sample, item):\n    return {value}\n")
     assert runtime_error(result)
+
+
+def test_flooding_its_output_is_bounded(client: OpenAI) -> None:
+    """Writing without end to the result's pipe costs the server nothing but the time limit."""
+    source = "import os\ndef grade(sample, item):\n    while True:\n        os.write(3, b'x' * 65536)\n"
+    result, elapsed = run_python(client, source)
+    assert result.reward == 0.0 and result.metadata.errors.python_grader_server_error
+    assert elapsed < TIMEOUT_S + 5
