@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ftserve.control.api import batches, files, fine_tuning, metrics, models, proxy, uploads
+from ftserve.control.api import batches, files, fine_tuning, graders, metrics, models, proxy, uploads
 from ftserve.control.api.errors import install_error_handlers
 from ftserve.control.api.limits import BodyLimit
 from ftserve.control.api.request_ids import RequestId
@@ -83,6 +83,7 @@ def create_app(settings: Settings, roles: frozenset[str] | set[str] = ROLES) -> 
         app.include_router(fine_tuning.router)
         app.include_router(models.router)
         app.include_router(batches.router)
+        app.include_router(graders.router)
         install_dashboard(app)
         reaper: Callable[[], Awaitable[None]] = lambda: run_forever(settings)  # noqa: E731
         app.state.background.append(reaper)

@@ -1,0 +1,83 @@
+"""text_similarity: each metric computed by the library that defines it (rapidfuzz, sacrebleu, nltk,
+rouge-score), never by hand; `cosine` (an embedding model) and `meteor` (WordNet data) are refused by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ftserve.core.errors import bad_request
+from ftserve.core.schemas.graders import TextSimilarityGrader
+from ftserve.graders import templates
+from ftserve.graders.base import GradeResult, Sample
+
+# Why a metric OpenAI defines cannot be computed here; a grader naming it is a 400 naming the field.
+REFUSED = {
+    "cosine": "needs an embedding model, and ftserve has no local embedding model configured",
+    "meteor": "needs NLTK's WordNet data, which no PyPI package ships for offline installs",
+}
+
+
+def fuzzy_match(given: str, reference: str) -> float:
+    """rapidfuzz's normalized Indel similarity (fuzz.ratio), scaled to [0, 1]."""
+    from rapidfuzz import fuzz
+
+    return float(fuzz.ratio(given, reference)) / 100.0
+
+
+def bleu(given: str, reference: str) -> float:
+    """sacrebleu's sentence BLEU (its default 13a tokenizer, exponential smoothing), scaled to [0, 1]."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_bleu(given, [reference]).score) / 100.0
+
+
+def gleu(given: str, reference: str) -> float:
+    """NLTK's sentence GLEU (Google-BLEU, Wu et al. 2016) over whitespace tokens."""
+    from nltk.translate.gleu_score import sentence_gleu
+
+    return float(sentence_gleu([reference.split()], given.split()))
+
+
+def _rouge(kind: str) -> Callable[[str, str], float]:
+    def score(given: str, reference: str) -> float:
+        """rouge-score's F-measure for this ROUGE variant (reference first, as the library takes them)."""
+        from rouge_score import rouge_scorer
+
+        return float(rouge_scorer.RougeScorer([kind]).score(reference, given)[kind].fmeasure)
+
+    return score
+
+
+METRICS: dict[str, Callable[[str, str], float]] = {
+    "fuzzy_match": fuzzy_match,
+    "bleu": bleu,
+    "gleu": gleu,
+    **{f"rouge_{n}": _rouge(f"rouge{n}") for n in range(1, 6)},
+    "rouge_l": _rouge("rougeL"),
+}
+
+
+@dataclass
+class TextSimilarity:
+    spec: TextSimilarityGrader
+
+    def check(self, param: str) -> None:
+        metric = self.spec.evaluation_metric
+        if metric in REFUSED:
+            raise bad_request(
+                f"evaluation_metric '{metric}' is not supported by this server: it {REFUSED[metric]}",
+                param=f"{param}.evaluation_metric",
+                code="unsupported_evaluation_metric",
+            )
+        templates.check(self.spec.input, f"{param}.input")
+        templates.check(self.spec.reference, f"{param}.reference")
+
+    def grade(self, sample: Sample, item: Any) -> GradeResult:
+        ns = {"item": item, "sample": sample.namespace()}
+        try:
+            given, reference = templates.render(self.spec.input, ns), templates.render(self.spec.reference, ns)
+        except templates.TemplateError:
+            return GradeResult.failed(invalid_variable_error=True)
+        return GradeResult(reward=METRICS[self.spec.evaluation_metric](given, reference))
