@@ -105,7 +105,7 @@ def test_validate_through_the_sdk(client: OpenAI) -> None:
         ),
         (
             {"type": "string_check", "name": "s", "input": "a", "reference": "b", "operation": "contains"},
-            "grader.string_check.operation",
+            "grader.operation",
             "invalid_value",
         ),
         ({"type": "python", "name": "p", "source": "def nope(): pass"}, "grader.source", "invalid_python_grader"),
