@@ -11,8 +11,11 @@ from the SFT model (its reference). On 20 held-out prompts each run reports:
 - shift: (pref − non) after DPO minus (pref − non) of the SFT model, in nats
 - the job's own first/last train_mean_token_accuracy and last reward margin, and its warn events
 
-    python -m bench.dpo_defaults                                   # the grid recorded in docs/training.md
-    python -m bench.dpo_defaults --lr 1.0 0.1 --beta 0.1 --epochs auto
+    OMP_NUM_THREADS=1 python -m bench.dpo_defaults --lr 1.0 0.3 --batch 1 --each-epoch
+    python -m bench.dpo_defaults --reuse-sft data/bench/dpo-defaults-… --lr 1.0 0.5 0.3 --batch 4
+    python -m bench.dpo_defaults --reuse-sft data/bench/dpo-defaults-… --defaults --lr   # all "auto"
+
+(the grids and results of docs/training.md#dpos-auto-hyperparameters-measured)
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ def job_figures(events: list[JobEvent], upto: int | None = None) -> dict[str, An
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lr", type=float, nargs="+", default=[1.0, 0.3, 0.1, 0.03])
+    ap.add_argument("--lr", type=float, nargs="*", default=[1.0, 0.3, 0.1, 0.03], help="multipliers (none: no grid)")
     ap.add_argument("--beta", nargs="+", default=["0.1"], help='betas to try ("auto" for the default)')
     ap.add_argument("--epochs", nargs="+", default=["auto"], help='n_epochs values ("auto" for the default)')
     ap.add_argument("--batch", nargs="+", default=["auto"], help='batch sizes ("auto" for the default)')
