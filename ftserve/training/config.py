@@ -79,7 +79,10 @@ class TrainingConfig:
 
     def hyperparameters(self, n_examples: int) -> hyperparams.Resolved:
         """n_epochs, batch_size and learning_rate_multiplier for a dataset of n examples ("auto" resolved)."""
-        return hyperparams.resolve(self.requested, n_examples)
+        method = methods.get(self.method)
+        return hyperparams.resolve(
+            self.requested, n_examples, method.auto_learning_rate_multiplier, method.auto_min_batch_size
+        )
 
     def learning_rate(self, resolved: hyperparams.Resolved) -> float:
         return self.base_learning_rate * resolved.learning_rate_multiplier

@@ -49,18 +49,21 @@ def auto_batch_size(n: int) -> int:
     return int(min(32, 2 ** round(math.log2(target))))
 
 
-def resolve(requested: Hyperparameters, n_examples: int) -> Resolved:
+def resolve(
+    requested: Hyperparameters, n_examples: int, auto_multiplier: float = 1.0, min_auto_batch: int = 1
+) -> Resolved:
     """The job's hyperparameters with every "auto" (or unset) one resolved for a dataset of n examples
-    (n preference pairs for a DPO job, whose beta is resolved too)."""
+    (n preference pairs for a DPO job, whose beta is resolved too); the method's own "auto" rules
+    (its MethodSpec's) give the learning_rate_multiplier and the smallest batch_size."""
 
     def pick(key: str, auto: Any) -> Any:
         value = getattr(requested, key)
         return auto if value in (None, "auto") else value
 
-    batch = int(pick("batch_size", auto_batch_size(n_examples)))
+    batch = int(pick("batch_size", max(auto_batch_size(n_examples), min_auto_batch)))
     return Resolved(
         n_epochs=int(pick("n_epochs", auto_epochs(n_examples))),
         batch_size=min(batch, max(n_examples, 1)),
-        learning_rate_multiplier=float(pick("learning_rate_multiplier", 1.0)),
+        learning_rate_multiplier=float(pick("learning_rate_multiplier", auto_multiplier)),
         beta=float(pick("beta", AUTO_BETA)) if isinstance(requested, DpoHyperparameters) else None,
     )

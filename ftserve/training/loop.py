@@ -112,6 +112,8 @@ def fit(
     rows, step, trained_tokens, first = at.rows, at.step, at.trained_tokens, at.step
     valid_groups = step_groups(method.n_valid, hp.batch_size, spec.seed, 0) if method.n_valid else []
     try:
+        for earlier in rows:  # a resumed job's watch starts where it stood (a warning given stays given)
+            method.health(earlier)
         note = method.prepare(trainer, resumed=point is not None)
         if note:
             run.store.event(note)
@@ -131,8 +133,11 @@ def fit(
                 if method.n_valid and i == steps_per_epoch - 1:
                     metrics.update(method.evaluate(trainer, None, "full_valid"))
                 rows.append({**metrics, "train_accuracy": metrics.get("train_mean_token_accuracy")})
+                warning = method.health(metrics)
                 if not run.gang.main:
                     continue
+                if warning is not None:
+                    run.store.event(warning.message, level="warn", data=warning.data)
                 eta = now() + int((time.monotonic() - started) / (step - first) * (total - step))
                 run.store.step(
                     f"Step {step}/{total}: {method.step_message(metrics)}",

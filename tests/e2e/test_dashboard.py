@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from openai import OpenAI
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.conftest import client_for, wait_job, write_prompt_completion
-from tests.preference_data import WORDS, write_pairs
+from tests.preference_data import STYLE, WORDS, question, write_pairs
 from tests.servers import FTSERVE, ROOT, Service, start_embedded
 
 CHROMIUM = "/usr/bin/chromium"
@@ -275,3 +276,48 @@ def test_api_key_is_asked_for_once_and_kept(bases_dir: Path, tmp_path: Path, bro
         context.close()
     finally:
         service.stop()
+
+
+TOO_HIGH = {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 10}
+
+
+def test_a_job_that_warns_keeps_the_warning_in_view(
+    embedded: Service, trained: tuple[OpenAI, str], page: Page, tmp_path: Path
+) -> None:
+    client, first = trained
+    wait_job(client, first)  # one worker: let the first job finish so these run now
+    # SFT on the preferred replies, then DPO from that model at 10x the tiny base's rate: it wrecks them
+    # (tests/integration/test_dpo_pipeline.py), and the job warns.
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": question(w)},
+                        {"role": "assistant", "content": f"{STYLE} {w}"},
+                    ]
+                }
+            )
+            + "\n"
+            for w in WORDS[:24]
+        )
+    )
+    sft = client.fine_tuning.jobs.create(
+        training_file=client.files.create(file=chat.open("rb"), purpose="fine-tune").id, model="ftserve-tiny", seed=2,
+        hyperparameters={"n_epochs": 8, "batch_size": 4},
+    )  # fmt: skip
+    sft, _ = wait_job(client, sft.id)
+    assert sft.status == "succeeded" and sft.fine_tuned_model
+    pairs = client.files.create(file=write_pairs(tmp_path / "pairs.jsonl", WORDS[:24]).open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        training_file=pairs.id, model=sft.fine_tuned_model, seed=0,
+        method={"type": "dpo", "dpo": {"hyperparameters": TOO_HIGH}},
+    )  # fmt: skip
+    page.goto(f"{embedded.base_url}/#/jobs/{job.id}")
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=180_000)
+    page.wait_for_selector("#job-warnings .warnbox")
+    assert "DPO may be breaking the model" in page.inner_text("#job-warnings")
+    warned = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.level == "warn"]
+    assert len(warned) == 1 and page.locator("#job-warnings .warnbox").count() == 1
+    assert page.locator("ol.events li.warn").count() == 1

@@ -70,7 +70,7 @@ def test_dpo_teaches_a_held_out_style_that_the_base_does_not_have(server: Servic
     train = _upload_pairs(client, tmp_path / "pairs.jsonl", TRAIN)
     job = client.fine_tuning.jobs.create(
         model="ftserve-tiny", training_file=train, suffix="style", seed=0,
-        method=_dpo(n_epochs=3, batch_size=4),
+        method=_dpo(n_epochs=3, batch_size=4, learning_rate_multiplier=1.0),  # the random base: its full rate
     )  # fmt: skip
     assert job.method is not None and job.method.type == "dpo" and job.method.dpo is not None
     assert job.method.dpo.hyperparameters is not None and job.method.dpo.hyperparameters.beta == "auto"
@@ -118,7 +118,7 @@ def test_sft_then_dpo_from_the_sft_model(server: Service, tmp_path: Path) -> Non
 
     dpo = client.fine_tuning.jobs.create(
         model=sft.fine_tuned_model, training_file=_upload_pairs(client, tmp_path / "pairs.jsonl", TRAIN),
-        suffix="dpo", seed=1, method=_dpo(n_epochs=3, batch_size=4, beta=0.2),
+        suffix="dpo", seed=1, method=_dpo(n_epochs=3, batch_size=4, beta=0.2, learning_rate_multiplier=1.0),
     )  # fmt: skip
     assert dpo.model == sft.fine_tuned_model
     dpo, _ = wait_job(client, dpo.id)

@@ -25,10 +25,11 @@ from ftserve.core.config import Settings
 from ftserve.core.errors import InvalidRequest
 from ftserve.core.schemas.jobs import FtserveExtensions, JobCreate, Method
 from ftserve.core.storage import Storage
+from ftserve.training.methods.dpo_health import CHOSEN_DROP
 from ftserve.training.methods.dpo_reference import REFERENCE_FILE
 from ftserve.worker.gang import run_job
 from tests.jobrows import job_and_events
-from tests.preference_data import WORDS, pair_row
+from tests.preference_data import STYLE, WORDS, pair_row, question
 
 ORG = "personal"
 
@@ -87,6 +88,7 @@ def test_a_dpo_job_reports_rewards_checkpoints_and_its_csv(settings: Settings) -
         assert m["train_chosen_reward"] - m["train_rejected_reward"] == pytest.approx(m["train_reward_margin"])
     assert [m["step"] for m in steps if "full_valid_reward_margin" in m] == [3, 6]
     assert steps[-1]["full_valid_reward_accuracy"] > 0.5  # held-out pairs: the preferred reply now scores higher
+    assert not [e.message for e in events if e.level == "warn"]  # learning a style is not collapsing
     messages = [e.message for e in events]
     assert any(m.startswith("Tokenized 12 preference pairs") for m in messages)
     assert any(m.startswith("Computed reference log-probs of 22 preference pairs") for m in messages)
@@ -197,3 +199,27 @@ def test_tools_on_a_template_without_them_are_rendered_in_ftserve_format(setting
     rows[4]["input"] = {**rows[4]["input"], "tools": tools}  # type: ignore[dict-item]
     job, _ = _run(settings, model="ftserve-tiny", training_file=_upload(settings, rows), method=_dpo())
     assert job.status == "succeeded", job.error
+
+
+def test_a_dpo_job_that_breaks_its_starting_model_warns(settings: Settings) -> None:
+    # SFT teaches the preferred replies themselves; DPO from that model at 10x the tiny base's rate then wrecks
+    # them (measured: their token accuracy 0.83 -> 0.17-0.33, their log-prob 20-50 nats below the start).
+    sft_rows = [
+        {"messages": [{"role": "user", "content": question(w)}, {"role": "assistant", "content": f"{STYLE} {w}"}]}
+        for w in WORDS[:24]
+    ]
+    sft, _ = _run(settings, model="ftserve-tiny", training_file=_upload(settings, sft_rows), seed=2,
+                  hyperparameters={"n_epochs": 8, "batch_size": 4})  # fmt: skip
+    assert sft.status == "succeeded", sft.error
+    pairs = _upload(settings, [pair_row(w) for w in WORDS[:24]])
+    job, events = _run(settings, model=sft.fine_tuned_model, training_file=pairs, seed=0,
+                       method=_dpo(epochs=1, batch=1, learning_rate_multiplier=10.0))  # fmt: skip
+    assert job.status == "succeeded", job.error  # a warning, not a failure: the user decides
+    warnings = [e for e in events if e.level == "warn"]
+    assert len(warnings) == 1, [e.message for e in warnings]
+    data = warnings[0].data
+    assert data is not None and data["warning"] == "dpo_collapse" and data["chosen_logratio"] <= -CHOSEN_DROP
+    assert warnings[0].message.startswith(f"Step {data['step']}: DPO may be breaking the model")
+    # The same chain with the default hyperparameters stays quiet.
+    _, quiet = _run(settings, model=sft.fine_tuned_model, training_file=pairs, seed=0, method=_dpo(epochs=1))
+    assert not [e.message for e in quiet if e.level == "warn"]

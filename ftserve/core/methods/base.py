@@ -28,3 +28,7 @@ class MethodSpec:
     refused_extensions: Mapping[str, str] = field(default_factory=dict)  # extension → why it would change nothing
     packing: str | None = None  # how it always lays out its rows, whatever FTSERVE_PACKING says (None: the setting)
     runs_on_gang: bool = False  # whether a torchrun gang can split its steps across processes
+    # Its "auto" rules where they differ from the shared ones (ftserve/training/hyperparams): the
+    # learning_rate_multiplier, and the smallest batch_size (the shared rule's ~0.2% of the examples below it).
+    auto_learning_rate_multiplier: float = 1.0
+    auto_min_batch_size: int = 1

@@ -17,4 +17,8 @@ DPO = MethodSpec(
     packing="pairs",  # each pair's prompt is packed once for both replies (ftserve/training/methods/dpo_rows)
     # DPO's loss is a mean over pairs with a reference pass per pair; it is not split across ranks yet.
     runs_on_gang=False,
+    # Measured (bench/dpo_defaults.py, docs/training.md#dpos-auto-hyperparameters-measured): at the base's own
+    # learning rate, one pair per step, DPO from an SFT model moves it until its outputs break.
+    auto_learning_rate_multiplier=0.3,
+    auto_min_batch_size=4,
 )

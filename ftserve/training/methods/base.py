@@ -30,6 +30,14 @@ class StepOutcome:
     tokens: int
 
 
+@dataclass(frozen=True)
+class StepWarning:
+    """A `warn` event a method asks the loop to record: its message and data."""
+
+    message: str
+    data: dict[str, Any]
+
+
 class TrainingMethod(Protocol):
     """A method trains on `n_train` examples and evaluates on `n_valid`, by index into its own lists."""
 
@@ -51,6 +59,11 @@ class TrainingMethod(Protocol):
 
     def step_message(self, metrics: Metrics) -> str:
         """What the step's event says after `Step i/n: `."""
+        ...
+
+    def health(self, metrics: dict[str, Any]) -> StepWarning | None:
+        """Fed each step's metrics in order (a resumed job's earlier steps first): a warning to record when they
+        show the model breaking (once), else None."""
         ...
 
 

@@ -22,7 +22,8 @@ from ftserve.training.batching import step_groups
 from ftserve.training.config import TrainingConfig
 from ftserve.training.export import RESULT_COLUMNS
 from ftserve.training.methods import dpo_reference
-from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome
+from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome, StepWarning
+from ftserve.training.methods.dpo_health import CollapseWatch
 from ftserve.training.methods.dpo_rows import DpoRow, build_rows, row_logps
 from ftserve.training.planner import packed_row_cap
 from ftserve.training.preference import PreferencePair, load_pairs
@@ -91,6 +92,7 @@ class Dpo:
         self.first_groups = first_groups or (None, None)
         self.ref_train = torch.zeros((0, 2))
         self.ref_valid = torch.zeros((0, 2))
+        self.watch = CollapseWatch(beta)
 
     def prepare(self, trainer: LoraTrainer, resumed: bool) -> str | None:
         """The reference log-probs of every pair: saved ones, or computed from the starting model once."""
@@ -137,6 +139,10 @@ class Dpo:
 
     def step_message(self, metrics: Metrics) -> str:
         return f"training loss={metrics['train_loss']:.4f}, reward margin={metrics['train_reward_margin']:.4f}"
+
+    def health(self, metrics: dict[str, Any]) -> StepWarning | None:
+        """A warning once the step metrics show the model collapsing (ftserve/training/methods/dpo_health)."""
+        return self.watch.observe(metrics)
 
     def _row(self, row: DpoRow, reference: torch.Tensor, sums: _Sums) -> torch.Tensor:
         """The summed DPO loss of one row's pairs (for backward), its metrics added to sums."""

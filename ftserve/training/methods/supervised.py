@@ -11,7 +11,7 @@ from ftserve.core.methods.supervised import SUPERVISED
 from ftserve.training.config import TrainingConfig
 from ftserve.training.dataset import load_tokenized
 from ftserve.training.export import RESULT_COLUMNS
-from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome
+from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome, StepWarning
 from ftserve.training.planner import Layout
 from ftserve.training.rank import Gang
 from ftserve.training.tokenize import TokenizedExample, TokenizeStats
@@ -45,6 +45,10 @@ class Supervised:
 
     def step_message(self, metrics: Metrics) -> str:
         return f"training loss={metrics['train_loss']:.4f}"
+
+    def health(self, metrics: dict[str, Any]) -> StepWarning | None:
+        """No watch: a supervised job's loss is the thing it is taught to lower."""
+        return None
 
 
 class SupervisedTraining:

@@ -101,6 +101,7 @@ function cancelButton(job, refresh) {
 export function jobView(root, jobId) {
   const head = h("div.job-head");
   const error = h("div");
+  const warnings = h("div#job-warnings"); // warn events (a DPO job breaking its model, a lost gang): kept in view
   const factsBox = h("div");
   const progressText = h("span.muted", { id: "progress-text" }, "waiting for the first step…");
   const progressBar = h("div");
@@ -119,6 +120,7 @@ export function jobView(root, jobId) {
   root.append(
     head,
     error,
+    warnings,
     h("div.cols", {},
       h("div.card", {}, h("h3", {}, "Job"), factsBox),
       h("div.card", {}, h("h3", {}, "Hyperparameters (as resolved)"), hpBox)),
@@ -162,6 +164,7 @@ export function jobView(root, jobId) {
         (m.valid_loss !== undefined ? ` · valid loss ${fmtNum(m.valid_loss)}` : "") +
         (m.train_reward_margin !== undefined ? ` · reward margin ${fmtNum(m.train_reward_margin)}` : "");
     }
+    warnings.append(...fresh.filter((e) => e.level === "warn").map((e) => h("div.warnbox", {}, e.message)));
     eventsList.prepend(...fresh.reverse().map(eventItem));
     if (job.status !== status) {
       // Only on a status change, so the cancel button is not replaced under the user's pointer.
