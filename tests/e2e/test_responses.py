@@ -208,3 +208,36 @@ def test_reasoning_is_refused(client: OpenAI) -> None:
     assert exc.value.body["param"] == "reasoning"  # type: ignore[index]
     ok = client.responses.create(model=MODEL, input="hi", reasoning={"effort": "none"}, max_output_tokens=1)
     assert ok.status == "incomplete"
+
+
+def test_an_agents_sdk_agent_calls_its_tool_then_answers(client: OpenAI) -> None:
+    """The OpenAI Agents SDK through OpenAIResponsesModel: the first turn is forced to call the tool (tool_choice
+    required), the SDK resets tool_choice after it, and the second turn (the tool's output in its input) answers
+    with the agent's output type (a bounded schema: the grammar closes it, so a random model finishes)."""
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+    from agents.items import ToolCallItem, ToolCallOutputItem
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+    seen: list[str] = []
+
+    @function_tool
+    def get_weather(city: Literal["Paris", "Oslo", "Lima"]) -> str:
+        """The weather in a city."""
+        seen.append(city)
+        return f"It is sunny in {city}."
+
+    aclient = AsyncOpenAI(base_url=str(client.base_url), api_key=client.api_key, max_retries=0)
+    agent = Agent(
+        name="weather",
+        instructions="Answer with the weather.",
+        tools=[get_weather],
+        model=OpenAIResponsesModel(model=MODEL, openai_client=aclient),
+        output_type=Ticket,
+        model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=150),
+    )
+    result = Runner.run_sync(agent, "Weather in Oslo?", max_turns=3)
+    assert len(seen) == 1 and seen[0] in ("Paris", "Oslo", "Lima")
+    kinds = [type(i) for i in result.new_items]
+    assert ToolCallItem in kinds and ToolCallOutputItem in kinds
+    assert isinstance(result.final_output, Ticket)
