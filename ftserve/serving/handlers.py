@@ -25,7 +25,7 @@ from ftserve.serving.requests import (
     plan_chat,
     plan_completion,
 )
-from ftserve.serving.responses import ResponsePlan, plan_response, response_body
+from ftserve.serving.responses import ResponsePlan, plan_response, response_body, responses_words
 from ftserve.serving.tools import check_grammar
 
 
@@ -67,8 +67,9 @@ CHAT_HANDLER: Handler[Any, ChatPlan] = Handler(CHAT_COMPLETIONS, plan_chat, chat
 
 
 def _check_response(engine: Backend, base: str, plan: ResponsePlan) -> None:
-    """As for chat: the Responses API's request is a chat plan."""
-    _check_chat(engine, base, plan.chat)
+    """As for chat (the Responses API's request is a chat plan), a refused schema named as the request wrote it."""
+    with responses_words():
+        _check_chat(engine, base, plan.chat)
 
 
 # The Responses API's plan takes the request with its stored conversation (serving/responses.ResponseInput).

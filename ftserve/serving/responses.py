@@ -7,6 +7,8 @@ What ftserve does not serve (hosted tools, reasoning, content that is not text) 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from transformers import PreTrainedTokenizerBase
 
 from ftserve.core.config import Settings
-from ftserve.core.errors import bad_request
+from ftserve.core.errors import InvalidRequest, bad_request
 from ftserve.core.ids import new_id
 from ftserve.core.schemas.completions import ChatCompletionRequest, ChatDelta
 from ftserve.core.schemas.responses import (
@@ -231,10 +233,37 @@ def chat_request(req: ResponseCreateRequest, messages: list[dict[str, Any]]) -> 
         raise bad_request(f"{where}: {err['msg']}", param=where) from None
 
 
+# Chat's parameter names as the Responses API spells them, for a 400 raised by the chat plan.
+_WORDS = (
+    ("max_completion_tokens", "max_output_tokens"),
+    ("response_format", "text.format"),
+    (".function.parameters", ".parameters"),
+    (".function.name", ".name"),
+)
+
+
+@contextmanager
+def responses_words() -> Iterator[None]:
+    """A 400 of the chat plan (or its grammar check) names the Responses API's parameter: max_output_tokens,
+    text.format, tools[i].parameters; a chat message's fault is `input`'s (the conversation as rendered)."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        for chat, words in _WORDS:
+            exc.message = exc.message.replace(chat, words)
+            exc.param = exc.param.replace(chat, words) if exc.param else exc.param
+        if exc.param and exc.param.startswith("messages["):
+            exc.message = f"input (the conversation as chat messages, instructions first): {exc.message}"
+            exc.param = "input"
+        exc.args = (exc.message,)
+        raise
+
+
 def plan_response(inp: ResponseInput, tok: PreTrainedTokenizerBase, settings: Settings, base: str) -> ResponsePlan:
     req = inp.req
     items = input_items(req)
-    chat = plan_chat(chat_request(req, chat_messages(req.instructions, inp.history + items)), tok, settings, base)
+    with responses_words():
+        chat = plan_chat(chat_request(req, chat_messages(req.instructions, inp.history + items)), tok, settings, base)
     return ResponsePlan(req, chat, items, inp.history, chat.rows)
 
 

@@ -241,3 +241,38 @@ def test_an_agents_sdk_agent_calls_its_tool_then_answers(client: OpenAI) -> None
     kinds = [type(i) for i in result.new_items]
     assert ToolCallItem in kinds and ToolCallOutputItem in kinds
     assert isinstance(result.final_output, Ticket)
+
+
+IMAGE = {"type": "input_image", "image_url": "x"}
+OBJECT = {"type": "object"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"role": "user", "content": [IMAGE]}]}, "input[0].content[0].type"),
+        ({"input": "hi", "background": True}, "background"),
+        ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}, "input"),
+        ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": OBJECT}}}, "text.format.name"),
+        ({"input": "hi", "max_output_tokens": 100000}, "max_output_tokens"),
+        ({"input": "hi", "tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+        ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "u", "schema": {"uniqueItems": True}}}},
+         "text.format"),
+    ],
+)  # fmt: skip
+def test_what_cannot_be_served_is_a_400_naming_it(client: OpenAI, body: dict[str, object], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.post("/responses", body={"model": MODEL, **body}, cast_to=object)
+    assert exc.value.body["param"] == param, exc.value.body  # type: ignore[index]
+
+
+def test_input_items_pages_by_item_id(client: OpenAI) -> None:
+    r = client.responses.create(
+        model=MODEL, input=[{"role": "user", "content": str(i)} for i in range(5)], max_output_tokens=1
+    )
+    first = client.responses.input_items.list(r.id, order="asc", limit=2)
+    assert [i.content[0].text for i in first.data] == ["0", "1"] and first.has_more  # type: ignore[union-attr]
+    rest = [i.content[0].text for i in client.responses.input_items.list(r.id, order="asc")]  # type: ignore[union-attr]
+    assert rest == ["0", "1", "2", "3", "4"]  # the SDK follows `after` (last_id) through the pages
+    paged = [i.content[0].text for i in client.responses.input_items.list(r.id, order="asc", limit=2)]  # type: ignore[union-attr]
+    assert paged == rest
