@@ -55,7 +55,21 @@ def _save(store: ResponseStore, org: str, plan: ResponsePlan, response: Response
         store.save(org, SavedResponse(response.id, response.created_at, body, plan.input_items, plan.history))
 
 
-@router.post(PATH, response_model=RESPONSE_HANDLER.endpoint.response)
+# What a created response's id is for (OpenAPI links: schemathesis' stateful phase follows them).
+_ID = {"response_id": "$response.body#/id"}
+_LINKS = {
+    "200": {
+        "description": "Successful Response",
+        "links": {
+            "RetrieveResponse": {"operationId": "retrieve_response", "parameters": _ID},
+            "ListInputItems": {"operationId": "list_input_items", "parameters": _ID},
+            "DeleteResponse": {"operationId": "delete_response", "parameters": _ID},
+        },
+    }
+}
+
+
+@router.post(PATH, response_model=RESPONSE_HANDLER.endpoint.response, openapi_extra={"responses": _LINKS})
 async def create_response(req: ResponseCreateRequest, request: Request, settings: SettingsDep, org: OrgDep) -> Any:
     store = _store(request)
     history = await run_in_threadpool(_history, store, org, req.previous_response_id)
@@ -102,18 +116,18 @@ async def create_response(req: ResponseCreateRequest, request: Request, settings
     return response
 
 
-@router.get(PATH + "/{response_id}", response_model=Response)
+@router.get(PATH + "/{response_id}", response_model=Response, operation_id="retrieve_response")
 def retrieve_response(response_id: str, request: Request, org: OrgDep) -> Any:
     return _store(request).get(org, response_id).body
 
 
-@router.delete(PATH + "/{response_id}", response_model=DeletedResponse)
+@router.delete(PATH + "/{response_id}", response_model=DeletedResponse, operation_id="delete_response")
 def delete_response(response_id: str, request: Request, org: OrgDep) -> DeletedResponse:
     _store(request).delete(org, response_id)
     return DeletedResponse(id=response_id)
 
 
-@router.get(PATH + "/{response_id}/input_items", response_model=InputItemsPage)
+@router.get(PATH + "/{response_id}/input_items", response_model=InputItemsPage, operation_id="list_input_items")
 def list_input_items(
     response_id: str,
     request: Request,

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from transformers import PreTrainedTokenizerBase
 
 from ftserve.core.config import Settings
@@ -52,8 +52,6 @@ _TOOL_KEYS = {"type", "name", "description", "parameters", "strict"}
 
 class ResponseInput(BaseModel):
     """A request with the conversation before it (the stored items of its previous_response_id's chain)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     req: ResponseCreateRequest
     history: list[dict[str, Any]] = []
