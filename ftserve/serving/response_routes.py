@@ -24,7 +24,8 @@ from ftserve.core.schemas.responses import (
 )
 from ftserve.serving.handlers import RESPONSE_HANDLER
 from ftserve.serving.ports import ResponseStore, SavedResponse
-from ftserve.serving.responses import ResponseEvents, ResponseInput, ResponsePlan, finished, response_body, skeleton
+from ftserve.serving.response_events import ResponseEvents
+from ftserve.serving.responses import ResponseInput, ResponsePlan, finished, response_body, skeleton
 from ftserve.serving.routes import OrgDep, SettingsDep, _engine, _resolve
 from ftserve.serving.streaming import stream
 from ftserve.serving.tools import ChoiceStream
