@@ -37,13 +37,13 @@ class ResponseEvents:
     items: list[OutputItem] = field(default_factory=list)
     open: OutputItem | None = None
 
-    def _ev(self, cls: type[ResponseEvent], **kw: Any) -> ResponseEvent:
+    def event(self, cls: type[ResponseEvent], **kw: Any) -> ResponseEvent:
         event = cls(sequence_number=self.seq, **kw)
         self.seq += 1
         return event
 
     def lifecycle(self, kind: str, response: Response) -> ResponseEvent:
-        return self._ev(ResponseLifecycleEvent, type=kind, response=response)
+        return self.event(ResponseLifecycleEvent, type=kind, response=response)
 
     def start(self) -> list[ResponseEvent]:
         created = self.lifecycle("response.created", self.response)
@@ -53,7 +53,7 @@ class ResponseEvents:
         self.items.append(item)
         self.open = item
         index = len(self.items) - 1
-        return self._ev(
+        return self.event(
             OutputItemEvent, type="response.output_item.added", output_index=index, item=copy.deepcopy(item)
         )
 
@@ -69,10 +69,8 @@ class ResponseEvents:
                     out.append(self._part("response.content_part.added", message))
                 assert isinstance(self.open, OutputMessage)
                 self.open.content[0].text += d.content
-                index = len(self.items) - 1
-                out.append(
-                    self._ev(TextDeltaEvent, item_id=self.open.id, output_index=index, content_index=0, delta=d.content)
-                )
+                at = {"item_id": self.open.id, "output_index": len(self.items) - 1, "content_index": 0}
+                out.append(self.event(TextDeltaEvent, **at, delta=d.content))
             for call in d.tool_calls or []:
                 if call.id is not None:
                     out += self.close("completed")
@@ -85,11 +83,11 @@ class ResponseEvents:
                 if args and isinstance(self.open, OutputFunctionCall):
                     self.open.arguments += args
                     index = len(self.items) - 1
-                    out.append(self._ev(ArgumentsDeltaEvent, item_id=self.open.id, output_index=index, delta=args))
+                    out.append(self.event(ArgumentsDeltaEvent, item_id=self.open.id, output_index=index, delta=args))
         return out
 
     def _part(self, kind: str, message: OutputMessage) -> ResponseEvent:
-        return self._ev(
+        return self.event(
             ContentPartEvent,
             type=kind,
             item_id=message.id,
@@ -107,14 +105,14 @@ class ResponseEvents:
         out = []
         if isinstance(item, OutputMessage):
             text = item.content[0].text
-            out.append(self._ev(TextDoneEvent, item_id=item.id, output_index=index, content_index=0, text=text))
+            out.append(self.event(TextDoneEvent, item_id=item.id, output_index=index, content_index=0, text=text))
             out.append(self._part("response.content_part.done", item))
         else:
             done = {"name": item.name, "arguments": item.arguments}
-            out.append(self._ev(ArgumentsDoneEvent, item_id=item.id, output_index=index, **done))
+            out.append(self.event(ArgumentsDoneEvent, item_id=item.id, output_index=index, **done))
         item.status = status  # type: ignore[assignment]
         kind = "response.output_item.done"
-        out.append(self._ev(OutputItemEvent, type=kind, output_index=index, item=copy.deepcopy(item)))
+        out.append(self.event(OutputItemEvent, type=kind, output_index=index, item=copy.deepcopy(item)))
         return out
 
     def finish(self, finish: str | None) -> list[ResponseEvent]:

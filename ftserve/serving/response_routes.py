@@ -106,7 +106,7 @@ async def create_response(req: ResponseCreateRequest, request: Request, settings
             why = ResponseError(code=code, message=error["message"])
             response = events.response.model_copy(update={"status": "failed", "output": events.items, "error": why})
             return [
-                events._ev(ErrorEvent, code=code, message=error["message"], param=error.get("param")),
+                events.event(ErrorEvent, code=code, message=error["message"], param=error.get("param")),
                 events.lifecycle("response.failed", response),
             ]
 
