@@ -89,11 +89,12 @@ def create_app(settings: Settings, roles: frozenset[str] | set[str] = ROLES) -> 
         app.state.background.append(reaper)
     if "inference" in roles:
         from ftserve.control.services.batch_store import SqlBatchStore, runner_id
+        from ftserve.control.services.response_store import SqlResponseStore
         from ftserve.control.services.serving_catalog import SqlModelCatalog
         from ftserve.serving.app import install  # the inference role: engine, torch and the model code load here
 
         catalog, store = SqlModelCatalog(settings), SqlBatchStore(settings, runner_id())
-        install(app, settings, catalog, store, sweep="api" not in roles)
+        install(app, settings, catalog, store, SqlResponseStore(settings), sweep="api" not in roles)
     elif "api" in roles and settings.inference_url:
         # A separate inference role: forward the completion paths so clients keep one base URL.
         proxy.install(app, settings.inference_url)

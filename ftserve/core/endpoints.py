@@ -1,7 +1,8 @@
 """The OpenAI endpoints ftserve serves, in one table: each one's path, request, response and stream-chunk models,
 the id prefix of its responses and the format a batch input file calling it gets. The api's proxy, Batch API
 validation and the inference role's routes and batch runner all read it, so a new endpoint is one row here (and
-its handler in ftserve/serving/handlers.py)."""
+its handler in ftserve/serving/handlers.py). The Responses API's stored objects add GET/DELETE routes under its
+path (`routes`), which the proxy forwards too; it runs no batches (`batch_format` None)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ftserve.core.schemas.completions import (
     CompletionRequest,
     InferenceRequest,
 )
+from ftserve.core.schemas.responses import Response, ResponseCreateRequest, ResponseEvent
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,14 @@ class Endpoint:
     """One OpenAI endpoint of the inference role."""
 
     path: str
-    request: type[InferenceRequest]
+    request: type[InferenceRequest] | type[ResponseCreateRequest]
     response: type[BaseModel]
     chunk: type[BaseModel]  # one server-sent event of its stream
     id_prefix: str  # of the response's id: "cmpl-…", "chatcmpl-…"
-    batch_format: str  # a validated batch input file whose lines call this endpoint has this `format`
+    batch_format: str | None  # a validated batch input file whose lines call this endpoint has this `format`
     metric_label: str  # its `endpoint` label in the request metrics
+    # More routes under the path (method, path): the stored objects' reads and deletes.
+    routes: tuple[tuple[str, str], ...] = ()
 
 
 COMPLETIONS = Endpoint(
@@ -46,9 +50,26 @@ CHAT_COMPLETIONS = Endpoint(
     "chat",
 )
 
-ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (COMPLETIONS, CHAT_COMPLETIONS)}
+RESPONSES = Endpoint(
+    "/v1/responses",
+    ResponseCreateRequest,
+    Response,
+    ResponseEvent,
+    "resp_",
+    None,
+    "responses",
+    (
+        ("GET", "/v1/responses/{response_id}"),
+        ("DELETE", "/v1/responses/{response_id}"),
+        ("GET", "/v1/responses/{response_id}/input_items"),
+    ),
+)
+
+ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (COMPLETIONS, CHAT_COMPLETIONS, RESPONSES)}
+# Those a batch input file's lines may call.
+BATCH_ENDPOINTS: dict[str, Endpoint] = {p: e for p, e in ENDPOINTS.items() if e.batch_format is not None}
 
 
 def by_batch_format(fmt: str) -> Endpoint | None:
     """The endpoint a batch input file of this format calls, or None for any other file format."""
-    return next((e for e in ENDPOINTS.values() if e.batch_format == fmt), None)
+    return next((e for e in BATCH_ENDPOINTS.values() if e.batch_format == fmt), None)

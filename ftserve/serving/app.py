@@ -9,20 +9,26 @@ from ftserve.core.config import Settings
 from ftserve.core.resolved import ResolvedModel
 from ftserve.serving.backends.dispatch import Backends
 from ftserve.serving.batches import BatchRunner
-from ftserve.serving.ports import BatchStore, ModelCatalog
+from ftserve.serving.ports import BatchStore, ModelCatalog, ResponseStore
 from ftserve.serving.refs import adapter_key
+from ftserve.serving.response_routes import router as responses_router
 from ftserve.serving.routes import router
 from ftserve.serving.sweep import sweep_forever
 
 
-def install(app: FastAPI, settings: Settings, catalog: ModelCatalog, batches: BatchStore, sweep: bool) -> None:
+def install(
+    app: FastAPI, settings: Settings, catalog: ModelCatalog, batches: BatchStore, responses: ResponseStore, sweep: bool
+) -> None:
     """Serve completions from this process, with the control plane's ports (what model names mean, the Batch
-    API's store); `sweep`: no api role here, so ask the catalog now and then which adapters were deleted."""
+    API's store, the Responses API's stored responses); `sweep`: no api role here, so ask the catalog now and then
+    which adapters were deleted."""
     # Each base's own engine: ftserve's (builtin) or its vLLM servers (vllm), per the registry.
     engine = Backends(settings)
     app.state.engine = engine
     app.state.catalog = catalog
+    app.state.responses = responses
     app.include_router(router)
+    app.include_router(responses_router)
 
     def unload(resolved: ResolvedModel) -> None:
         if resolved.job_id is not None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from transformers import PreTrainedTokenizerBase
 
 from ftserve.core.config import Settings
-from ftserve.core.endpoints import CHAT_COMPLETIONS, COMPLETIONS, Endpoint
+from ftserve.core.endpoints import CHAT_COMPLETIONS, COMPLETIONS, RESPONSES, Endpoint
 from ftserve.engine.generation import Row
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.requests import (
@@ -25,6 +25,7 @@ from ftserve.serving.requests import (
     plan_chat,
     plan_completion,
 )
+from ftserve.serving.responses import ResponsePlan, plan_response, response_body, responses_words
 from ftserve.serving.tools import check_grammar
 
 
@@ -64,4 +65,16 @@ def _check_chat(engine: Backend, base: str, plan: ChatPlan) -> None:
 COMPLETION_HANDLER: Handler[Any, CompletionPlan] = Handler(COMPLETIONS, plan_completion, completion_body, _check_rows)
 CHAT_HANDLER: Handler[Any, ChatPlan] = Handler(CHAT_COMPLETIONS, plan_chat, chat_body, _check_chat)
 
-HANDLERS: dict[str, Handler[Any, Any]] = {h.endpoint.path: h for h in (COMPLETION_HANDLER, CHAT_HANDLER)}
+
+def _check_response(engine: Backend, base: str, plan: ResponsePlan) -> None:
+    """As for chat (the Responses API's request is a chat plan), a refused schema named as the request wrote it."""
+    with responses_words():
+        _check_chat(engine, base, plan.chat)
+
+
+# The Responses API's plan takes the request with its stored conversation (serving/responses.ResponseInput).
+RESPONSE_HANDLER: Handler[Any, ResponsePlan] = Handler(RESPONSES, plan_response, response_body, _check_response)
+
+HANDLERS: dict[str, Handler[Any, Any]] = {
+    h.endpoint.path: h for h in (COMPLETION_HANDLER, CHAT_HANDLER, RESPONSE_HANDLER)
+}

@@ -1,6 +1,7 @@
 """What serving needs from the control plane, as ports the control plane implements (control/services:
-serving_catalog.SqlModelCatalog, batch_store.SqlBatchStore) and hands to `serving.app.install`: who the
-caller is and what a model name means, and the Batch API's leased store. Torch-free; stands on core alone."""
+serving_catalog.SqlModelCatalog, batch_store.SqlBatchStore, response_store.SqlResponseStore) and hands to
+`serving.app.install`: who the caller is and what a model name means, the Batch API's leased store, and the
+Responses API's stored responses. Torch-free; stands on core alone."""
 
 from __future__ import annotations
 
@@ -90,4 +91,32 @@ class BatchStore(Protocol):
 
     def finish(self, batch_id: str, org: str, status: str, unrun: list[dict[str, Any]]) -> None:
         """Write the output and error files (`unrun` lines last) and move the batch to `status`, all or nothing."""
+        ...
+
+
+@dataclass(frozen=True)
+class SavedResponse:
+    """A stored Responses API response: the Response object (JSON), this request's input items (each with its
+    id) and the conversation before them (the previous responses' inputs and outputs, instructions left out)."""
+
+    id: str
+    created_at: int
+    body: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+
+
+class ResponseStore(Protocol):
+    """The org's stored responses; another org's id, or one deleted or never stored, is NotFound."""
+
+    def save(self, org: str, response: SavedResponse) -> None: ...
+
+    def get(self, org: str, response_id: str) -> SavedResponse: ...
+
+    def delete(self, org: str, response_id: str) -> None: ...
+
+    def input_items(
+        self, org: str, response_id: str, after: str | None, limit: int, order: str
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of the response's input items (order "asc" or "desc") after the item `after`; (items, has_more)."""
         ...

@@ -4,6 +4,7 @@ an error after the stream began as the one envelope, then [DONE]."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ftserve.core.envelope import envelope
 from ftserve.core.schemas.completions import ChatCompletionRequest, CompletionRequest
+from ftserve.core.schemas.responses import ResponseEvent
 from ftserve.engine.engine import ModelRef
 from ftserve.engine.generation import Row, RowEvent, TextDelta
 from ftserve.serving.backends.base import Backend
@@ -39,8 +41,11 @@ class ChunkHead:
         return {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
 
 
-def sse(chunk: BaseModel) -> str:
-    """A chunk as its event's data: only the fields it carries (OpenAI's chunks leave the others out)."""
+def sse(chunk: BaseModel) -> str | dict[str, str]:
+    """A chunk as its event's data: only the fields it carries (OpenAI's chunks leave the others out). A Responses
+    API event is named (`event: response.output_text.delta`) and carries every field, as OpenAI's do."""
+    if isinstance(chunk, ResponseEvent):
+        return {"event": chunk.type, "data": chunk.model_dump_json()}
     return chunk.model_dump_json(exclude_unset=True)
 
 
@@ -52,9 +57,17 @@ class _Done:
 
 
 async def stream(
-    engine: Backend, ref: ModelRef, rows: list[Row], chunk: Chunk, final: Callable[[], Any]
+    engine: Backend,
+    ref: ModelRef,
+    rows: list[Row],
+    chunk: Chunk,
+    final: Callable[[], Any],
+    failed: Callable[[BaseException], Sequence[BaseModel]] | None = None,
 ) -> EventSourceResponse:
     """Submit the rows and relay each row's text deltas as SSE chunks as they are produced, then [DONE].
+
+    `final` gives the last chunk (or None, or a list of them; it may be a coroutine function: the Responses API
+    stores the response there, off the token path); `failed` the events that say a stream failed (else the envelope).
 
     The response starts only once the first token (or the request's error) is known, so an adapter
     that fails to load is still an HTTP error with the envelope, not a broken stream.
@@ -75,7 +88,7 @@ async def stream(
         disconnected.set()
         raise first.error
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[str | dict[str, str]]:
         item = first
         try:
             while not isinstance(item, _Done):
@@ -88,11 +101,17 @@ async def stream(
                     yield sse(event)
                 item = await queue.get()
             if item.error is not None:  # a failed forward pass after the stream began
-                yield json.dumps(envelope(item.error)[1])
+                if failed is not None:
+                    for event in failed(item.error):
+                        yield sse(event)
+                else:
+                    yield json.dumps(envelope(item.error)[1])
                 return
             tail = final()
-            if tail is not None:
-                yield sse(tail)
+            if inspect.isawaitable(tail):
+                tail = await tail
+            for last in tail if isinstance(tail, list) else [] if tail is None else [tail]:
+                yield sse(last)
             yield "[DONE]"
         finally:
             # A client that went away stops its rows at the next decode step.

@@ -195,6 +195,17 @@ def test_api_role_proxies_to_inference_role(server: Service) -> None:
         with pytest.raises(openai.NotFoundError) as err:  # errors pass through in the same envelope
             client.completions.create(model="ft:nope", prompt="x")
         assert err.value.code == "model_not_found"
+        # The Responses API through the api role, on a fine-tuned model: create, stream, retrieve, input_items,
+        # delete (the stored response's GET and DELETE routes are forwarded too).
+        sounds = server.sounds  # type: ignore[attr-defined]
+        r = client.responses.create(model=sounds, input="hi", max_output_tokens=4, temperature=0)
+        assert client.responses.retrieve(r.id).output_text == r.output_text
+        assert len(client.responses.input_items.list(r.id).data) == 1
+        events = client.responses.create(model=sounds, input="hi", max_output_tokens=4, temperature=0, stream=True)
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == r.output_text
+        client.responses.delete(r.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(r.id)
 
         # A model deleted through the api role leaves the inference process's memory too.
         jobs = data / "jobs"

@@ -222,7 +222,7 @@ QUERY_AND_FORM = [
 ]  # fmt: skip
 
 ROUTES = [
-    Case("unknown-route", "POST", "/v1/responses", {}, 404, None, ("Invalid URL (POST /v1/responses)",), None),
+    Case("unknown-route", "POST", "/v1/embeddings", {}, 404, None, ("Invalid URL (POST /v1/embeddings)",), None),
     Case("unknown-route-get", "GET", "/v1/xyz", None, 404, None, ("Invalid URL (GET /v1/xyz)",), None),
     Case("wrong-method", "GET", CHAT, None, 405, None, ("Invalid method for URL (GET /v1/chat/completions)",), None),
     Case("wrong-method-files", "PUT", "/v1/files", None, 405, None, ("Invalid method for URL (PUT /v1/files)",

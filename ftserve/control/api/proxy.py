@@ -43,8 +43,10 @@ def install(app: FastAPI, inference_url: str) -> None:
             background=BackgroundTask(response.aclose),
         )
 
-    for path in ENDPOINTS:
+    for path, endpoint in ENDPOINTS.items():
         router.add_api_route(path, forward, methods=["POST"], include_in_schema=False)
+        for method, route in endpoint.routes:  # the stored objects' reads and deletes (/v1/responses/{id})
+            router.add_api_route(route, forward, methods=[method], include_in_schema=False)
     app.include_router(router)
 
 

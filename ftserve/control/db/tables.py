@@ -247,3 +247,19 @@ class UploadPart(Base):
     upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class StoredResponse(Base):
+    """A Responses API response kept for retrieval and `previous_response_id` (`store` true): the Response object,
+    this request's input items and the conversation before them, so a follow-up needs no walk up the chain."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_items: Mapped[list[Any]] = mapped_column(JSON)
+    history: Mapped[list[Any]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_responses_org_created", "org_id", "created_at", "id"),)

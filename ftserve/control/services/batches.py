@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 from ftserve.control.db.tables import Batch
 from ftserve.control.services.files import get_file
 from ftserve.control.services.pagination import page
-from ftserve.core.endpoints import ENDPOINTS, by_batch_format
+from ftserve.core.endpoints import BATCH_ENDPOINTS as ENDPOINTS
+from ftserve.core.endpoints import by_batch_format
 from ftserve.core.errors import InvalidRequest, bad_request, not_found
 from ftserve.core.ids import new_id, now
 from ftserve.core.schemas.batches import BatchCreate, BatchError, BatchErrors, BatchObject, BatchRequestCounts

@@ -15,7 +15,7 @@ from ftserve.core.config import Settings
 from ftserve.core.datasets.batch import validate_batch_file
 from ftserve.core.datasets.formats import DatasetError
 from ftserve.core.datasets.validate import validate_file
-from ftserve.core.endpoints import ENDPOINTS
+from ftserve.core.endpoints import BATCH_ENDPOINTS as ENDPOINTS
 from ftserve.core.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
 from ftserve.core.ids import new_id, now
 from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
@@ -133,7 +133,7 @@ def _validate(path: Path, purpose: str, settings: Settings) -> tuple[str, int, s
     by its purpose; DatasetError if bad."""
     if purpose == "batch":
         batch = validate_batch_file(path, settings.max_line_bytes, settings.max_batch_requests)
-        return ENDPOINTS[batch.url].batch_format, batch.n_requests, None
+        return ENDPOINTS[batch.url].batch_format or "", batch.n_requests, None
     summary = validate_file(path, settings.max_line_bytes, settings.min_training_examples)
     return summary.format, summary.n_examples, summary.warning
 

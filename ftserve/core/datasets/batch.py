@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ftserve.core.datasets.formats import DatasetError
 from ftserve.core.datasets.jsonl import json_lines
-from ftserve.core.endpoints import ENDPOINTS
+from ftserve.core.endpoints import BATCH_ENDPOINTS as ENDPOINTS
 from ftserve.core.validation import explain
 
 _KEYS = {"custom_id", "method", "url", "body"}
