@@ -22,13 +22,11 @@ class StringCheck:
     spec: StringCheckGrader
 
     def check(self, param: str) -> None:
-        templates.check(self.spec.input, f"{param}.input")
-        templates.check(self.spec.reference, f"{param}.reference")
+        templates.check_pair(self.spec.input, self.spec.reference, param)
 
     def grade(self, sample: Sample, item: Any) -> GradeResult:
-        ns = {"item": item, "sample": sample.namespace()}
-        try:
-            given, reference = templates.render(self.spec.input, ns), templates.render(self.spec.reference, ns)
-        except templates.TemplateError:
+        pair = templates.render_pair(self.spec.input, self.spec.reference, {"item": item, "sample": sample.namespace()})
+        if pair is None:
             return GradeResult.failed(invalid_variable_error=True)
+        given, reference = pair
         return GradeResult(reward=1.0 if _OPS[self.spec.operation](given, reference) else 0.0)

@@ -53,3 +53,18 @@ def _text(value: Any) -> str:
 def render(template: str, namespaces: dict[str, Any]) -> str:
     """The template with every tag replaced by its value (strings as they are, anything else as JSON)."""
     return _TAG.sub(lambda m: _text(lookup(m.group(1), namespaces)), template)
+
+
+def check_pair(input_template: str, reference_template: str, param: str) -> None:
+    """A comparing grader's two templates (`input`, `reference`) checked, each 400 naming its field."""
+    check(input_template, f"{param}.input")
+    check(reference_template, f"{param}.reference")
+
+
+def render_pair(input_template: str, reference_template: str, namespaces: dict[str, Any]) -> tuple[str, str] | None:
+    """A comparing grader's input and reference for this sample and item; None when a template names what the
+    item lacks (the grader then scores 0 with invalid_variable_error)."""
+    try:
+        return render(input_template, namespaces), render(reference_template, namespaces)
+    except TemplateError:
+        return None
