@@ -229,15 +229,7 @@ async def complete_upload(
     if wire_status(row, now()) != PENDING or row.status != PENDING:
         raise refused(row, "be completed")
     parts = _listed_parts(session, row, body)
-    claimed = session.execute(
-        update(Upload)
-        .where(Upload.id == upload_id, Upload.status == PENDING, Upload.expires_at > now())
-        .values(status=COMPLETING)
-    )
-    session.commit()
-    row = get_upload(session, org, upload_id, fresh=True)
-    if not claimed.rowcount:  # type: ignore[attr-defined]
-        raise refused(row, "be completed")
+    row = _take_pending(session, org, upload_id, COMPLETING, "be completed")
     storage = Storage(settings)
     file_id = new_id("file-")
     try:
@@ -273,6 +265,21 @@ async def complete_upload(
     return row, file
 
 
+def _take_pending(session: Session, org: str, upload_id: str, status: str, action: str) -> Upload:
+    """Move a pending, unexpired upload to `status` in one compare-and-set (so a concurrent complete or cancel
+    loses); the upload re-read, or the 400 saying why it cannot `action`."""
+    taken = session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.status == PENDING, Upload.expires_at > now())
+        .values(status=status)
+    )
+    session.commit()
+    row = get_upload(session, org, upload_id, fresh=True)
+    if not taken.rowcount:  # type: ignore[attr-defined]
+        raise refused(row, action)
+    return row
+
+
 def _reopen(session: Session, upload_id: str) -> None:
     session.rollback()
     session.execute(update(Upload).where(Upload.id == upload_id, Upload.status == COMPLETING).values(status=PENDING))
@@ -289,16 +296,8 @@ def _drop_parts(storage: Storage, upload_id: str) -> None:
 
 async def cancel_upload(session: Session, settings: Settings, org: str, upload_id: str) -> Upload:
     """Cancel a pending upload and delete its parts; refused once it is completed, cancelled or expired."""
-    row = get_upload(session, org, upload_id)
-    cancelled = session.execute(
-        update(Upload)
-        .where(Upload.id == upload_id, Upload.status == PENDING, Upload.expires_at > now())
-        .values(status=CANCELLED)
-    )
-    session.commit()
-    row = get_upload(session, org, upload_id, fresh=True)
-    if not cancelled.rowcount:  # type: ignore[attr-defined]
-        raise refused(row, "be cancelled")
+    get_upload(session, org, upload_id)  # another org's upload is a 404 before anything changes
+    row = _take_pending(session, org, upload_id, CANCELLED, "be cancelled")
     await asyncio.to_thread(_drop_parts, Storage(settings), upload_id)
     return row
 
