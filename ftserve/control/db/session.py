@@ -3,10 +3,10 @@ database being unreachable (the api answers 503, the worker retries)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ftserve.core.config import Settings
 from ftserve.core.errors import Unavailable
+
+T = TypeVar("T")
 
 # Seconds a Postgres connection attempt may take before the database counts as unreachable.
 CONNECT_TIMEOUT_SECONDS = 5
@@ -84,3 +86,17 @@ def domain_error(exc: BaseException) -> BaseException:
     if is_unavailable(exc):
         return Unavailable(DB_UNAVAILABLE, code="database_unavailable", retry_after=DB_RETRY_AFTER_SECONDS)
     return exc
+
+
+def in_session(settings: Settings, work: Callable[[Session], T]) -> T:
+    """`work` in a session of its own (committed on success), for a port the control plane implements: an
+    unreachable database comes out as the domain's Unavailable, so a role without the api's handlers (a stream,
+    a batch line) still answers 503."""
+    try:
+        with session_scope(settings) as session:
+            return work(session)
+    except Exception as exc:
+        translated = domain_error(exc)
+        if translated is exc:
+            raise
+        raise translated from exc

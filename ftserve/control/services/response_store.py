@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from ftserve.control.db.session import domain_error, session_scope
+from ftserve.control.db.session import in_session
 from ftserve.control.db.tables import StoredResponse
 from ftserve.core.config import Settings
 from ftserve.core.errors import bad_request, not_found, quote
@@ -59,14 +59,7 @@ class SqlResponseStore:
         return items[:limit], len(items) > limit
 
     def _run(self, work: Callable[[Session], T]) -> T:
-        try:
-            with session_scope(self.settings) as session:
-                return work(session)
-        except Exception as exc:
-            translated = domain_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+        return in_session(self.settings, work)
 
 
 def _row(session: Session, org: str, response_id: str) -> StoredResponse:

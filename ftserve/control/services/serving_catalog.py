@@ -3,13 +3,12 @@ a session of its own that closes before generation starts; an unreachable DB is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
-from ftserve.control.db.session import domain_error, session_scope
+from ftserve.control.db.session import in_session
 from ftserve.control.services import catalog
 from ftserve.control.services.auth import org_for
 from ftserve.core.config import Settings
@@ -35,16 +34,4 @@ class SqlModelCatalog:
         return self._read(lambda s: catalog.servable_adapters(s, adapters))
 
     def _read(self, read: Callable[[Session], T]) -> T:
-        with self._session() as session:
-            return read(session)
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        try:
-            with session_scope(self.settings) as session:
-                yield session
-        except Exception as exc:
-            translated = domain_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+        return in_session(self.settings, read)
