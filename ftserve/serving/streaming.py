@@ -8,7 +8,7 @@ import inspect
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,7 +38,7 @@ class ChunkHead:
     model: str
 
     def fields(self) -> dict[str, Any]:
-        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
+        return asdict(self)
 
 
 def sse(chunk: BaseModel) -> str | dict[str, str]:
