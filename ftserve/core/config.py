@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     max_upload_total_bytes: int = 8 * 1024**3
     upload_expiry_seconds: int = 3600
     # Python graders' sandbox (docs/graders.md): wall-clock and CPU seconds, address space per run.
+    # Reinforcement fine-tuning: the longest answer a rollout samples, unless a job's extensions say otherwise.
+    rft_max_completion_tokens: int = Field(default=128, ge=1, le=4096)
     python_grader_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     python_grader_memory_bytes: int = Field(default=1024**3, ge=64 * 1024**2)
     min_training_examples: int = 10

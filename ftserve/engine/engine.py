@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ftserve.core.config import EngineSettings
+from ftserve.engine.adapter_files import LoadedAdapter
 from ftserve.engine.adapters import AdapterCache
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.errors import AdapterLoadError
@@ -23,16 +24,17 @@ from ftserve.engine.lora import LoraContext, SlotTable
 from ftserve.engine.messages import Done, Job
 from ftserve.engine.scheduler import Resident, Scheduler
 
-__all__ = ["AdapterLoadError", "AdapterRef", "BaseLoader", "InferenceEngine", "ModelRef"]
+__all__ = ["AdapterLoadError", "AdapterRef", "BaseLoader", "InferenceEngine", "LoadedAdapter", "ModelRef"]
 
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """An adapter to apply: its key within the base, and how to find its directory: called by the loader
-    thread only when the adapter is not resident (it may fetch it from a remote store); None: not servable."""
+    """An adapter to apply: its key within the base, and how to find it: called by the loader thread only when
+    the adapter is not resident; its directory (it may fetch it from a remote store), or its tensors already in
+    memory (a training process's current LoRA weights), or None: not servable."""
 
     key: str
-    locate: Callable[[], Path | None]
+    locate: Callable[[], Path | LoadedAdapter | None]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ class Job:
     base: str
     model: str  # the public model name, for error messages
     adapter: str | None  # adapter key within the base; None = the base itself
-    locate: Callable[[], Path | None] | None  # finds the adapter's directory; None for the base
+    locate: Callable[[], Path | LoadedAdapter | None] | None  # finds the adapter (AdapterRef.locate); None: the base
     rows: list[Row]
     done: Done
     submitted: float = field(default_factory=time.monotonic)

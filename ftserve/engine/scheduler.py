@@ -167,14 +167,21 @@ class Scheduler:
             self.loader.submit(self._load, key, job.model, job.locate, dtype)
 
     def _load(
-        self, key: tuple[str, str], model: str, locate: Callable[[], Path | None] | None, dtype: torch.dtype
+        self,
+        key: tuple[str, str],
+        model: str,
+        locate: Callable[[], Path | LoadedAdapter | None] | None,
+        dtype: torch.dtype,
     ) -> None:
-        """Loader thread: read the adapter's safetensors into CPU tensors, then hand them to the batcher."""
+        """Loader thread: read the adapter's safetensors into CPU tensors (or take the tensors it is given), then
+        hand them to the batcher."""
         try:
-            path = None if locate is None else locate()
-            if path is None:
+            found = None if locate is None else locate()
+            if found is None:
                 raise AdapterLoadError(model, "no complete safetensors adapter on disk")
-            result: LoadedAdapter | BaseException = read_adapter(path, dtype)
+            result: LoadedAdapter | BaseException = (
+                found if isinstance(found, LoadedAdapter) else read_adapter(found, dtype)
+            )
         except AdapterLoadError as exc:
             result = exc
         except Exception as exc:

@@ -32,6 +32,12 @@ def check(template: str, param: str) -> None:
             )
 
 
+def item_paths(template: str) -> list[str]:
+    """The `item.*` paths a (checked) template reads, in order, each once."""
+    paths = [m.group(1) for m in _TAG.finditer(template) if m.group(1).split(".")[0] == "item"]
+    return list(dict.fromkeys(paths))
+
+
 def lookup(path: str, namespaces: dict[str, Any]) -> Any:
     """The value at a dotted path (list elements by index); TemplateError if any step is missing."""
     head, *rest = path.split(".")

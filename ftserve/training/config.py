@@ -45,6 +45,7 @@ class TrainingConfig:
     batch_token_budget: int
     gradient_checkpointing: bool
     attn_implementation: str
+    max_completion_tokens: int  # reinforcement: the longest sampled answer
 
     @classmethod
     def resolve(cls, spec: JobSpec, settings: Settings) -> TrainingConfig:
@@ -75,6 +76,7 @@ class TrainingConfig:
             batch_token_budget=settings.batch_token_budget,
             gradient_checkpointing=settings.gradient_checkpointing,
             attn_implementation=settings.train_attn_implementation,
+            max_completion_tokens=int(pick(ext.max_completion_tokens, settings.rft_max_completion_tokens)),
         )
 
     def hyperparameters(self, n_examples: int) -> hyperparams.Resolved:
@@ -101,6 +103,7 @@ class TrainingConfig:
             "lr_scheduler": self.lr_scheduler,
             "packing": self.packing,
             "gradient_checkpointing": self.gradient_checkpointing,
+            "max_completion_tokens": self.max_completion_tokens,
         }
         # A method reports only the options it trains with: an extension it refuses would change nothing, and
         # one that lays out its rows its own way (DPO packs each pair's prompt once) says how.

@@ -167,3 +167,4 @@ def fit(
             resume.drop_pause_point(run.storage, spec.id)
     finally:
         trainer.close()
+        method.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
@@ -42,6 +42,8 @@ class JobSpec:
     extensions: FtserveExtensions
     attempt: int = 1  # this claim's number: the fencing token every write of it carries
     method: str = methods.DEFAULT
+    # The method's own configuration as sent (reinforcement: {"grader": {...}}); {} for the others.
+    method_config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The spec as JSON, for the processes of a torchrun gang that train it without reading the DB (the

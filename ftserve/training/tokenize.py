@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from ftserve.core.datasets.formats import Chat, Example, Preference, PromptCompletion
+from ftserve.core.datasets.formats import Chat, Example, Preference, Prompt, PromptCompletion
 from ftserve.core.errors import TrainingError
 from ftserve.models.chat import render_chat
 from ftserve.models.special_tokens import end_of_turn_token
@@ -138,10 +138,13 @@ def tokenize_example(tok: PreTrainedTokenizerBase, example: Example, prompt_loss
         out.weights.append(1.0)
         out.completion.append(True)
         return out
-    if isinstance(example, Preference):  # job creation refuses this; the check keeps the types honest
-        raise TrainingError(
-            "invalid_training_file", "Preference pairs train with method.type 'dpo', not 'supervised'", "training_file"
+    if isinstance(example, Preference | Prompt):  # job creation refuses these; the check keeps the types honest
+        what = (
+            "Preference pairs train with method.type 'dpo'"
+            if isinstance(example, Preference)
+            else ("Prompts without answers train with method.type 'reinforcement'")
         )
+        raise TrainingError("invalid_training_file", f"{what}, not 'supervised'", "training_file")
     return encode_segments(tok, chat_segments(tok, example, prompt_loss_weight), add_special_tokens=False)
 
 

@@ -170,7 +170,7 @@ def test_preference_input_errors_are_clear_400s(server: Service, tmp_path: Path)
     cases: list[tuple[dict[str, Any], str, str]] = [
         ({"training_file": supervised, "method": _dpo()}, "training_file", "invalid_file_format"),
         ({"training_file": pairs}, "training_file", "invalid_file_format"),
-        ({"training_file": pairs, "method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
+        ({"training_file": pairs, "method": {"type": "reinforcement"}}, "training_file", "invalid_file_format"),
     ]
     for body, param, code in cases:
         with pytest.raises(openai.BadRequestError) as err:

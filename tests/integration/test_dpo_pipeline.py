@@ -146,7 +146,7 @@ def test_bad_combinations_are_refused_at_creation(settings: Settings) -> None:
         ({"training_file": prefs}, "training_file", "invalid_file_format"),
         ({"training_file": prefs, "method": _dpo(), "validation_file": sft_file}, "validation_file",
          "invalid_validation_file"),
-        ({"training_file": prefs, "method": Method(type="reinforcement")}, "method.type", "unsupported_method"),
+        ({"training_file": prefs, "method": Method(type="reinforcement")}, "training_file", "invalid_file_format"),
         ({"training_file": prefs, "method": _dpo(), "extensions": FtserveExtensions(prompt_loss_weight=0.1)},
          "extensions.prompt_loss_weight", "invalid_extensions"),
         ({"training_file": prefs, "method": Method.model_validate({"type": "dpo", "supervised": {}})},

@@ -39,7 +39,16 @@ def _lines(*lines: str) -> bytes:
         (_lines(json.dumps({"messages": []})), "invalid_messages", 1),
         (_lines(json.dumps({"messages": [{"role": "robot", "content": "x"}]})), "invalid_role", 1),
         (_lines(json.dumps({"messages": [{"role": "user", "content": 3}]})), "invalid_message", 1),
-        (_lines(json.dumps({"messages": [{"role": "user", "content": "only a question"}]})), "no_assistant_message", 1),
+        (
+            _lines(GOOD_CHAT, json.dumps({"messages": [{"role": "user", "content": "only a question"}]})),
+            "no_assistant_message",
+            2,
+        ),
+        (
+            _lines(json.dumps({"messages": [{"role": "user", "content": "q"}]}), GOOD_CHAT),
+            "invalid_prompt",
+            2,
+        ),
         (
             _lines(
                 json.dumps(

@@ -35,6 +35,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "preferred_output": [{"role": "assistant", "content": "Hello!"}],
         "non_preferred_output": [{"role": "assistant", "content": "What do you want."}],
     },
+    "prompts": {"messages": [{"role": "user", "content": "What is 2+2?"}], "answer": "4"},
 }
 
 
@@ -78,8 +79,9 @@ def test_a_method_describes_its_formats_validators_and_hyperparameters(name: str
         assert detect_format(sample) == fmt
         assert validator(sample, 1) is not None
     assert issubclass(method.hyperparameters, Hyperparameters)
-    every_auto = {field: "auto" for field in method.hyperparameters.model_fields}
-    assert method.hyperparameters.model_validate(every_auto).model_dump() == every_auto
+    # Every hyperparameter takes "auto" but reinforcement's reasoning_effort, whose values are OpenAI's levels.
+    every_auto = {field: "auto" for field in method.hyperparameters.model_fields if field != "reasoning_effort"}
+    assert method.hyperparameters.model_validate(every_auto).model_dump(include=set(every_auto)) == every_auto
     assert set(method.refused_extensions) <= set(FtserveExtensions.model_fields)
     # The wire schema has a block per method (OpenAI's `method.<type>`), where its hyperparameters go.
     assert name in Method.model_fields
@@ -91,8 +93,9 @@ def test_each_format_is_trained_by_one_method() -> None:
 
 
 def test_registry_lookups() -> None:
-    assert methods.find("reinforcement") is None
+    assert methods.find("continued_pretraining") is None
+    assert methods.find("reinforcement") is methods.get("reinforcement")
     assert methods.taking("beta") is methods.get("dpo")
     assert methods.on_gang() == ("supervised",)
     with pytest.raises(KeyError):
-        methods.get("reinforcement")
+        methods.get("continued_pretraining")

@@ -71,8 +71,10 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[JobStatus] = mapped_column(JobStatusType())
-    # OpenAI's method.type: "supervised" or "dpo".
+    # OpenAI's method.type: "supervised", "dpo" or "reinforcement".
     method: Mapped[str] = mapped_column(String(16), default="supervised", server_default="supervised")
+    # A method's own configuration beyond its hyperparameters, as sent (reinforcement: {"grader": {...}}).
+    method_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # What the client asked for ("auto" kept) and what training resolved it to (DPO's beta included).
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     # ftserve extensions: prompt_loss_weight, lora rank/alpha/dropout/target_modules.

@@ -45,6 +45,21 @@ def method_of(req: JobCreate) -> tuple[MethodSpec, Hyperparameters]:
     return spec, chosen
 
 
+def method_config(req: JobCreate, method: MethodSpec) -> dict[str, Any] | None:
+    """The method block's own fields the job keeps (its MethodSpec's config_fields), as sent; 400 if one is
+    missing (a reinforcement job without its grader)."""
+    if not method.config_fields:
+        return None
+    block = getattr(req.method or Method(), method.name)
+    if block is None:
+        raise bad_request(
+            f"method.{method.name} is required for method.type '{method.name}': it holds the "
+            + " and ".join(method.config_fields),
+            param=f"method.{method.name}",
+        )
+    return block.model_dump(mode="json", include=set(method.config_fields), exclude_none=True)  # type: ignore[no-any-return]
+
+
 def check_format(method: MethodSpec, f: File, param: str) -> None:
     """The file's format is one the method trains on (a DPO job needs preference pairs, and so on)."""
     if f.format in method.formats:

@@ -32,7 +32,7 @@ def job_to_wire(job: Job) -> FineTuningJob:
         estimated_finish=job.estimated_finish,
         integrations=[],
         metadata=job.metadata_,
-        method={"type": method, method: {"hyperparameters": hp}},
+        method={"type": method, method: {**(job.method_config or {}), "hyperparameters": hp}},
         extensions=job.extensions or None,
         gang={"processes": job.gang_processes, "hosts": job.gang_hosts or 1} if job.gang_processes else None,
     )

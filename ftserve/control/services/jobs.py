@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ftserve.control.db.tables import Checkpoint, File, Job, JobEvent
-from ftserve.control.services import catalog, job_methods, job_state
+from ftserve.control.services import catalog, grader_checks, job_methods, job_state
 from ftserve.control.services.files import get_file
 from ftserve.control.services.pagination import page
 from ftserve.control.services.queue import enqueue_training
@@ -20,7 +20,7 @@ from ftserve.core.config import Settings
 from ftserve.core.errors import InvalidRequest, bad_request, not_found
 from ftserve.core.ids import new_id, now
 from ftserve.core.job_status import TERMINAL, JobStatus
-from ftserve.core.schemas.jobs import JobCreate
+from ftserve.core.schemas.jobs import JobCreate, ReinforcementHyperparameters
 
 
 def _check_data_file(session: Session, org: str, file_id: str, param: str) -> File:
@@ -87,6 +87,12 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
     hp = {k: ("auto" if v is None else v) for k, v in hyperparameters.model_dump().items()}
     ext = req.extensions.model_dump(exclude_none=True) if req.extensions else {}
     job_methods.check_extensions(method, resolved, ext)
+    config = job_methods.method_config(req, method)
+    if config is not None and "grader" in config:
+        assert req.method is not None and req.method.reinforcement is not None  # method_config checked it
+        assert isinstance(hyperparameters, ReinforcementHyperparameters)
+        files = {train.id: "training_file", **({req.validation_file: "validation_file"} if req.validation_file else {})}
+        grader_checks.check_reinforcement(settings, req.method.reinforcement.grader, hyperparameters, files)
     job = Job(
         id=new_id("ftjob-"),
         org_id=org,
@@ -97,6 +103,7 @@ def create_job(session: Session, settings: Settings, org: str, req: JobCreate) -
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31 - 1),
         status=JobStatus.VALIDATING_FILES,
         method=method.name,
+        method_config=config,
         hyperparameters=hp,
         extensions=ext,
         metadata_=req.metadata,

@@ -15,9 +15,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -47,6 +48,15 @@ CHECKPOINT_METRICS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
+
+
+def checkpoint_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's checkpoint metrics, plus the rewards a method reports (reinforcement's mean rewards, per
+    sub-grader too; DPO's implicit rewards), so a checkpoint says how its model scored."""
+    rewards = {k: v for k, v in metrics.items() if "reward" in k and isinstance(v, int | float)}
+    return {**{k: metrics.get(k) for k in CHECKPOINT_METRICS}, **rewards}
+
+
 # While this worker holds the lease, progress (events, metrics, checkpoints) may still land in these states:
 # a pause takes effect at the next step, and a step already trained belongs to the resume point it leaves.
 _HELD = (S.RUNNING, S.PAUSED, S.QUEUED)
@@ -78,6 +88,7 @@ def _spec(job: Job, resolved: catalog.ResolvedModel, attempt: int) -> JobSpec:
         extensions=FtserveExtensions.model_validate(job.extensions or {}),
         attempt=attempt,
         method=job.method,
+        method_config=dict(job.method_config or {}),
     )
 
 
@@ -180,6 +191,20 @@ class TrainingStore:
                     error={"code": "model_not_found", "message": gone.message, "param": "model"},
                 )
                 return None
+            try:  # read the row as training will before taking it: one it cannot read fails now, never loops
+                spec = _spec(job, resolved, job.attempts + 1)
+            except ValidationError as bad:
+                message = f"The job's stored settings cannot be read: {bad.errors()[0]['msg']}"
+                job_state.transition(
+                    s,
+                    self.job_id,
+                    JobStatus.FAILED,
+                    f"Fine-tuning job failed: {message}",
+                    level="error",
+                    only_from={JobStatus.QUEUED},
+                    error={"code": "invalid_job", "message": message, "param": None},
+                )
+                return None
             ok = job_state.transition(
                 s,
                 self.job_id,
@@ -195,7 +220,7 @@ class TrainingStore:
             if not ok:
                 return None
             attempt = int(s.scalar(select(Job.attempts).where(Job.id == self.job_id)) or 0)
-            return _spec(job, resolved, attempt)
+            return replace(spec, attempt=attempt)
 
         spec = self._run(work)
         if spec is not None:
@@ -418,7 +443,7 @@ class TrainingStore:
                     org_id=org,
                     created_at=now(),
                     step_number=step,
-                    metrics={k: metrics.get(k) for k in CHECKPOINT_METRICS},
+                    metrics=checkpoint_metrics(metrics),
                     fine_tuned_model_checkpoint=name,
                 )
             )

@@ -28,6 +28,16 @@ _MIXED = (
 
 def parse_chat(obj: dict[str, Any], line: int) -> Chat:
     """Check one chat line and turn it into a Chat (legacy functions as tools), or raise DatasetError."""
+    chat = parse_conversation(obj, line)
+    if not any(m.role == "assistant" and m.weight == 1 for m in chat.messages):
+        raise DatasetError(
+            "no_assistant_message", "every example needs an assistant message to train on (weight 1)", line
+        )
+    return chat
+
+
+def parse_conversation(obj: dict[str, Any], line: int) -> Chat:
+    """A line's messages and tools checked as chat checks them, whatever turn it ends on (DatasetError if not)."""
     raw = obj["messages"]
     if not isinstance(raw, list) or not raw:
         raise DatasetError("invalid_messages", '"messages" must be a non-empty list', line)
@@ -46,10 +56,6 @@ def parse_chat(obj: dict[str, Any], line: int) -> Chat:
                     f"messages[{i}] makes {len(m.tool_calls)} tool calls but the line sets parallel_tool_calls false",
                     line,
                 )
-    if not any(m.role == "assistant" and m.weight == 1 for m in messages):
-        raise DatasetError(
-            "no_assistant_message", "every example needs an assistant message to train on (weight 1)", line
-        )
     return Chat(tuple(messages), tools, parallel)
 
 

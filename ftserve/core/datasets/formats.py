@@ -3,10 +3,10 @@ JSON line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Format = Literal["prompt_completion", "chat", "preference"]
+Format = Literal["prompt_completion", "chat", "preference", "prompts"]
 ROLES = ("system", "user", "assistant")
 
 
@@ -83,7 +83,18 @@ class Preference:
     parallel_tool_calls: bool | None = None
 
 
-Example = PromptCompletion | Chat | Preference
+@dataclass(frozen=True)
+class Prompt:
+    """A reinforcement fine-tuning line (OpenAI's RFT format): a conversation ending with the user's turn, its
+    tools, and the whole line as the grader's `item` (its other keys are the references graders read)."""
+
+    messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...] = ()
+    parallel_tool_calls: bool | None = None
+    item: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+Example = PromptCompletion | Chat | Preference | Prompt
 PREFERENCE_KEYS = ("preferred_output", "non_preferred_output")
 # The top-level keys each format's reader takes (OpenAI's training formats); a line's other keys are ignored,
 # as OpenAI ignores them, and reported in the file's status_details (datasets/validate.UnknownKeys).
@@ -91,6 +102,7 @@ KNOWN_KEYS: dict[Format, frozenset[str]] = {
     "prompt_completion": frozenset({"prompt", "completion"}),
     "chat": frozenset({"messages", "tools", "parallel_tool_calls", "functions"}),
     "preference": frozenset({"input", *PREFERENCE_KEYS}),
+    "prompts": frozenset(),  # every key of a reinforcement line is the grader's to read (item.*)
 }
 # A preference line's `input`: the conversation the two outputs answer, with its tools.
 PREFERENCE_INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
@@ -100,17 +112,23 @@ def detect_format(obj: dict[str, Any]) -> Format | None:
     if any(k in obj for k in PREFERENCE_KEYS) or isinstance(obj.get("input"), dict):
         return "preference"
     if "messages" in obj:
-        return "chat"
+        from ftserve.core.datasets.prompts import is_prompt_line
+
+        return "prompts" if is_prompt_line(obj) else "chat"
     if "prompt" in obj or "completion" in obj:
         return "prompt_completion"
     return None
 
 
-def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
-    """Check one decoded JSON value and turn it into an Example, or raise DatasetError."""
+def parse_example(obj: Any, line: int, expected: Format | None = None) -> tuple[Format, Example]:
+    """Check one decoded JSON value and turn it into an Example, or raise DatasetError. `expected`: the format the
+    file's earlier lines are in; a `messages` line is read as that one (chat or prompts), so a chat file's line
+    without an answer is refused as one, not as a change of format."""
     if not isinstance(obj, dict):
         raise DatasetError("invalid_example", f"expected a JSON object, got {type(obj).__name__}", line)
     fmt = detect_format(obj)
+    if fmt in ("chat", "prompts") and expected in ("chat", "prompts"):
+        fmt = expected
     if fmt == "chat":
         # Imported here, like the preference parser: both build on this module's types and message checks.
         from ftserve.core.datasets.chat import parse_chat
@@ -122,6 +140,10 @@ def parse_example(obj: Any, line: int) -> tuple[Format, Example]:
         from ftserve.core.datasets.preference import parse_preference
 
         return fmt, parse_preference(obj, line)
+    if fmt == "prompts":
+        from ftserve.core.datasets.prompts import parse_prompt
+
+        return fmt, parse_prompt(obj, line)
     raise DatasetError(
         "unknown_format",
         'each line needs "prompt" and "completion", "messages", or "input" with "preferred_output" and '

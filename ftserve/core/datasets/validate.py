@@ -40,6 +40,8 @@ class UnknownKeys:
     keys: dict[str, KeySeen] = field(default_factory=dict)
 
     def add(self, fmt: Format, obj: dict[str, Any], line: int) -> None:
+        if fmt == "prompts":
+            return  # a reinforcement line's other keys are its grader's references (item.*), not unknown
         unknown = [str(k) for k in obj if k not in KNOWN_KEYS[fmt]]
         if fmt == "preference" and isinstance(obj.get("input"), dict):
             unknown += [f"input.{k}" for k in obj["input"] if k not in PREFERENCE_INPUT_KEYS]
@@ -83,7 +85,7 @@ def iter_examples(
     `unknown`, when given, counts the keys each line carries that its format does not read."""
     fmt: Format | None = None
     for lineno, obj in json_lines(path, max_line_bytes):
-        line_fmt, example = parse_example(obj, lineno)
+        line_fmt, example = parse_example(obj, lineno, fmt)
         if fmt is None:
             fmt = line_fmt
         elif line_fmt != fmt:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from ftserve.core.methods.base import LineValidator, MethodSpec
 from ftserve.core.methods.dpo import DPO
+from ftserve.core.methods.reinforcement import REINFORCEMENT
 from ftserve.core.methods.supervised import SUPERVISED
 
-METHODS: dict[str, MethodSpec] = {m.name: m for m in (SUPERVISED, DPO)}
+METHODS: dict[str, MethodSpec] = {m.name: m for m in (SUPERVISED, DPO, REINFORCEMENT)}
 # A job that names no method trains this one (OpenAI's default).
 DEFAULT = SUPERVISED.name
 

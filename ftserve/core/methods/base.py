@@ -32,3 +32,6 @@ class MethodSpec:
     # learning_rate_multiplier, and the smallest batch_size (the shared rule's ~0.2% of the examples below it).
     auto_learning_rate_multiplier: float = 1.0
     auto_min_batch_size: int = 1
+    # The fields of its `method.<name>` block besides hyperparameters that the job keeps (reinforcement: its
+    # grader), stored as the job's method_config and handed to training in JobSpec.method_config.
+    config_fields: tuple[str, ...] = ()

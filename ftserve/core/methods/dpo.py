@@ -12,7 +12,8 @@ DPO = MethodSpec(
     format_hint="DPO trains on preference pairs (input, preferred_output, non_preferred_output)",
     hyperparameters=DpoHyperparameters,
     refused_extensions={
-        "prompt_loss_weight": "prompt_loss_weight is for supervised jobs: DPO trains on the two replies only"
+        "prompt_loss_weight": "prompt_loss_weight is for supervised jobs: DPO trains on the two replies only",
+        "max_completion_tokens": "max_completion_tokens is for reinforcement jobs: it bounds a sampled answer",
     },
     packing="pairs",  # each pair's prompt is packed once for both replies (ftserve/training/methods/dpo_rows)
     # DPO's loss is a mean over pairs with a reference pass per pair; it is not split across ranks yet.

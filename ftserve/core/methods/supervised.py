@@ -10,7 +10,13 @@ from ftserve.core.schemas.jobs import Hyperparameters
 SUPERVISED = MethodSpec(
     name="supervised",
     formats={"prompt_completion": parse_prompt_completion, "chat": parse_chat},
-    format_hint="supervised jobs train on prompt/completion or chat examples; preference pairs need method.type 'dpo'",
+    format_hint=(
+        "supervised jobs train on prompt/completion or chat examples (with an assistant answer); preference pairs "
+        "need method.type 'dpo', prompts without answers method.type 'reinforcement'"
+    ),
     hyperparameters=Hyperparameters,
+    refused_extensions={
+        "max_completion_tokens": "max_completion_tokens is for reinforcement jobs: it bounds a sampled answer",
+    },
     runs_on_gang=True,
 )

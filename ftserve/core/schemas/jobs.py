@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ftserve.core.job_status import JobStatus
 from ftserve.core.schemas.common import Metadata, WireRequest
+from ftserve.core.schemas.graders import Grader
 from ftserve.core.validation import moved
 
 Auto = Literal["auto"]
@@ -17,6 +18,11 @@ Epochs = Annotated[int, Field(ge=1, le=50)]
 BatchSize = Annotated[int, Field(ge=1, le=256)]
 LearningRateMultiplier = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
 Beta = Annotated[float, Field(gt=0.0, le=2.0, allow_inf_nan=False)]
+# Reinforcement fine-tuning's own (OpenAI's names): samples per prompt scale with compute_multiplier
+# (docs/training.md#reinforcement-fine-tuning); evaluation every eval_interval steps over eval_samples prompts.
+ComputeMultiplier = Annotated[float, Field(ge=0.00001, le=10.0, allow_inf_nan=False)]
+EvalInterval = Annotated[int, Field(ge=1, le=10_000)]
+EvalSamples = Annotated[int, Field(ge=1, le=1_000)]
 
 # Fields that moved, where a client that learned an earlier shape sends them, and where they are now: the
 # legacy /v1/fine-tunes API took the hyperparameters at the top level, and ftserve's own settings live in
@@ -47,6 +53,19 @@ class DpoHyperparameters(Hyperparameters):
     beta: Auto | Beta | None = None
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    """OpenAI's reinforcement hyperparameters: the shared three plus its own; `reasoning_effort` the bases
+    ftserve serves cannot honour beyond "default" (refused by name at job creation)."""
+
+    model_config = ConfigDict(json_schema_extra=moved(MOVED_INTO_EXTENSIONS))
+
+    compute_multiplier: Auto | ComputeMultiplier | None = None
+    eval_interval: Auto | EvalInterval | None = None
+    eval_samples: Auto | EvalSamples | None = None
+    # OpenAI's default; never "auto" (not one of its values).
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+
+
 class SupervisedMethod(WireRequest):
     hyperparameters: Hyperparameters | None = None
 
@@ -55,13 +74,20 @@ class DpoMethod(WireRequest):
     hyperparameters: DpoHyperparameters | None = None
 
 
+class ReinforcementMethod(WireRequest):
+    """OpenAI's reinforcement method: the grader that scores each sampled answer, and the hyperparameters."""
+
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class Method(WireRequest):
-    """OpenAI's `method`; `reinforcement` is accepted by the schema so the service can refuse it by name."""
+    """OpenAI's `method`."""
 
     type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class FtserveExtensions(WireRequest):
@@ -74,6 +100,8 @@ class FtserveExtensions(WireRequest):
     target_modules: list[str] | None = Field(default=None, min_length=1)
     warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     lr_scheduler: Literal["linear", "cosine", "constant"] | None = None
+    # Reinforcement jobs: the longest answer a rollout samples (tokens; default FTSERVE_RFT_MAX_COMPLETION_TOKENS).
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
 
 
 class JobCreate(WireRequest):

@@ -386,7 +386,7 @@ class VllmBackend:
         this host's own copy when none is set (vLLM on the same host)."""
         assert ref.adapter is not None
         local = ref.adapter.locate()
-        if local is None:
+        if not isinstance(local, Path):  # serving's refs name directories; in-memory adapters are training's
             raise AdapterLoadError(ref.name, "its files are missing")
         shared = self.bases[ref.base].vllm_adapter_dir
         if shared is None:

@@ -66,6 +66,10 @@ class TrainingMethod(Protocol):
         show the model breaking (once), else None."""
         ...
 
+    def close(self) -> None:
+        """Release what the method holds beyond the model (reinforcement: its sampling engine and grader pool)."""
+        ...
+
 
 @dataclass(frozen=True)
 class MethodJob:

@@ -144,6 +144,9 @@ class Dpo:
         """A warning once the step metrics show the model collapsing (ftserve/training/methods/dpo_health)."""
         return self.watch.observe(metrics)
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def _row(self, row: DpoRow, reference: torch.Tensor, sums: _Sums) -> torch.Tensor:
         """The summed DPO loss of one row's pairs (for backward), its metrics added to sums."""
         logps = row_logps(self.model, row, self.device)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from ftserve.training.methods.base import MethodTraining
 from ftserve.training.methods.dpo import DpoTraining
+from ftserve.training.methods.reinforcement import ReinforcementTraining
 from ftserve.training.methods.supervised import SupervisedTraining
 
-TRAINING: dict[str, MethodTraining] = {t.method.name: t for t in (SupervisedTraining(), DpoTraining())}
+TRAINING: dict[str, MethodTraining] = {
+    t.method.name: t for t in (SupervisedTraining(), DpoTraining(), ReinforcementTraining())
+}
 
 
 def training_for(name: str) -> MethodTraining:

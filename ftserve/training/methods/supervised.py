@@ -50,6 +50,9 @@ class Supervised:
         """No watch: a supervised job's loss is the thing it is taught to lower."""
         return None
 
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 class SupervisedTraining:
     """The supervised method's training side: examples tokenized with their prompt loss weight, then Supervised."""

@@ -1,0 +1,240 @@
+"""OpenAI's `reinforcement` method, GRPO-style: per step, a group of completions per prompt sampled by ftserve's
+engine with the policy's current LoRA weights (training/rollouts), each graded as it finishes (ftserve/graders,
+in a pool, while the other groups still generate), group-relative advantages, then TRL's GRPO loss
+(methods/rft_loss) and one optimizer step."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel
+from pydantic import TypeAdapter
+from transformers import PreTrainedTokenizerBase
+
+from ftserve import graders
+from ftserve.core.config import Settings
+from ftserve.core.methods.reinforcement import REINFORCEMENT
+from ftserve.core.schemas.graders import Grader as WireGrader
+from ftserve.core.schemas.graders import GraderErrors
+from ftserve.graders.base import Grader, GradeResult, Sample
+from ftserve.models.tools import parse_tool_calls
+from ftserve.training.config import TrainingConfig
+from ftserve.training.export import RESULT_COLUMNS
+from ftserve.training.hyperparams import ReinforcementResolved
+from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome, StepWarning
+from ftserve.training.methods.rft_data import PromptItem, load_prompts
+from ftserve.training.methods.rft_loss import GrpoConfig, backward_step, group_advantages
+from ftserve.training.rollouts import Rollouts, Row, Sampling
+from ftserve.training.tokenize import TokenizeStats
+from ftserve.training.trainer import LoraTrainer
+
+RFT_COLUMNS = ["train_reward_mean", "valid_reward_mean", "train_sample_tokens_mean", "train_grader_errors"]
+# Completions per forward pass of the loss (their rows padded to the longest of them).
+ROWS_PER_PASS = 8
+# Sampling temperature of rollouts and evaluations (TRL's GRPO default): the policy's own distribution.
+TEMPERATURE = 1.0
+
+
+@dataclass
+class Graded:
+    """One sampled completion: its row and its grade."""
+
+    row: Row
+    grade: GradeResult
+
+    @property
+    def completion(self) -> list[int]:
+        """The sampled tokens, with the stop token that ended them (it is trained on, as TRL does)."""
+        stop = [] if self.row.stop_token is None else [self.row.stop_token]
+        return self.row.token_ids + stop
+
+
+@dataclass
+class _Tally:
+    rewards: list[float] = field(default_factory=list)
+    subs: dict[str, list[float]] = field(default_factory=dict)
+    errors: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    def add(self, g: Graded) -> None:
+        self.rewards.append(g.grade.reward)
+        for name, value in g.grade.sub_rewards.items():
+            self.subs.setdefault(name, []).append(value)
+        self.errors += int(_failed(g.grade.errors))
+        self.lengths.append(len(g.completion))
+
+    def metrics(self, prefix: str) -> Metrics:
+        n = max(len(self.rewards), 1)
+        out: Metrics = {f"{prefix}_reward_mean": sum(self.rewards) / n}
+        out.update({f"{prefix}_reward_mean_{k}": sum(v) / len(v) for k, v in self.subs.items()})
+        out[f"{prefix}_sample_tokens_mean"] = sum(self.lengths) / n
+        out[f"{prefix}_grader_errors"] = float(self.errors)
+        return out
+
+
+def _failed(errors: GraderErrors) -> bool:
+    return any(value is True for value in errors.model_dump().values())
+
+
+class Reinforcement:
+    """Reinforcement fine-tuning on prompts with a grader."""
+
+    csv_columns = RESULT_COLUMNS + RFT_COLUMNS
+
+    def __init__(
+        self,
+        model: PeftModel,
+        tok: PreTrainedTokenizerBase,
+        train: list[PromptItem],
+        valid: list[PromptItem],
+        grader: Grader,
+        rollouts: Rollouts,
+        hp: ReinforcementResolved,
+        max_completion: int,
+        seed: int,
+        device: torch.device,
+        workers: int = 4,
+    ) -> None:
+        self.model, self.tok, self.train, self.valid = model, tok, train, valid
+        self.n_train, self.n_valid = len(train), len(valid)
+        self.grader, self.rollouts, self.hp = grader, rollouts, hp
+        self.max_completion, self.seed, self.device = max_completion, seed, device
+        self.loss = GrpoConfig()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grader")
+        self.steps = 0
+
+    def prepare(self, trainer: LoraTrainer, resumed: bool) -> str | None:
+        self.rollouts.publish()
+        return (
+            f"Sampling {self.hp.group_size} answers per prompt (compute_multiplier {self.hp.compute_multiplier}) of "
+            f"up to {self.max_completion} tokens with ftserve's engine on the policy's live weights"
+        )
+
+    def train_step(self, trainer: LoraTrainer, indices: list[int]) -> StepOutcome:
+        """Sample and grade a group per prompt, then one optimizer step on TRL's GRPO loss."""
+        self.steps += 1
+        group = self.hp.group_size
+        began = time.monotonic()
+        graded = self._sample([self.train[i] for i in indices], group, self._seed("train"))
+        sampled = time.monotonic() - began
+        rewards = torch.tensor([g.grade.reward for g in graded])
+        advantages = group_advantages(rewards, group)
+        trainer.begin_step()
+        loss = self._backward(trainer, graded, advantages)
+        trainer.finish_step()
+        self.rollouts.publish()
+        tally = _Tally()
+        for g in graded:
+            tally.add(g)
+        tokens = sum(len(self.train[i].ids) for i in indices) * group + sum(tally.lengths)
+        metrics: Metrics = {"train_loss": loss, "train_mean_token_accuracy": None, **tally.metrics("train")}
+        metrics["train_reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0
+        metrics["rollout_seconds"] = sampled
+        return StepOutcome(metrics, tokens)
+
+    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str) -> Metrics:
+        """Every eval_interval steps (and at each epoch's end), the mean reward of one answer per validation
+        prompt over eval_samples of them (the same ones each time, so evaluations compare)."""
+        if prefix == "valid" and self.steps % self.hp.eval_interval != 0:
+            return {}
+        prompts = self.valid[: self.hp.eval_samples]
+        tally = _Tally()
+        for g in self._sample(prompts, 1, self.seed):
+            tally.add(g)
+        return {f"{prefix}_loss": None, **tally.metrics(prefix)}
+
+    def step_message(self, metrics: Metrics) -> str:
+        text = f"training loss={metrics['train_loss']:.4f}, reward={metrics['train_reward_mean']:.4f}"
+        if metrics.get("valid_reward_mean") is not None:
+            text += f", validation reward={metrics['valid_reward_mean']:.4f}"
+        return text
+
+    def health(self, metrics: dict[str, Any]) -> StepWarning | None:
+        return None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.rollouts.close()
+
+    def _seed(self, what: str) -> int:
+        return (self.seed * 1_000_003 + self.steps * 7_919 + (0 if what == "train" else 1)) % 2**31
+
+    def _sample(self, prompts: list[PromptItem], n: int, seed: int) -> list[Graded]:
+        """n answers per prompt, each graded in the pool as soon as its prompt's group finishes."""
+        futures: dict[int, list[Future[GradeResult]]] = {}
+
+        def on_group(i: int, rows: list[Row]) -> None:
+            futures[i] = [self.pool.submit(self._grade, prompts[i], row) for row in rows]
+
+        def sampling(k: int) -> Sampling:
+            return Sampling(max_tokens=self.max_completion, temperature=TEMPERATURE, seed=(seed + k) % 2**31)
+
+        groups = self.rollouts.sample([p.ids for p in prompts], n, sampling, on_group)
+        return [
+            Graded(row, future.result())
+            for i, rows in enumerate(groups)
+            for row, future in zip(rows, futures[i], strict=True)
+        ]
+
+    def _grade(self, prompt: PromptItem, row: Row) -> GradeResult:
+        calls: list[dict[str, Any]] = []
+        if prompt.tools:
+            _content, parsed = parse_tool_calls(row.text, set(prompt.tools))
+            calls = [{"name": c.name, "arguments": c.arguments} for c in parsed]
+        try:
+            return self.grader.grade(Sample.from_text(row.text, calls), prompt.item)
+        except graders.NotSupportedYet:
+            raise
+        except Exception as exc:  # a grader's own failure scores 0, flagged; it never ends the job
+            return GradeResult.failed(other_error=True, python_grader_runtime_error_details=str(exc)[:500])
+
+    def _backward(self, trainer: LoraTrainer, graded: list[Graded], advantages: torch.Tensor) -> float:
+        rows = [(g.row.prompt_ids, g.completion) for g in graded]
+        pad = int(self.tok.pad_token_id or 0)
+        return backward_step(self.model, rows, advantages, self.loss, trainer.backward, pad, self.device, ROWS_PER_PASS)
+
+
+class ReinforcementTraining:
+    """The reinforcement method's training side: prompts as tokens, then Reinforcement with its grader and the
+    engine that samples for it."""
+
+    method = REINFORCEMENT
+    unit = "prompts"
+    dropped_why = "with no room left for an answer"
+    block_mask = False
+
+    def tokenize(
+        self, settings: Settings, file_id: str, tok: PreTrainedTokenizerBase, config: TrainingConfig
+    ) -> tuple[list[Any], TokenizeStats]:
+        return load_prompts(settings, file_id, tok, config.max_seq_len, config.max_completion_tokens)
+
+    def build(self, job: MethodJob, train: list[Any], valid: list[Any]) -> Reinforcement:
+        spec, settings = job.spec, job.settings
+        assert job.hp.reinforcement is not None
+        limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
+        grader = graders.build(_grader_model(spec.method_config), limits)
+        rollouts = Rollouts(job.model, job.tok, settings.engine(), job.device, spec.id)
+        return Reinforcement(
+            job.model,
+            job.tok,
+            train,
+            valid,
+            grader,
+            rollouts,
+            job.hp.reinforcement,
+            job.config.max_completion_tokens,
+            spec.seed,
+            job.device,
+        )
+
+
+def _grader_model(config: dict[str, Any]) -> Any:
+    """The job's grader as its wire model (stored as sent; job creation checked it)."""
+    return _GRADER.validate_python(config["grader"])
+
+
+_GRADER: TypeAdapter[Any] = TypeAdapter(WireGrader)
