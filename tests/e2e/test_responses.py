@@ -262,7 +262,6 @@ OBJECT = {"type": "object"}
     [
         ({"input": [{"role": "user", "content": [IMAGE]}]}, "input[0].content[0].type"),
         ({"input": "hi", "background": True}, "background"),
-        ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}, "input"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": OBJECT}}}, "text.format.name"),
         ({"input": "hi", "max_output_tokens": 100000}, "max_output_tokens"),
         ({"input": "hi", "tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
@@ -286,3 +285,39 @@ def test_input_items_pages_by_item_id(client: OpenAI) -> None:
     assert rest == ["0", "1", "2", "3", "4"]  # the SDK follows `after` (last_id) through the pages
     paged = [i.content[0].text for i in client.responses.input_items.list(r.id, order="asc", limit=2)]  # type: ignore[union-attr]
     assert paged == rest
+
+
+USER = {"role": "user", "content": "hi"}
+CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}
+
+
+@pytest.mark.parametrize(
+    ("items", "param"),
+    [
+        ([USER, USER, {"role": "user", "content": [{"type": "input_text", "text": 5}]}], "input[2].content[0].text"),
+        ([{"role": "user", "content": [{"type": "input_text"}]}], "input[0].content[0].text"),
+        ([{"role": "user", "content": [{"text": "hi"}]}], "input[0].content[0].type"),
+        ([{"role": "user", "content": 5}], "input[0].content"),
+        ([{"role": "robot", "content": "hi"}], "input[0].role"),
+        ([{"role": "user"}], "input[0].content"),
+        ([{"role": "user", "content": "hi", "colour": "red"}], "input[0].colour"),
+        (["hi"], "input[0]"),
+        ([{"type": "reasoning", "summary": []}], "input[0].type"),
+        ([USER, {"type": "function_call_output", "output": "1"}], "input[1].call_id"),
+        ([USER, {"type": "function_call_output", "call_id": "", "output": "1"}], "input[1].call_id"),
+        ([USER, {"type": "function_call_output", "call_id": "call_1", "output": 1}], "input[1].output"),
+        ([USER, {**CALL, "name": "get weather"}], "input[1].name"),
+        ([USER, {**CALL, "arguments": {}}], "input[1].arguments"),
+        ([USER, {**CALL, "status": "done"}], "input[1].status"),
+        # What only the conversation shows: named at the item the chat plan's message came from.
+        ([{"type": "function_call_output", "call_id": "call_x", "output": "1"}], "input[0].call_id"),
+        ([USER, CALL, {"type": "function_call_output", "call_id": "call_2", "output": "1"}], "input[2].call_id"),
+        ([USER, {"role": "assistant", "content": "ok"}, {**CALL, "arguments": "[]"}], "input[2].arguments"),
+        ([USER, CALL, {**CALL, "name": "other"}], "input[2].call_id"),
+    ],
+)  # fmt: skip
+def test_a_bad_input_item_is_a_400_naming_it_as_written(client: OpenAI, items: list[object], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.post("/responses", body={"model": MODEL, "input": items, "max_output_tokens": 1}, cast_to=object)
+    error = exc.value.body
+    assert error["param"] == param and param in error["message"], error  # type: ignore[index]
