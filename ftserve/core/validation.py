@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +116,13 @@ def _unwrap(node: Schema | None, resolve: Resolver) -> Schema | None:
 
 def _branch(branches: list[Schema], tag: str | int, rest: Sequence[str | int], resolve: Resolver) -> Schema | None:
     """The branch a union's tag names, where the rest of the loc leads on."""
-    walkable = [b for b in branches if _walk(b, rest, resolve, strict=True) is not None]
+    walks = [(b, _walk(b, rest, resolve, strict=True)) for b in branches]
+    walkable = [b for b, steps in walks if steps is not None]
     named = [b for b in walkable if _label(b, resolve) == tag]
-    chosen = (named or walkable)[:1]
+    # A tag that names no branch (a callable discriminator's, such as an item's `type`): a branch that knows every
+    # field of the rest (one holding `output`, not merely `call_id`) before one where the last field is unknown.
+    known = [b for b, steps in walks if steps is not None and (not steps or steps[-1].node is not None)]
+    chosen = (named or known or walkable)[:1]
     return resolve(chosen[0]) if chosen else None
 
 
@@ -279,8 +284,12 @@ def _tag(param: str | None, node: Schema | None, error: Mapping[str, Any], resol
         return InvalidRequest(f"Missing required parameter: '{where}'.", param=where, code="missing_required_parameter")
     tags = list((union.get("discriminator") or {}).get("mapping") or {})
     ctx = error.get("ctx") or {}
-    allowed = ", ".join(json.dumps(t) for t in tags) if tags else str(ctx.get("expected_tags", ""))
-    got = received(ctx.get("tag"))
+    # A callable discriminator has no mapping in the schema: its tags come quoted in pydantic's words ('a', 'b').
+    tags = tags or re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+    allowed = ", ".join(json.dumps(t) for t in tags)
+    sent = error.get("input")
+    # The value as sent (a callable discriminator's tag is its string: 5 would read "5").
+    got = received(sent[field] if isinstance(sent, Mapping) and field in sent else ctx.get("tag"))
     return InvalidRequest(f"{where} must be one of {allowed}; got {got}.", param=where, code="invalid_value")
 
 

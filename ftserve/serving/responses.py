@@ -24,6 +24,7 @@ from ftserve.core.schemas.responses import (
     FunctionCallOutputItem,
     IncompleteDetails,
     InputMessage,
+    InputTextPart,
     NamedFunctionChoice,
     OutputFunctionCall,
     OutputItem,
@@ -35,9 +36,9 @@ from ftserve.core.schemas.responses import (
 )
 from ftserve.engine.generation import Row
 from ftserve.serving.requests import ChatPlan, plan_chat
+from ftserve.serving.response_conversation import Conversation, conversation
 from ftserve.serving.tools import reply_message
 
-_TEXT_PARTS = {"input_text", "output_text"}
 _TOOL_KEYS = {"type", "name", "description", "parameters", "strict"}
 
 
@@ -78,7 +79,7 @@ def input_items(req: ResponseCreateRequest) -> list[dict[str, Any]]:
             else:
                 parts = []
                 for j, part in enumerate(item.content):
-                    if part.type not in _TEXT_PARTS or part.text is None:
+                    if not isinstance(part, InputTextPart):
                         raise bad_request(
                             f"input[{i}].content[{j}]: content of type '{part.type}' is not supported; ftserve's "
                             "models take text (input_text, output_text)",
@@ -113,31 +114,6 @@ def input_items(req: ResponseCreateRequest) -> list[dict[str, Any]]:
 
 def _message(role: str, parts: list[dict[str, Any]], ident: str | None = None) -> dict[str, Any]:
     return {"id": ident or new_id("msg_"), "type": "message", "role": role, "content": parts, "status": "completed"}
-
-
-def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation as chat messages: instructions as the system message, a function_call joins the assistant
-    message just before it (or starts one), a function_call_output is a `tool` message."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}] if instructions else []
-    for item in items:
-        kind = item.get("type")
-        if kind == "message":
-            text = "".join(p.get("text") or "" for p in item.get("content", []))
-            messages.append({"role": item["role"], "content": text})
-        elif kind == "function_call":
-            call = {
-                "id": item["call_id"],
-                "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
-            }
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
-    return messages
 
 
 def _tools(req: ResponseCreateRequest) -> list[dict[str, Any]] | None:
@@ -218,7 +194,7 @@ def chat_request(req: ResponseCreateRequest, messages: list[dict[str, Any]]) -> 
         return ChatCompletionRequest.model_validate({k: v for k, v in body.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         raise bad_request(f"{where}: {err['msg']}", param=where) from None
 
 
@@ -232,18 +208,24 @@ _WORDS = (
 
 
 @contextmanager
-def responses_words() -> Iterator[None]:
+def responses_words(conv: Conversation | None = None) -> Iterator[None]:
     """A 400 of the chat plan (or its grammar check) names the Responses API's parameter: max_output_tokens,
-    text.format, tools[i].parameters; a chat message's fault is `input`'s (the conversation as rendered)."""
+    text.format, tools[i].parameters; a chat message's fault names the item it came from (`input[2].call_id`), the
+    instructions or previous_response_id (conv: where each message came from), else `input` as a whole."""
     try:
         yield
     except InvalidRequest as exc:
-        for chat, words in _WORDS:
-            exc.message = exc.message.replace(chat, words)
-            exc.param = exc.param.replace(chat, words) if exc.param else exc.param
-        if exc.param and exc.param.startswith("messages["):
+        chat = exc.param or ""
+        param = conv.param(chat) if conv is not None else None
+        if conv is not None and param is not None:
+            exc.message, exc.param = conv.message(exc.message, chat), param
+        elif chat.startswith("messages["):
             exc.message = f"input (the conversation as chat messages, instructions first): {exc.message}"
             exc.param = "input"
+        else:
+            for chat_words, words in _WORDS:
+                exc.message = exc.message.replace(chat_words, words)
+                exc.param = exc.param.replace(chat_words, words) if exc.param else exc.param
         exc.args = (exc.message,)
         raise
 
@@ -251,8 +233,9 @@ def responses_words() -> Iterator[None]:
 def plan_response(inp: ResponseInput, tok: PreTrainedTokenizerBase, settings: Settings, base: str) -> ResponsePlan:
     req = inp.req
     items = input_items(req)
-    with responses_words():
-        chat = plan_chat(chat_request(req, chat_messages(req.instructions, inp.history + items)), tok, settings, base)
+    conv = conversation(req.instructions, inp.history + items, len(inp.history))
+    with responses_words(conv):
+        chat = plan_chat(chat_request(req, conv.messages), tok, settings, base)
     return ResponsePlan(req, chat, items, inp.history, chat.rows)
 
 

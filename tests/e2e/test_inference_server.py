@@ -3,6 +3,7 @@ disconnects, load failures, deletion, metrics, and the api role proxying to a se
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -94,6 +95,54 @@ def test_streaming_completions_and_chat(server: Service) -> None:
         else:
             assert chunk.usage is not None and chunk.usage.completion_tokens == whole_chat.usage.completion_tokens
     assert "".join(deltas) == whole_chat.choices[0].message.content
+
+
+def test_responses_sdk_round_trips_on_a_fine_tuned_model(server: Service) -> None:
+    """The Responses API on an ft: model through the official client: create with item input (greedy, the chat
+    reply's text on the same model, not the base's), parse with a json_schema, the stream helper's parsed result
+    equal to the whole reply's, and a function-tool round trip through previous_response_id."""
+    from tests.e2e.test_responses import TOOL, Ticket
+
+    client, model = _client(server), server.colors  # type: ignore[attr-defined]
+    text = prompt("cow")
+    items = [{"role": "user", "content": [{"type": "input_text", "text": text}]}]
+    r = client.responses.create(model=model, input=items, max_output_tokens=8, temperature=0)  # type: ignore[arg-type]
+    chat = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=8, temperature=0
+    )
+    base = client.responses.create(model=BASE, input=text, max_output_tokens=8, temperature=0)
+    assert r.model == model and r.output_text == (chat.choices[0].message.content or "")
+    assert r.usage and chat.usage and r.usage.output_tokens == chat.usage.completion_tokens
+    assert (r.output_text, r.status) != (base.output_text, base.status), "the adapter must change the reply"
+
+    parsed = client.responses.parse(
+        model=model, input="A ticket", text_format=Ticket, max_output_tokens=80, temperature=0
+    )
+    assert parsed.status == "completed" and isinstance(parsed.output_parsed, Ticket)
+    with client.responses.stream(
+        model=model, input="A ticket", text_format=Ticket, max_output_tokens=80, temperature=0
+    ) as s:
+        kinds = [e.type for e in s]
+        streamed = s.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert streamed.output_parsed == parsed.output_parsed and streamed.model == model
+
+    # As on the base (test_responses.test_function_tool_round_trip): room for the tiny model's spelled-out call.
+    ask = {"input": "Weather in Oslo?", "tools": [TOOL], "tool_choice": "required", "max_output_tokens": 160}
+    first = client.responses.create(model=model, temperature=0, **ask)  # type: ignore[arg-type]
+    calls = [o for o in first.output if o.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert json.loads(calls[0].arguments)["city"] in ("Paris", "Oslo", "Lima")
+    second = client.responses.create(
+        model=model,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": '{"temp": 3}'}],
+        tools=[TOOL],
+        max_output_tokens=8,
+        temperature=0,
+    )
+    assert second.previous_response_id == first.id and second.output[0].type == "message"
+    assert second.usage and first.usage and second.usage.input_tokens > first.usage.input_tokens
 
 
 def test_client_disconnect_stops_generation(server: Service) -> None:

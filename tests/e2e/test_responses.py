@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -253,6 +253,111 @@ def test_an_agents_sdk_agent_calls_its_tool_then_answers(client: OpenAI) -> None
     assert isinstance(result.final_output, Ticket)
 
 
+def test_langchain_chat_openai_invoke_stream_and_bind_tools(client: OpenAI) -> None:
+    """LangChain's ChatOpenAI(use_responses_api=True): invoke is the SDK's greedy reply, stream assembles the same
+    text, bind_tools with a forced tool gives the call as tool_calls, and sending the call and a ToolMessage back
+    (LangChain sends the whole conversation as items: function_call, function_call_output) gives a text answer."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    def chat(max_tokens: int) -> ChatOpenAI:
+        return ChatOpenAI(
+            model=MODEL,
+            base_url=str(client.base_url),
+            api_key=client.api_key,  # type: ignore[arg-type]
+            use_responses_api=True,
+            temperature=0,
+            max_tokens=max_tokens,  # type: ignore[call-arg]
+            max_retries=0,
+        )
+
+    sdk = client.responses.create(model=MODEL, input="Hello there", max_output_tokens=8, temperature=0)
+    reply = chat(8).invoke("Hello there")
+    assert reply.text == sdk.output_text and reply.id and reply.id.startswith("resp_")
+    assert reply.response_metadata["status"] == "incomplete" and reply.usage_metadata
+    assert reply.usage_metadata["output_tokens"] == 8
+    chunks = list(chat(8).stream("Hello there"))
+    assert len(chunks) > 2 and "".join(c.text for c in chunks) == sdk.output_text
+
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Forecast", "parameters": WEATHER}}
+    # The tiny base spells a call a character a token (see test_function_tool_round_trip): room for ~70.
+    ask = HumanMessage("Weather in Oslo?")
+    called = chat(160).bind_tools([tool], tool_choice="get_weather", strict=True).invoke([ask])
+    assert len(called.tool_calls) == 1 and called.tool_calls[0]["name"] == "get_weather"  # type: ignore[attr-defined]
+    call = called.tool_calls[0]  # type: ignore[attr-defined]
+    assert call["args"]["city"] in ("Paris", "Oslo", "Lima") and 1 <= call["args"]["days"] <= 7
+    assert call["id"] and call["id"].startswith("call_")
+    answer = chat(8).bind_tools([tool]).invoke([ask, called, ToolMessage('{"temp": 3}', tool_call_id=call["id"])])
+    assert not answer.tool_calls and answer.text  # type: ignore[attr-defined]
+
+
+def test_a_concurrent_load_of_stored_streamed_and_chained_responses(client: OpenAI) -> None:
+    """200 requests at once through AsyncOpenAI: 100 single responses (half streamed, a fifth with store false)
+    beside 20 chains of 5 turns (previous_response_id; odd turns streamed). No error of any kind; every stored
+    response is retrievable with its output; each turn links to its own chain's previous turn and lists its own
+    input; and each chain's last turn continued exactly its own conversation: its input_tokens are those of the
+    same conversation sent whole (each chain's inputs are of another length, so another chain's would not fit)."""
+    import asyncio
+
+    from openai import AsyncOpenAI
+    from openai.types.responses import Response
+
+    singles, chains, turns = 100, 20, 5
+    assert singles + chains * turns == 200
+
+    async def create(aclient: AsyncOpenAI, stream: bool, **kw: Any) -> Response:
+        kw = {"model": MODEL, "max_output_tokens": 2, "temperature": 0, **kw}
+        if not stream:
+            return await aclient.responses.create(**kw)  # type: ignore[no-any-return]
+        events = [e async for e in await aclient.responses.create(stream=True, **kw)]
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert events[-1].type in ("response.completed", "response.incomplete"), events[-1]
+        return events[-1].response  # type: ignore[no-any-return]
+
+    def words(k: int, t: int) -> str:
+        return f"chain {k} turn {t}" + " again" * k
+
+    async def chain(aclient: AsyncOpenAI, k: int) -> list[Response]:
+        done: list[Response] = []
+        for t in range(turns):
+            previous = done[-1].id if done else None
+            done.append(await create(aclient, t % 2 == 1, input=words(k, t), previous_response_id=previous))
+        return done
+
+    async def load() -> list[list[Any]]:
+        aclient = AsyncOpenAI(base_url=str(client.base_url), api_key=client.api_key, max_retries=0, timeout=120)
+        one = [create(aclient, i % 2 == 0, input=f"single {i}", store=i % 5 != 0) for i in range(singles)]
+        many = [chain(aclient, k) for k in range(chains)]
+        got = await asyncio.gather(
+            asyncio.gather(*one, return_exceptions=True), asyncio.gather(*many, return_exceptions=True)
+        )
+        await aclient.close()
+        return got
+
+    one, many = asyncio.run(load())
+    failures = [r for r in [*one, *many] if isinstance(r, BaseException)]
+    assert not failures, failures[:3]
+    for i, r in enumerate(one):
+        assert isinstance(r, Response) and r.store is (i % 5 != 0)
+        if r.store:
+            assert client.responses.retrieve(r.id).output == r.output
+        else:
+            with pytest.raises(openai.NotFoundError):
+                client.responses.retrieve(r.id)
+    for k, done in enumerate(many):
+        assert isinstance(done, list) and len(done) == turns
+        conversation: list[dict[str, object]] = []
+        for t, r in enumerate(done):
+            got = client.responses.retrieve(r.id)
+            assert got.output == r.output and got.previous_response_id == (done[t - 1].id if t else None)
+            assert [i.content[0].text for i in client.responses.input_items.list(r.id).data] == [words(k, t)]  # type: ignore[union-attr]
+            conversation.append({"role": "user", "content": words(k, t)})
+            if t < turns - 1:
+                conversation += [{"role": "assistant", "content": r.output_text}]
+        whole = client.responses.create(model=MODEL, input=conversation, store=False, max_output_tokens=1)  # type: ignore[arg-type]
+        assert whole.usage and done[-1].usage and done[-1].usage.input_tokens == whole.usage.input_tokens, k
+
+
 IMAGE = {"type": "input_image", "image_url": "x"}
 OBJECT = {"type": "object"}
 
@@ -262,7 +367,6 @@ OBJECT = {"type": "object"}
     [
         ({"input": [{"role": "user", "content": [IMAGE]}]}, "input[0].content[0].type"),
         ({"input": "hi", "background": True}, "background"),
-        ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}, "input"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": OBJECT}}}, "text.format.name"),
         ({"input": "hi", "max_output_tokens": 100000}, "max_output_tokens"),
         ({"input": "hi", "tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
@@ -286,3 +390,39 @@ def test_input_items_pages_by_item_id(client: OpenAI) -> None:
     assert rest == ["0", "1", "2", "3", "4"]  # the SDK follows `after` (last_id) through the pages
     paged = [i.content[0].text for i in client.responses.input_items.list(r.id, order="asc", limit=2)]  # type: ignore[union-attr]
     assert paged == rest
+
+
+USER = {"role": "user", "content": "hi"}
+CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}
+
+
+@pytest.mark.parametrize(
+    ("items", "param"),
+    [
+        ([USER, USER, {"role": "user", "content": [{"type": "input_text", "text": 5}]}], "input[2].content[0].text"),
+        ([{"role": "user", "content": [{"type": "input_text"}]}], "input[0].content[0].text"),
+        ([{"role": "user", "content": [{"text": "hi"}]}], "input[0].content[0].type"),
+        ([{"role": "user", "content": 5}], "input[0].content"),
+        ([{"role": "robot", "content": "hi"}], "input[0].role"),
+        ([{"role": "user"}], "input[0].content"),
+        ([{"role": "user", "content": "hi", "colour": "red"}], "input[0].colour"),
+        (["hi"], "input[0]"),
+        ([{"type": "reasoning", "summary": []}], "input[0].type"),
+        ([USER, {"type": "function_call_output", "output": "1"}], "input[1].call_id"),
+        ([USER, {"type": "function_call_output", "call_id": "", "output": "1"}], "input[1].call_id"),
+        ([USER, {"type": "function_call_output", "call_id": "call_1", "output": 1}], "input[1].output"),
+        ([USER, {**CALL, "name": "get weather"}], "input[1].name"),
+        ([USER, {**CALL, "arguments": {}}], "input[1].arguments"),
+        ([USER, {**CALL, "status": "done"}], "input[1].status"),
+        # What only the conversation shows: named at the item the chat plan's message came from.
+        ([{"type": "function_call_output", "call_id": "call_x", "output": "1"}], "input[0].call_id"),
+        ([USER, CALL, {"type": "function_call_output", "call_id": "call_2", "output": "1"}], "input[2].call_id"),
+        ([USER, {"role": "assistant", "content": "ok"}, {**CALL, "arguments": "[]"}], "input[2].arguments"),
+        ([USER, CALL, {**CALL, "name": "other"}], "input[2].call_id"),
+    ],
+)  # fmt: skip
+def test_a_bad_input_item_is_a_400_naming_it_as_written(client: OpenAI, items: list[object], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.post("/responses", body={"model": MODEL, "input": items, "max_output_tokens": 1}, cast_to=object)
+    error = exc.value.body
+    assert error["param"] == param and param in error["message"], error  # type: ignore[index]

@@ -164,6 +164,26 @@ def test_constrained_rows_follow_their_schema_through_vllms_structured_outputs(s
     assert rows[1].text in ("yes", "no")
 
 
+def test_responses_create_and_stream_on_the_vllm_base(stack: Stack) -> None:
+    """/v1/responses on the vLLM-served base: a chat plan on either backend, so the builtin engine's greedy text
+    token for token, stored and retrievable; streamed, the semantic events (numbered) assemble the same text."""
+    ask = {"input": CHATS[0], "max_output_tokens": 24, "temperature": 0}
+    builtin = stack.client.responses.create(model=BUILTIN, **ask)  # type: ignore[arg-type]
+    on_vllm = stack.client.responses.create(model=VLLM, **ask)  # type: ignore[arg-type]
+    assert on_vllm.output_text == builtin.output_text and "Paris" in on_vllm.output_text
+    assert on_vllm.usage and builtin.usage and on_vllm.usage.output_tokens == builtin.usage.output_tokens
+    assert on_vllm.status == builtin.status and on_vllm.model == VLLM
+    assert stack.client.responses.retrieve(on_vllm.id).output_text == on_vllm.output_text
+    events = list(stack.client.responses.create(model=VLLM, stream=True, **ask))  # type: ignore[arg-type]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len([d for d in deltas if d]) > 3, "text arrives in pieces, as it is generated"
+    assert "".join(deltas) == on_vllm.output_text
+    last = events[-1]
+    assert last.type == f"response.{on_vllm.status}" and last.response.output_text == on_vllm.output_text  # type: ignore[union-attr]
+
+
 def test_a_replica_that_dies_fails_over_then_none_left_is_a_503(stack: Stack) -> None:
     """Runs last in the module: it stops the vLLM servers."""
     name = stack.register(VLLM, "failover")

@@ -4,9 +4,9 @@ events, as OpenAI defines them (openai-python's types/responses). Serving answer
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from ftserve.core.schemas.common import Metadata
 from ftserve.core.schemas.completions import FUNCTION_NAME, _Request
@@ -41,13 +41,34 @@ HOSTED_TOOLS = (
 )
 
 
-class InputContentPart(_Request):
-    """A message's content part: input_text / output_text are served; others (images, files) are refused."""
+class InputTextPart(_Request):
+    """A message's text part: input_text (output_text in an assistant message sent back)."""
+
+    # An output_text part sent back carries annotations and logprobs beside its text: kept, never rendered.
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class InputOtherPart(_Request):
+    """Any other content part (input_image, input_file, input_audio): refused by its type when served."""
 
     model_config = ConfigDict(extra="allow")
 
     type: str
-    text: str | None = None
+
+
+def _part_kind(value: Any) -> str:
+    """Which model validates a content part: a text part by its type, anything else as another kind."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    return "text" if kind in ("input_text", "output_text") else "other"
+
+
+# Tagged by _part_kind so a bad text part is named at its field (`input[0].content[1].text`), not as a whole.
+InputContentPart = Annotated[
+    Annotated[InputTextPart, Tag("text")] | Annotated[InputOtherPart, Tag("other")], Discriminator(_part_kind)
+]
 
 
 class InputMessage(_Request):
@@ -70,7 +91,7 @@ class FunctionCallItem(_Request):
     type: Literal["function_call"]
     id: str | None = None
     call_id: str = Field(min_length=1)
-    name: str
+    name: str = Field(pattern=FUNCTION_NAME)
     arguments: str
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
@@ -87,7 +108,21 @@ class FunctionCallOutputItem(_Request):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
-InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+def _item_kind(value: Any) -> str:
+    """Which model validates an input item: its `type`; an item without one is a message (EasyInputMessage)."""
+    if not isinstance(value, dict) or value.get("type") is None:
+        return "message"
+    return str(value["type"])
+
+
+# Tagged by the item's type (pydantic's callable discriminator: a message may leave its type out), so a bad item is
+# reported at its own field (`input[1].call_id`) instead of as an object no branch of a plain union took.
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
 
 
 class NamedFunctionChoice(_Request):
