@@ -1,12 +1,15 @@
 """Serving's ResponseStore port on the DB: the Responses API's stored responses, per org, each call in a session
 of its own (written after the response body is built, never while tokens are generated); an unreachable DB is
-the domain's Unavailable."""
+the domain's Unavailable. A response past FTSERVE_RESPONSES_RETENTION_DAYS reads as deleted at once, and the
+orphan sweep deletes its row (purge_expired)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ftserve.control.db.session import in_session
@@ -37,13 +40,13 @@ class SqlResponseStore:
 
     def get(self, org: str, response_id: str) -> SavedResponse:
         def read(s: Session) -> SavedResponse:
-            row = _row(s, org, response_id)
+            row = self._row(s, org, response_id)
             return SavedResponse(row.id, row.created_at, row.body, row.input_items, row.history)
 
         return self._run(read)
 
     def delete(self, org: str, response_id: str) -> None:
-        self._run(lambda s: s.delete(_row(s, org, response_id)))
+        self._run(lambda s: s.delete(self._row(s, org, response_id)))
 
     def input_items(
         self, org: str, response_id: str, after: str | None, limit: int, order: str
@@ -61,9 +64,30 @@ class SqlResponseStore:
     def _run(self, work: Callable[[Session], T]) -> T:
         return in_session(self.settings, work)
 
+    def _row(self, session: Session, org: str, response_id: str) -> StoredResponse:
+        """The org's stored response; another org's, a deleted or an expired one is the same 404."""
+        row = session.get(StoredResponse, response_id)
+        kept_since = self.settings.responses_kept_since(time.time())
+        if row is None or row.org_id != org or (kept_since is not None and row.created_at < kept_since):
+            raise not_found("response", response_id)
+        return row
 
-def _row(session: Session, org: str, response_id: str) -> StoredResponse:
-    row = session.get(StoredResponse, response_id)
-    if row is None or row.org_id != org:
-        raise not_found("response", response_id)
-    return row
+
+PURGE_CHUNK = 1000  # rows per delete: short transactions beside the responses being written
+
+
+def purge_expired(session: Session, settings: Settings, now: float) -> int:
+    """Delete every org's stored responses past the retention at `now`, a chunk per commit; how many went."""
+    kept_since = settings.responses_kept_since(now)
+    if kept_since is None:
+        return 0
+    old = StoredResponse.created_at < kept_since
+    purged = 0
+    while True:
+        ids = list(session.scalars(select(StoredResponse.id).where(old).limit(PURGE_CHUNK)))
+        if ids:
+            session.execute(delete(StoredResponse).where(StoredResponse.id.in_(ids), old))
+            session.commit()
+            purged += len(ids)
+        if len(ids) < PURGE_CHUNK:
+            return purged
