@@ -59,7 +59,11 @@ _LINKS = {
 @router.post(PATH, response_model=RESPONSE_HANDLER.endpoint.response, openapi_extra={"responses": _LINKS})
 async def create_response(req: ResponseCreateRequest, request: Request, settings: SettingsDep, org: OrgDep) -> Any:
     caller = _caller(request, org)
-    given = await run_in_threadpool(RESPONSE_HANDLER.given, req, caller)
+    # Only a previous_response_id reads the DB (off the event loop); a first turn needs no thread.
+    if req.previous_response_id is None:
+        given = RESPONSE_HANDLER.given(req, caller)
+    else:
+        given = await run_in_threadpool(RESPONSE_HANDLER.given, req, caller)
     ref = await run_in_threadpool(_resolve, request, org, req.model)
     engine = _engine(request)
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
