@@ -192,6 +192,11 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = 86400.0
     idempotency_in_progress_seconds: float = 3600.0
 
+    # The Responses API keeps a stored response this long after it was created (OpenAI keeps 30 days): past
+    # it the response reads as deleted (retrieve, input_items, previous_response_id: 404) and the orphan sweep
+    # deletes it. 0 keeps stored responses until they are deleted.
+    responses_retention_days: float = Field(default=30.0, ge=0)
+
     # Training refuses to start with less free disk than this in the data dir.
     min_free_disk_bytes: int = 1 << 30
     # Reliability tests only: {"suffix": "...", "kind": "oom", "at_step": 2} fails matching jobs on purpose
@@ -227,6 +232,12 @@ class Settings(BaseSettings):
             update = {"backend": "vllm", "vllm_urls": servers.urls, "vllm_adapter_dir": servers.adapter_dir}
             self.base_models[name] = BaseModelSpec.model_validate({**self.base_models[name].model_dump(), **update})
         return self
+
+    def responses_kept_since(self, now: float) -> int | None:
+        """The oldest `created_at` a stored response may have at `now` and still be kept; None: no limit."""
+        if not self.responses_retention_days:
+            return None
+        return int(now - self.responses_retention_days * 86400)
 
     def engine(self) -> EngineSettings:
         """The engine's section: the engine reads nothing else of the settings."""

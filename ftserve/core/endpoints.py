@@ -2,7 +2,7 @@
 the id prefix of its responses and the format a batch input file calling it gets. The api's proxy, Batch API
 validation and the inference role's routes and batch runner all read it, so a new endpoint is one row here (and
 its handler in ftserve/serving/handlers.py). The Responses API's stored objects add GET/DELETE routes under its
-path (`routes`), which the proxy forwards too; it runs no batches (`batch_format` None)."""
+path (`routes`), which the proxy forwards too."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ RESPONSES = Endpoint(
     Response,
     ResponseEvent,
     "resp_",
-    None,
+    "batch_responses",
     "responses",
     (
         ("GET", "/v1/responses/{response_id}"),

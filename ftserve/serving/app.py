@@ -38,7 +38,7 @@ def install(
     if sweep:
         app.state.background.append(lambda: sweep_forever(engine, catalog, settings.adapter_sweep_seconds))
     # The Batch API runs here, through this engine; it leaves its batch (lease released) before the engine stops.
-    runner = BatchRunner(engine, settings, batches, catalog)
+    runner = BatchRunner(engine, settings, batches, catalog, responses)
     app.state.background.append(runner.run_forever)
     app.state.shutdown.append(runner.stop)
     app.state.shutdown.append(engine.close)

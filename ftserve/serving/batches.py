@@ -1,7 +1,8 @@
 """The Batch API's runner, in the inference role: it claims a batch from the DB under a lease, submits its
 requests to the engine many at a time (the batcher runs them at full batch width; no HTTP per line), records
 each finished request in the DB as it completes (a restart redoes none), then writes the output and error
-files in OpenAI's line shapes. A batch line is planned and answered by the same code as an HTTP request."""
+files in OpenAI's line shapes. A batch line is planned and answered by the same code as an HTTP request, state
+included: a /v1/responses line continues its previous_response_id and is stored when its `store` says so."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from ftserve.core.storage import Storage
 from ftserve.engine.engine import ModelRef
 from ftserve.engine.errors import EngineStopped
 from ftserve.serving.backends.base import Backend
-from ftserve.serving.handlers import HANDLERS, Handler, Plan
-from ftserve.serving.ports import BatchLost, BatchStore, ClaimedBatch, ModelCatalog, Result
+from ftserve.serving.handlers import HANDLERS, Caller, Handler, Plan
+from ftserve.serving.ports import BatchLost, BatchStore, ClaimedBatch, ModelCatalog, ResponseStore, Result
 from ftserve.serving.refs import model_ref
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,14 @@ class _Run:
 class BatchRunner:
     """Runs one batch at a time through the engine; `run_forever` is the inference role's background loop."""
 
-    def __init__(self, engine: Backend, settings: Settings, store: BatchStore, catalog: ModelCatalog) -> None:
+    def __init__(
+        self, engine: Backend, settings: Settings, store: BatchStore, catalog: ModelCatalog, responses: ResponseStore
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store
         self.catalog = catalog
+        self.responses = responses
         self.stopping = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
@@ -224,7 +228,8 @@ class BatchRunner:
             if isinstance(error, EngineStopped):
                 self.stopping.set()
             elif not any(r.was_cancelled for r in pending.plan.rows):
-                run.buffer.append(self._failure(pending.line, error) if error else self._success(pending))
+                done = self._failure(pending.line, error) if error else self._success(run.claimed.org, pending)
+                run.buffer.append(done)
 
     def _flush(self, run: _Run) -> None:
         """Record the results (or just renew the lease); a batch the api is cancelling, or past its expiry, stops."""
@@ -262,13 +267,18 @@ class BatchRunner:
         if isinstance(found, ServiceError):
             raise found
         ref, tok = found
-        plan = handler.plan(req, tok, self.settings, ref.base)
+        plan = handler.plan(handler.given(req, Caller(org, self.responses)), tok, self.settings, ref.base)
         handler.check(self.engine, ref.base, plan)
         return Pending(line, handler, plan, tok), ref
 
-    def _success(self, p: Pending) -> Result:
+    def _success(self, org: str, p: Pending) -> Result:
+        """The line's output; a response to store is stored first (its line fails if that cannot be done)."""
         body = p.handler.body(p.plan, p.tok, new_id(p.handler.endpoint.id_prefix), now())
-        return Result(p.line.line, True, _record(p.line, 200, body.model_dump()))
+        try:
+            p.handler.keep(Caller(org, self.responses), p.plan, body)
+        except ServiceError as exc:
+            return self._failure(p.line, exc)
+        return Result(p.line.line, True, _record(p.line, 200, body.model_dump(mode="json")))
 
     def _failure(self, line: BatchLine, error: BaseException) -> Result:
         status, body = envelope(error)

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ftserve.core.envelope import envelope
-from ftserve.core.errors import NotFound, not_found
 from ftserve.core.ids import new_id, now
 from ftserve.core.schemas.errors import ERROR_RESPONSES
 from ftserve.core.schemas.responses import (
@@ -22,10 +21,10 @@ from ftserve.core.schemas.responses import (
     ResponseError,
     ResponseEvent,
 )
-from ftserve.serving.handlers import RESPONSE_HANDLER
-from ftserve.serving.ports import ResponseStore, SavedResponse
+from ftserve.serving.handlers import RESPONSE_HANDLER, Caller
+from ftserve.serving.ports import ResponseStore
 from ftserve.serving.response_events import ResponseEvents
-from ftserve.serving.responses import ResponseInput, ResponsePlan, finished, response_body, skeleton
+from ftserve.serving.responses import finished, response_body, skeleton
 from ftserve.serving.routes import OrgDep, SettingsDep, _engine, _resolve
 from ftserve.serving.streaming import stream
 from ftserve.serving.tools import ChoiceStream
@@ -39,21 +38,8 @@ def _store(request: Request) -> ResponseStore:
     return store
 
 
-def _history(store: ResponseStore, org: str, previous: str | None) -> list[dict[str, Any]]:
-    """The conversation a previous_response_id continues: its history, its input items, then its output."""
-    if previous is None:
-        return []
-    try:
-        saved = store.get(org, previous)
-    except NotFound:
-        raise not_found("response", previous, param="previous_response_id") from None
-    return saved.history + saved.input_items + list(saved.body.get("output", []))
-
-
-def _save(store: ResponseStore, org: str, plan: ResponsePlan, response: Response) -> None:
-    if plan.req.store:
-        body = response.model_dump(mode="json")
-        store.save(org, SavedResponse(response.id, response.created_at, body, plan.input_items, plan.history))
+def _caller(request: Request, org: str) -> Caller:
+    return Caller(org, _store(request))
 
 
 # What a created response's id is for (OpenAPI links: schemathesis' stateful phase follows them).
@@ -72,12 +58,16 @@ _LINKS = {
 
 @router.post(PATH, response_model=RESPONSE_HANDLER.endpoint.response, openapi_extra={"responses": _LINKS})
 async def create_response(req: ResponseCreateRequest, request: Request, settings: SettingsDep, org: OrgDep) -> Any:
-    store = _store(request)
-    history = await run_in_threadpool(_history, store, org, req.previous_response_id)
+    caller = _caller(request, org)
+    # Only a previous_response_id reads the DB (off the event loop); a first turn needs no thread.
+    if req.previous_response_id is None:
+        given = RESPONSE_HANDLER.given(req, caller)
+    else:
+        given = await run_in_threadpool(RESPONSE_HANDLER.given, req, caller)
     ref = await run_in_threadpool(_resolve, request, org, req.model)
     engine = _engine(request)
     tok = await run_in_threadpool(engine.tokenizer, ref.base)
-    plan = RESPONSE_HANDLER.plan(ResponseInput(req=req, history=history), tok, settings, ref.base)
+    plan = RESPONSE_HANDLER.plan(given, tok, settings, ref.base)
     await run_in_threadpool(RESPONSE_HANDLER.check, engine, ref.base, plan)
     rid, created = new_id(RESPONSE_HANDLER.endpoint.id_prefix), now()
     if req.stream:
@@ -96,7 +86,7 @@ async def create_response(req: ResponseCreateRequest, request: Request, settings
 
         async def final() -> list[ResponseEvent]:
             response = finished(events.response, plan, events.items)
-            await run_in_threadpool(_save, store, org, plan, response)
+            await run_in_threadpool(RESPONSE_HANDLER.keep, caller, plan, response)
             kind = "response.incomplete" if response.status == "incomplete" else "response.completed"
             return [events.lifecycle(kind, response)]
 
@@ -113,7 +103,8 @@ async def create_response(req: ResponseCreateRequest, request: Request, settings
         return await stream(engine, ref, plan.rows, chunk, final, failed)
     await engine.generate(ref, plan.rows)
     response = response_body(plan, tok, rid, created)
-    await run_in_threadpool(_save, store, org, plan, response)
+    # Written before the reply goes out, so a returned id is retrievable at once (from any replica).
+    await run_in_threadpool(RESPONSE_HANDLER.keep, caller, plan, response)
     return response
 
 

@@ -15,6 +15,7 @@ import openai
 import pytest
 from openai import OpenAI
 from openai.types import Batch
+from openai.types.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import client_for
@@ -72,6 +73,7 @@ def client(embedded: Service) -> OpenAI:
           _line("b", {"model": BASE, "messages": [{"role": "user", "content": "x"}]}, url="/v1/chat/completions")],
          "mixed_urls", 2),
         ([_line("a", {"model": BASE, "messages": []}, url="/v1/chat/completions")], "invalid_body", 1),
+        ([_line("a", {"model": BASE, "input": "x", "stream": True}, url="/v1/responses")], "invalid_body", 1),
         ([], "empty_file", 1),
     ],
 )  # fmt: skip
@@ -140,6 +142,51 @@ def test_a_batch_runs_with_the_official_client(client: OpenAI, tmp_path: Path) -
             **next(c["body"] for c in chat if c["custom_id"] == out["custom_id"])
         )
         assert out["response"]["body"]["choices"][0]["message"]["content"] == over_http.choices[0].message.content
+
+
+def test_a_responses_batch_runs_and_stores_its_responses(client: OpenAI, tmp_path: Path) -> None:
+    """/v1/responses through the Batch API: each line's body is the Response the same request gets over HTTP,
+    stored (retrievable, continuable) unless the line says store false; previous_response_id reads the store."""
+    earlier = client.responses.create(model=BASE, input="Name a cat.", max_output_tokens=4, temperature=0)
+    greedy = {"model": BASE, "max_output_tokens": 6, "temperature": 0}
+    bodies: dict[str, dict[str, Any]] = {
+        "text": {**greedy, "input": "Name a dog."},
+        "items": {**greedy, "instructions": "Be brief.", "input": [{"role": "user", "content": "Name a cow."}]},
+        "continued": {**greedy, "input": "And a bird?", "previous_response_id": earlier.id},
+        "unstored": {**greedy, "input": "Name an owl.", "store": False},
+        "no-previous": {**greedy, "input": "x", "previous_response_id": "resp_nope"},
+        "hosted-tool": {**greedy, "input": "x", "tools": [{"type": "web_search"}]},
+    }
+    f = _upload(client, tmp_path / "responses.jsonl", [_line(c, b, url="/v1/responses") for c, b in bodies.items()])
+    with pytest.raises(openai.BadRequestError) as err:  # the file's lines call /v1/responses
+        client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.code == "endpoint_mismatch"
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/responses", completion_window="24h")
+    done = _wait(client, batch.id, ("completed", "failed"))
+    assert done.status == "completed" and done.endpoint == "/v1/responses" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (4, 2)
+    outputs = {o["custom_id"]: o["response"]["body"] for o in _jsonl(client, done.output_file_id)}
+    errors = {e["custom_id"]: e["response"] for e in _jsonl(client, done.error_file_id)}
+    for cid, body in outputs.items():
+        over_http = client.responses.create(**bodies[cid])
+        assert body["object"] == "response" and body["id"].startswith("resp_") and body["status"] == "incomplete"
+        assert body["output"][0]["content"][0]["text"] == over_http.output_text
+        assert body["usage"] == over_http.usage.model_dump(exclude_none=True)  # type: ignore[union-attr]
+    # Stored as over HTTP: retrievable with its input items, and the start of a conversation.
+    stored = client.responses.retrieve(outputs["items"]["id"])
+    assert stored.model_dump(exclude_none=True) == Response.model_validate(outputs["items"]).model_dump(
+        exclude_none=True
+    )
+    assert [i.content[0].text for i in client.responses.input_items.list(stored.id).data] == ["Name a cow."]  # type: ignore[union-attr]
+    assert outputs["continued"]["previous_response_id"] == earlier.id
+    follow = client.responses.create(model=BASE, input="More?", previous_response_id=stored.id, max_output_tokens=1)
+    assert follow.usage and stored.usage and follow.usage.input_tokens > stored.usage.input_tokens
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(outputs["unstored"]["id"])
+    assert errors["no-previous"]["status_code"] == 404
+    assert errors["no-previous"]["body"]["error"]["param"] == "previous_response_id"
+    assert errors["hosted-tool"]["status_code"] == 400
+    assert errors["hosted-tool"]["body"]["error"]["code"] == "unsupported_tool"
 
 
 def _long_lines(n: int, tokens: int) -> list[dict[str, Any]]:

@@ -220,6 +220,30 @@ def test_playground_streams_base_and_fine_tuned_side_by_side(
     shot(page, tmp_path, "playground.png")
 
 
+def test_playground_streams_through_the_responses_api(embedded: Service, page: Page) -> None:
+    """The playground's /v1/responses mode: the streamed output_text deltas, in many pieces, equal the greedy
+    response's text, and the final event's status is shown; nothing is stored (store false)."""
+    client = client_for(embedded)
+    page.goto(f"{embedded.base_url}/#/playground?model=ftserve-tiny&api=responses")
+    assert page.input_value("#api") == "responses"
+    page.fill("#prompt", "Name an owl.")
+    page.fill("#max-tokens", "12")
+    page.fill("#temperature", "0")
+    page.evaluate(
+        """() => { window.pieces = 0; new MutationObserver((m) => { window.pieces += m.length; })
+           .observe(document.querySelector('#out-a-text'), {childList: true}); }"""
+    )
+    page.click("#generate")
+    page.wait_for_selector("#out-a[data-state=done]", timeout=60_000)
+    expected = client.responses.create(
+        model="ftserve-tiny", input="Name an owl.", max_output_tokens=12, temperature=0, store=False
+    )
+    assert expected.output_text and page.inner_text("#out-a-text") == expected.output_text
+    assert page.evaluate("window.pieces") > 3
+    reason = expected.incomplete_details.reason if expected.incomplete_details else None
+    assert page.inner_text("#out-a-status") == f"finished: {expected.status}" + (f" ({reason})" if reason else "")
+
+
 def test_files_page_shows_validation_error_with_line_and_code(embedded: Service, page: Page, tmp_path: Path) -> None:
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "a", "completion": \n')

@@ -264,4 +264,8 @@ class StoredResponse(Base):
     input_items: Mapped[list[Any]] = mapped_column(JSON)
     history: Mapped[list[Any]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_responses_org_created", "org_id", "created_at", "id"),)
+    # The second index is the retention sweep's: every org's responses older than the cutoff.
+    __table_args__ = (
+        Index("ix_responses_org_created", "org_id", "created_at", "id"),
+        Index("ix_responses_created", "created_at"),
+    )

@@ -6,7 +6,8 @@ directories (a worker died while saving), a job's folder with no job, and the ad
 that nothing lists (unregistered checkpoints, a resume point, an unpublished final adapter). A complete
 checkpoint of a job that may still run is kept: the job's next worker registers it on resume. Uploads API
 uploads past their expiry are marked expired, and the parts of finished uploads (completed, cancelled,
-expired: none is read again) go at once, those of uploads with no row after the grace period."""
+expired: none is read again) go at once, those of uploads with no row after the grace period. Stored Responses
+API responses past FTSERVE_RESPONSES_RETENTION_DAYS are deleted (they already read as deleted)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ftserve.control.db.tables import Checkpoint, File, Job, Upload
 from ftserve.control.services import uploads
+from ftserve.control.services.response_store import purge_expired
 from ftserve.core.config import Settings
 from ftserve.core.job_status import TERMINAL, JobStatus
 from ftserve.core.storage import JobEntry, Storage
@@ -35,10 +37,11 @@ class SweepReport:
     job_dirs: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
     upload_parts: list[str] = field(default_factory=list)  # upload ids whose parts were deleted
+    responses: int = 0  # stored responses past their retention (a count: there may be many)
 
     def total(self) -> int:
         kinds = (self.uploads, self.partial_uploads, self.staged, self.job_dirs, self.adapters, self.upload_parts)
-        return sum(len(v) for v in kinds)
+        return sum(len(v) for v in kinds) + self.responses
 
 
 def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
@@ -50,6 +53,7 @@ def sweep(session: Session, settings: Settings, now: float) -> SweepReport:
     report.upload_parts = _sweep_upload_parts(session, settings, storage, now)
     for job_id in storage.job_ids():
         _sweep_job(session, storage, job_id, cutoff, report)
+    report.responses = purge_expired(session, settings, now)
     if report.total():
         log.warning("orphan sweep deleted %s", report)
     return report

@@ -1,5 +1,5 @@
 """Batch input files (OpenAI's request-line format), validated line by line as training files are:
-`{"custom_id", "method": "POST", "url": "/v1/completions" | "/v1/chat/completions", "body": {...}}`,
+`{"custom_id", "method": "POST", "url": one of core/endpoints' BATCH_ENDPOINTS, "body": {...}}`,
 each body valid for its endpoint, custom ids unique, one endpoint per file."""
 
 from __future__ import annotations

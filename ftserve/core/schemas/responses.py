@@ -215,6 +215,8 @@ OutputItem = OutputMessage | OutputFunctionCall
 
 
 class InputTokensDetails(BaseModel):
+    # No prompt cache: nothing read from it, nothing written (the SDK's model requires both).
+    cache_write_tokens: int = 0
     cached_tokens: int = 0
 
 

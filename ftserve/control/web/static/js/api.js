@@ -71,9 +71,10 @@ export async function download(fileId, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
-// POST /v1/completions with stream: true; yields each SSE chunk's JSON until `data: [DONE]`.
-export async function* streamCompletion(body, signal) {
-  const res = await fetch("v1/completions", {
+// POST `path` with stream: true; yields each server-sent event's JSON (`data:` lines) until `data: [DONE]` or
+// the end of the body (the Responses API's stream ends with its `response.completed` event, no [DONE]).
+async function* streamEvents(path, body, signal) {
+  const res = await fetch(path, {
     method: "POST",
     headers: headers({ "content-type": "application/json", accept: "text/event-stream" }),
     body: JSON.stringify({ ...body, stream: true }),
@@ -91,7 +92,7 @@ export async function* streamCompletion(body, signal) {
       const block = buf.slice(0, sep.index);
       buf = buf.slice(sep.index + sep[0].length);
       for (const line of block.split(/\r?\n/)) {
-        if (!line.startsWith("data:")) continue; // comments (": ping") and other fields
+        if (!line.startsWith("data:")) continue; // comments (": ping"), `event:` names and other fields
         const payload = line.slice(5).trim();
         if (payload === "[DONE]") return;
         yield JSON.parse(payload);
@@ -99,3 +100,9 @@ export async function* streamCompletion(body, signal) {
     }
   }
 }
+
+// POST /v1/completions, streamed: each chunk (choices[].text, finish_reason).
+export const streamCompletion = (body, signal) => streamEvents("v1/completions", body, signal);
+
+// POST /v1/responses, streamed: OpenAI's semantic events (response.output_text.delta, response.completed, …).
+export const streamResponse = (body, signal) => streamEvents("v1/responses", body, signal);

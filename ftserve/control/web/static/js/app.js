@@ -1,4 +1,4 @@
-// Hash router and API-key form: #/jobs, #/jobs/<id>, #/files, #/playground[?model=…].
+// Hash router and API-key form: #/jobs, #/jobs/<id>, #/files, #/playground[?model=…&compare=…&api=completions|responses].
 import { api, getKey, setKey } from "./api.js";
 import { filesView } from "./files.js";
 import { jobView } from "./job.js";

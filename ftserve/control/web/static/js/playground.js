@@ -1,5 +1,6 @@
-// Playground: stream a completion from any model; optionally the same prompt from a second model beside it.
-import { api, streamCompletion } from "./api.js";
+// Playground: stream a completion (/v1/completions) or a response (/v1/responses: the prompt as one user
+// message, through the model's chat template) from any model; optionally the same prompt from a second model.
+import { api, streamCompletion, streamResponse } from "./api.js";
 import { h, showError } from "./util.js";
 
 function modelSelect(id, models, selected) {
@@ -27,18 +28,49 @@ function output(id) {
   return { box, title, text, status };
 }
 
-async function run(out, model, body, signal) {
+// Each API's stream as text pieces and a final word: a completion's chunks, or a response's events.
+const READERS = {
+  completions: {
+    stream: streamCompletion,
+    body: ({ prompt, maxTokens, temperature }) => ({ prompt, max_tokens: maxTokens, temperature }),
+    read(chunk) {
+      const out = { text: "", finish: null };
+      for (const c of chunk.choices || []) {
+        if (c.text) out.text += c.text;
+        if (c.finish_reason) out.finish = c.finish_reason;
+      }
+      return out;
+    },
+  },
+  responses: {
+    stream: streamResponse,
+    // store: false, so trying prompts leaves no stored responses behind.
+    body: ({ prompt, maxTokens, temperature }) => ({ input: prompt, max_output_tokens: maxTokens, temperature, store: false }),
+    read(event) {
+      if (event.type === "response.output_text.delta") return { text: event.delta, finish: null };
+      if (event.type === "error") throw new Error(event.message);
+      const r = event.response;
+      if (!r || !["response.completed", "response.incomplete", "response.failed"].includes(event.type)) {
+        return { text: "", finish: null };
+      }
+      const why = r.incomplete_details ? ` (${r.incomplete_details.reason})` : "";
+      return { text: "", finish: `${r.status}${why}` };
+    },
+  },
+};
+
+async function run(out, model, apiName, params, signal) {
+  const reader = READERS[apiName];
   out.title.textContent = model;
   out.text.replaceChildren();
   out.status.textContent = "streaming…";
   out.box.dataset.state = "streaming";
   let finish = null;
   try {
-    for await (const chunk of streamCompletion({ ...body, model }, signal)) {
-      for (const c of chunk.choices || []) {
-        if (c.text) out.text.append(c.text);
-        if (c.finish_reason) finish = c.finish_reason;
-      }
+    for await (const item of reader.stream({ ...reader.body(params), model }, signal)) {
+      const got = reader.read(item);
+      if (got.text) out.text.append(got.text);
+      if (got.finish) finish = got.finish;
     }
     out.status.textContent = finish ? `finished: ${finish}` : "done";
   } catch (err) {
@@ -66,6 +98,10 @@ export function playgroundView(root, params) {
     const maxTokens = h("input", { type: "number", id: "max-tokens", value: 64, min: 1, max: 4096, style: "width:80px" });
     const temperature = h("input", { type: "number", id: "temperature", value: 0.7, min: 0, max: 2, step: 0.1, style: "width:70px" });
     const prompt = h("textarea#prompt", { placeholder: "Type a prompt, e.g. The cat says:" });
+    const apiSel = h("select#api", { title: "completions: the prompt as text; responses: as a user message" },
+      h("option", { value: "completions" }, "/v1/completions"),
+      h("option", { value: "responses" }, "/v1/responses"));
+    if (Object.hasOwn(READERS, params.get("api") || "")) apiSel.value = params.get("api");
     const go = h("button.primary#generate", {}, "Generate");
     const stopBtn = h("button#stop", { disabled: true }, "Stop");
     const outA = output("out-a");
@@ -84,13 +120,13 @@ export function playgroundView(root, params) {
       controller = new AbortController();
       go.disabled = true;
       stopBtn.disabled = false;
-      const body = {
+      const params = {
         prompt: prompt.value,
-        max_tokens: Number(maxTokens.value) || 64,
+        maxTokens: Number(maxTokens.value) || 64,
         temperature: Number(temperature.value),
       };
-      const runs = [run(outA, a.value, body, controller.signal)];
-      if (compare.checked) runs.push(run(outB, b.value, body, controller.signal));
+      const runs = [run(outA, a.value, apiSel.value, params, controller.signal)];
+      if (compare.checked) runs.push(run(outB, b.value, apiSel.value, params, controller.signal));
       await Promise.all(runs);
       go.disabled = false;
       stopBtn.disabled = true;
@@ -98,7 +134,7 @@ export function playgroundView(root, params) {
     stopBtn.addEventListener("click", () => controller && controller.abort());
     root.append(
       h("div.card", {},
-        h("div.toolbar", {}, "Model", a, h("label", {}, compare, " compare with"), b),
+        h("div.toolbar", {}, "Model", a, h("label", {}, compare, " compare with"), b, "API", apiSel),
         prompt,
         h("div.toolbar", { style: "margin-top:8px" }, "max tokens", maxTokens, "temperature", temperature, go, stopBtn)),
       outputs,
