@@ -397,3 +397,24 @@ def test_without_a_sandbox_python_graders_are_refused() -> None:
     env = {**os.environ, "PATH": "/nonexistent"}
     out = subprocess.run([sys.executable, "-c", FAIL_CLOSED], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["python_grader_unavailable", "grader.type"]
+
+
+@pytest.mark.parametrize(
+    ("inference_url", "roles", "host", "expected"),
+    [
+        ("http://inference:8001", {"api"}, "0.0.0.0", "http://inference:8001"),
+        (None, {"api", "inference"}, "127.0.0.1", "http://127.0.0.1:8123"),
+        (None, {"api", "inference"}, "0.0.0.0", "http://127.0.0.1:8123"),
+        (None, {"api", "inference"}, "::", "http://[::1]:8123"),
+        (None, {"api", "inference"}, "fd00::5", "http://[fd00::5]:8123"),
+        (None, {"api", "inference"}, "api.internal", "http://api.internal:8123"),
+        (None, {"api"}, "127.0.0.1", None),
+    ],
+)
+def test_where_the_judge_is_asked(inference_url: str | None, roles: set[str], host: str, expected: str | None) -> None:
+    """FTSERVE_INFERENCE_URL when set, else this process's own address if it serves inference, else nowhere."""
+    from ftserve.control.api.graders import judge_url
+    from ftserve.core.config import Settings
+
+    settings = Settings(inference_url=inference_url, host=host, port=8123)
+    assert judge_url(settings, frozenset(roles)) == expected
