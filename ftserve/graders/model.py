@@ -26,8 +26,9 @@ from ftserve.graders.base import GradeResult, Sample
 from ftserve.graders.judge import JudgeConfig, JudgeRejected, JudgeUnavailable
 
 DEFAULT_RANGE = (0.0, 1.0)
-# The longest reply is bounded so that it fits the token budget even at one character per token (a
-# character-level tokenizer's worst case): a judge always finishes its JSON, whatever its weights. Without a
+# The longest reply is bounded so that it fits the token budget at one character per token, so a judge
+# finishes its JSON whatever its weights. (A byte-level tokenizer may spend up to four tokens on a character
+# outside ASCII; a reply of such characters could still be cut, which is a parse error.) Without a
 # max_completions_tokens the bound assumes this many; the serving path allows up to the model's context.
 DEFAULT_BUDGET_TOKENS = 768
 MAX_STEPS = 4
