@@ -54,11 +54,10 @@ class HttpJudge:
     def __init__(
         self, base_url: str, authorization: str | None, *, timeout: float = 600.0, connect_attempts: int = 3
     ) -> None:
-        headers = {"Authorization": authorization} if authorization else {}
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=5.0)
-        )
+        self._headers = {"Authorization": authorization} if authorization else {}
+        self._timeout = httpx.Timeout(timeout, connect=5.0)
+        self._client: httpx.Client | None = None  # made when first asked: most grader runs ask no judge
         # Only a connection that never opened is retried: a request that reached the server may be generating.
         self._retrying = Retrying(
             retry=retry_if_exception_type((httpx.ConnectError, httpx.ConnectTimeout)),
@@ -68,7 +67,8 @@ class HttpJudge:
         )
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> HttpJudge:
         return self
@@ -81,6 +81,8 @@ class HttpJudge:
     ) -> JudgeReply:
         """The reply; JudgeRejected for a request the serving path refuses, JudgeUnavailable for any other failure."""
         body = request_body(model, messages, sampling, schema)
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout)
         try:
             response = self._retrying(self._client.post, "/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
