@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     rft_max_completion_tokens: int = Field(default=128, ge=1, le=4096)
     python_grader_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     python_grader_memory_bytes: int = Field(default=1024**3, ge=64 * 1024**2)
+    # Model graders (score_model, label_model) judge with models this server serves; an OpenAI model name in a
+    # grader is refused unless mapped here to a served one, e.g. {"gpt-4o-2024-08-06": "smollm2-135m-instruct"}.
+    # The judge is asked through the serving path: inference_url when set, else this process's own host and port.
+    grader_model_map: dict[str, str] = Field(default_factory=dict)
     min_training_examples: int = 10
     max_line_bytes: int = 4 * 1024 * 1024
 

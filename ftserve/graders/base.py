@@ -30,14 +30,32 @@ class Sample:
         return {"output_text": self.output_text, "output_json": self.output_json, "output_tools": self.output_tools}
 
 
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens a judge model read and wrote for one grade (summed over its calls)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+
 @dataclass
 class GradeResult:
-    """A grade: the reward (0 for a grader that failed), each sub-grader's reward, and what went wrong."""
+    """A grade: the reward (0 for a grader that failed), each sub-grader's reward, and what went wrong; for model
+    graders, the tokens each judge model used and the name of the model that answered."""
 
     reward: float
     sub_rewards: dict[str, float] = field(default_factory=dict)
     errors: GraderErrors = field(default_factory=GraderErrors)
     scores: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, TokenUsage] = field(default_factory=dict)
+    sampled_model_name: str | None = None
 
     @classmethod
     def failed(cls, **flags: Any) -> GradeResult:

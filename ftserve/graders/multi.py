@@ -13,7 +13,7 @@ from typing import Any
 
 from ftserve.core.errors import bad_request
 from ftserve.core.schemas.graders import GraderErrors, MultiGrader
-from ftserve.graders.base import Grader, GradeResult, Sample
+from ftserve.graders.base import Grader, GradeResult, Sample, TokenUsage
 
 FUNCTIONS: dict[str, Callable[..., float]] = {
     "min": min,
@@ -95,7 +95,8 @@ class Multi:
             ) from None
 
     def grade(self, sample: Sample, item: Any) -> GradeResult:
-        """Each sub-grader's reward (0 for a failed one, its flags carried up), then the formula over them."""
+        """Each sub-grader's reward (0 for a failed one, its flags carried up), then the formula over them; the
+        judges' token usage summed per model, and the first judge model that answered."""
         results = {name: grader.grade(sample, item) for name, grader in self.graders.items()}
         sub_rewards = {name: r.reward for name, r in results.items()}
         errors = merge([r.errors for r in results.values()])
@@ -103,7 +104,19 @@ class Multi:
             reward = evaluate(self.spec.calculate_output, sub_rewards)
         except Exception:
             reward, errors = 0.0, errors.model_copy(update={"formula_parse_error": True})
-        return GradeResult(reward=reward, sub_rewards=sub_rewards, errors=errors, scores=dict(sub_rewards))
+        usage: dict[str, TokenUsage] = {}
+        for r in results.values():
+            for model, used in r.usage.items():
+                usage[model] = usage.get(model, TokenUsage()) + used
+        sampled = next((r.sampled_model_name for r in results.values() if r.sampled_model_name), None)
+        return GradeResult(
+            reward=reward,
+            sub_rewards=sub_rewards,
+            errors=errors,
+            scores=dict(sub_rewards),
+            usage=usage,
+            sampled_model_name=sampled,
+        )
 
 
 def merge(all_errors: list[GraderErrors]) -> GraderErrors:

@@ -1,9 +1,11 @@
 """The grader endpoints through the official SDK (`client.fine_tuning.alpha.graders.run/validate`) against a
-real `ftserve api`, and python graders in their sandbox: what they may not do is a reward of 0 with
-OpenAI's error flags, within the time limit; what they may do returns its float."""
+real `ftserve api --with-inference`: model graders judged by the tiny base it serves, and python graders in
+their sandbox: what they may not do is a reward of 0 with OpenAI's error flags, within the time limit; what
+they may do returns its float."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,8 @@ TIMEOUT_S = 3.0
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[tuple[Service, Path]]:
-    """`ftserve api` on its own SQLite data dir, with a secret in its environment and a short grader limit."""
+    """`ftserve api --with-inference` on its own SQLite data dir, with a secret in its environment, a short grader
+    limit, and one OpenAI model name mapped to the tiny base."""
     data = tmp_path_factory.mktemp("graders")
     port = free_port()
     env = base_env(
@@ -30,8 +33,9 @@ def api(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[t
         FTSERVE_PYTHON_GRADER_TIMEOUT_SECONDS=str(TIMEOUT_S),
         FTSERVE_TEST_SECRET="hunter2",
         AWS_SECRET_ACCESS_KEY="not-for-graders",
+        FTSERVE_GRADER_MODEL_MAP=json.dumps({"gpt-4o-2024-08-06": "ftserve-tiny"}),
     )
-    proc = Proc([*FTSERVE, "api", "--port", str(port)], env, data / "api.log")
+    proc = Proc([*FTSERVE, "api", "--with-inference", "--port", str(port)], env, data / "api.log")
     wait_http(f"http://127.0.0.1:{port}/health", [proc])
     service = Service(f"http://127.0.0.1:{port}", [proc], env)
     yield service, data
@@ -135,20 +139,101 @@ def test_a_bad_grader_is_a_400_naming_the_param(client: OpenAI, grader: Any, par
         assert (body.get("param"), body.get("code")) == (param, code), body
 
 
-def test_a_model_grader_is_not_supported_yet(client: OpenAI) -> None:
-    grader = {
-        "type": "score_model",
-        "name": "judge",
-        "model": "ftserve-tiny",
-        "input": [{"role": "user", "content": "Score {{sample.output_text}}"}],
+# The judge writes little at temperature 0 (the tiny base's greedy reply has no steps), and never more than
+# the budget: a reply always ends in time (ftserve/graders/model.py bounds the schema by it).
+JUDGE_SAMPLING = {"temperature": 0, "max_completions_tokens": 200}
+SCORE = {
+    "type": "score_model",
+    "name": "judge",
+    "model": "ftserve-tiny",
+    "input": [
+        {"role": "system", "content": "Score the answer from 1 to 7."},
+        {"role": "user", "content": "Question: {{item.question}}\nAnswer: {{sample.output_text}}"},
+    ],
+    "range": [1, 7],
+    "sampling_params": JUDGE_SAMPLING,
+}
+LABEL = {
+    "type": "label_model",
+    "name": "verdict",
+    "model": "ftserve-tiny",
+    "input": [{"role": "user", "content": [{"type": "input_text", "text": "Is {{sample.output_text}} right?"}]}],
+    "labels": ["right", "wrong", "unsure"],
+    "passing_labels": ["right", "unsure"],
+}
+ITEM = {"question": "What is the capital of France?"}
+
+
+def assert_judged_by_tiny(result: Any) -> None:
+    errors = result.metadata.errors
+    assert not (errors.model_grader_server_error or errors.model_grader_parse_error), errors
+    assert result.metadata.sampled_model_name == "ftserve-tiny"
+    usage = result.model_grader_token_usage_per_model["ftserve-tiny"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert result.metadata.token_usage == usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_score_model_is_judged_by_a_served_model(client: OpenAI) -> None:
+    """The score is within range (the schema holds the judge to it); a mapped OpenAI name judges with the served
+    model it maps to, an unmapped one is a 400 at validate and run."""
+    for model in ("ftserve-tiny", "gpt-4o-2024-08-06"):
+        result = client.fine_tuning.alpha.graders.run(grader={**SCORE, "model": model}, model_sample="Paris", item=ITEM)  # type: ignore[arg-type]
+        assert 1 <= result.reward <= 7
+        assert (result.metadata.name, result.metadata.type) == ("judge", "score_model")
+        assert_judged_by_tiny(result)
+    for call in (
+        lambda: client.fine_tuning.alpha.graders.validate(grader={**SCORE, "model": "o3-mini"}),  # type: ignore[arg-type]
+        lambda: client.fine_tuning.alpha.graders.run(grader={**SCORE, "model": "o3-mini"}, model_sample="x"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            call()
+        body = err.value.body
+        assert isinstance(body, dict) and (body["param"], body["code"]) == ("grader.model", "unsupported_model")
+        assert "o3-mini" in body["message"] and "FTSERVE_GRADER_MODEL_MAP" in body["message"]
+
+
+def test_label_model_in_a_multi(client: OpenAI) -> None:
+    """A label_model runs inside a multi (as OpenAI's params allow it): 1 for a passing label, 0 for another."""
+    multi = {
+        "type": "multi",
+        "name": "both",
+        "graders": {"verdict": LABEL, "score": SCORE},
+        "calculate_output": "verdict + score",
     }
-    assert client.fine_tuning.alpha.graders.validate(grader=grader).grader is not None  # type: ignore[arg-type]
+    result = client.fine_tuning.alpha.graders.run(grader=multi, model_sample="Paris", item=ITEM)  # type: ignore[arg-type]
+    assert result.sub_rewards["verdict"] in (0.0, 1.0) and 1 <= float(result.sub_rewards["score"]) <= 7  # type: ignore[arg-type]
+    assert result.reward == pytest.approx(result.sub_rewards["verdict"] + result.sub_rewards["score"])  # type: ignore[operator]
+    assert_judged_by_tiny(result)
+
+
+def test_a_reply_cut_by_its_budget_is_a_parse_error(client: OpenAI) -> None:
+    grader = {**SCORE, "sampling_params": {"max_completions_tokens": 3}}
+    result = client.fine_tuning.alpha.graders.run(grader=grader, model_sample="Paris", item=ITEM)  # type: ignore[arg-type]
+    assert result.reward == 0.0 and result.metadata.errors.model_grader_parse_error
+    assert result.model_grader_token_usage_per_model["ftserve-tiny"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("sub", "param", "code"),
+    [
+        ({**LABEL, "model": "no-such-model"}, "grader.graders.verdict.model", "model_not_found"),
+        (
+            {**SCORE, "sampling_params": {"max_completions_tokens": 100_000}},
+            "grader.graders.verdict.sampling_params.max_completions_tokens",
+            None,
+        ),
+    ],
+)
+def test_a_judge_request_the_serving_path_refuses_is_a_400_naming_the_field(
+    client: OpenAI, sub: Any, param: str, code: str | None
+) -> None:
+    multi = {"type": "multi", "name": "m", "graders": {"verdict": sub}, "calculate_output": "verdict"}
     with pytest.raises(openai.BadRequestError) as err:
-        client.fine_tuning.alpha.graders.run(grader=grader, model_sample="x")  # type: ignore[arg-type]
+        client.fine_tuning.alpha.graders.run(grader=multi, model_sample="x", item=ITEM)  # type: ignore[arg-type]
     body = err.value.body
-    assert isinstance(body, dict)
-    assert (body["code"], body["param"]) == ("grader_not_supported_yet", "grader.type")
-    assert "score_model" in body["message"]
+    assert isinstance(body, dict) and body["param"] == param, body
+    if code:
+        assert body["code"] == code
 
 
 def test_a_python_grader_returns_its_float(client: OpenAI) -> None:

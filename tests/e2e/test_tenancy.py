@@ -149,6 +149,45 @@ def test_the_owner_still_sees_everything(tenants: tuple[Service, str, str], alph
     assert client.uploads.cancel(alpha_objects["upload"]).status == "cancelled"
 
 
+def test_a_model_grader_judges_with_the_callers_models_only(
+    tenants: tuple[Service, str, str], alpha_objects: dict[str, str]
+) -> None:
+    """The grader endpoint asks its judge as the caller: alpha's ft: model judges alpha's grader, and for beta it
+    is a model that does not exist, a 400 naming the grader's model field, like a name no one serves."""
+    service, alpha, beta = tenants
+    label = {
+        "type": "label_model",
+        "name": "verdict",
+        "model": alpha_objects["model"],
+        "input": [{"role": "user", "content": "Does the {{item.animal}} say {{sample.output_text}}?"}],
+        "labels": ["yes", "no"],
+        "passing_labels": ["yes"],
+    }
+    grader = {"type": "multi", "name": "m", "graders": {"verdict": label}, "calculate_output": "verdict"}
+    result = client_for(service, api_key=alpha).fine_tuning.alpha.graders.run(
+        grader=grader,  # type: ignore[arg-type]
+        model_sample="meow",
+        item={"animal": "cat"},
+    )
+    assert result.reward in (0.0, 1.0) and result.metadata.sampled_model_name == alpha_objects["model"]
+    assert result.model_grader_token_usage_per_model[alpha_objects["model"]]["completion_tokens"] > 0
+    answers = []
+    for model in (alpha_objects["model"], re.sub(r":[^:]+$", ":" + "x" * 24, alpha_objects["model"])):
+        with pytest.raises(openai.BadRequestError) as err:
+            client_for(service, api_key=beta).fine_tuning.alpha.graders.run(
+                grader={**grader, "graders": {"verdict": {**label, "model": model}}},  # type: ignore[arg-type]
+                model_sample="meow",
+                item={"animal": "cat"},
+            )
+        body = err.value.body
+        assert isinstance(body, dict) and (body["param"], body["code"]) == (
+            "grader.graders.verdict.model",
+            "model_not_found",
+        )
+        answers.append(body["message"].replace(model, "<model>"))
+    assert answers[0] == answers[1]
+
+
 def test_without_keys_only_loopback_is_allowed(tmp_path: Path, bases_dir: Path) -> None:
     env = base_env(tmp_path, bases_dir)
     refused = subprocess.run(

@@ -3,7 +3,9 @@ similarity metric against its library called directly, multi's formula, and the 
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -18,6 +20,8 @@ from sacrebleu import sentence_bleu
 from ftserve import graders
 from ftserve.core.errors import InvalidRequest
 from ftserve.core.schemas.graders import Grader, GraderRunRequest
+from ftserve.graders.http_judge import HttpJudge
+from ftserve.graders.model import score_schema
 
 SPEC: TypeAdapter[Any] = TypeAdapter(Grader)
 
@@ -172,31 +176,174 @@ def test_multi_sub_grader_errors_name_their_field() -> None:
     assert err.value.param == "grader.graders.close.evaluation_metric"
 
 
-def test_model_graders_validate_but_do_not_run_yet() -> None:
-    score = {
-        "type": "score_model",
-        "name": "judge",
-        "model": "ftserve-tiny",
-        "input": [{"role": "user", "content": "Rate {{sample.output_text}} against {{item.ref}}"}],
-        "range": [0, 10],
-    }
-    grader = graders.check(SPEC.validate_python(score))
-    with pytest.raises(graders.NotSupportedYet):
-        grader.grade(graders.Sample.from_text("x"), {"ref": "y"})
+SCORE = {
+    "type": "score_model",
+    "name": "judge",
+    "model": "ftserve-tiny",
+    "input": [{"role": "user", "content": "Rate {{sample.output_text}} against {{item.ref}}"}],
+    "range": [0, 10],
+}
+LABEL = {
+    "type": "label_model",
+    "name": "l",
+    "model": "m",
+    "input": [{"role": "user", "content": [{"type": "input_text", "text": "{{item.q}}"}]}],
+    "labels": ["good", "bad"],
+    "passing_labels": ["good"],
+}
+
+
+def in_multi(sub: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "multi", "name": "m", "graders": {"j": sub}, "calculate_output": "j"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "param", "code"),
+    [
+        ({**SCORE, "range": [1, 0]}, "grader.range", "invalid_value"),
+        (in_multi({**LABEL, "passing_labels": ["great"]}), "grader.graders.j.passing_labels", "invalid_value"),
+        ({**SCORE, "model": "gpt-4o-2024-08-06"}, "grader.model", "unsupported_model"),
+        (in_multi({**LABEL, "model": "o3-mini"}), "grader.graders.j.model", "unsupported_model"),
+        ({**SCORE, "model": "ft:gpt-4o-mini-2024-07-18:acme::abc123"}, "grader.model", "unsupported_model"),
+        (
+            {**SCORE, "sampling_params": {"reasoning_effort": "high"}},
+            "grader.sampling_params.reasoning_effort",
+            "unsupported_parameter",
+        ),
+        (
+            {**SCORE, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]},
+            "grader.input.0.content.0.type",
+            "unsupported_content",
+        ),
+        ({**SCORE, "input": [{"role": "user", "content": "{{ sample.choices }}"}]}, "grader.input.0.content", None),
+    ],
+)
+def test_a_model_grader_that_cannot_run_is_a_400_naming_the_field(spec: Any, param: str, code: str | None) -> None:
     with pytest.raises(InvalidRequest) as err:
-        graders.check(SPEC.validate_python({**score, "range": [1, 0]}))
-    assert err.value.param == "grader.range"
-    label = {
-        "type": "label_model",
-        "name": "l",
-        "model": "m",
-        "input": [{"role": "user", "content": [{"type": "input_text", "text": "{{item.q}}"}]}],
-        "labels": ["good", "bad"],
-        "passing_labels": ["great"],
+        graders.check(SPEC.validate_python(spec))
+    assert err.value.param == param
+    if code:
+        assert err.value.code == code
+
+
+def test_an_openai_model_is_judged_by_the_served_model_it_maps_to() -> None:
+    judging = graders.JudgeConfig(model_map={"gpt-4o-2024-08-06": "smollm2-135m-instruct"})
+    graders.check(SPEC.validate_python({**SCORE, "model": "gpt-4o-2024-08-06"}), judging=judging)
+    assert judging.served_model("gpt-4o-2024-08-06", "grader.model") == "smollm2-135m-instruct"
+    assert judging.served_model("ftserve-tiny", "grader.model") == "ftserve-tiny"
+    # "none" is what the served models do anyway: accepted.
+    graders.check(SPEC.validate_python({**SCORE, "sampling_params": {"reasoning_effort": "none"}}))
+
+
+@pytest.mark.parametrize("budget", [1, 16, 64, 100, 200, 256, 512, 768, 1000, 2048, 8192])
+def test_the_longest_score_reply_fits_its_token_budget(budget: int) -> None:
+    """At one character per token (the worst case), the longest reply the schema allows ends within the budget,
+    so a judge whose weights are random still finishes its JSON (its number given 24 characters)."""
+    schema = score_schema(0, 1, budget)
+    steps = schema["properties"]["steps"]
+    chars = steps["items"]["properties"]["description"]["maxLength"] if steps["maxItems"] else 0
+    longest = {
+        "steps": [{"description": "x" * chars, "conclusion": "y" * chars}] * steps["maxItems"],
+        "result": float("0." + "9" * 20),
     }
+    assert len(json.dumps(longest)) <= max(budget, len('{"steps": [], "result": 0.99999999999999999999}'))
+    if budget >= 512:
+        assert (steps["maxItems"], chars) >= (2, 64)
+
+
+class ScriptedJudge:
+    """A judge that answers with fixed text: what a judge held to the schema never says (a score out of range,
+    a label not offered, prose), to show how a reply that breaks it is graded. The real judge is exercised
+    against a real server in tests/e2e/test_graders.py."""
+
+    def __init__(self, text: str, truncated: bool = False) -> None:
+        self.text, self.truncated = text, truncated
+        self.asked: list[tuple[str, list[dict[str, str]], dict[str, Any]]] = []
+
+    def complete(
+        self, model: str, messages: list[dict[str, str]], sampling: Any, schema: dict[str, Any]
+    ) -> graders.JudgeReply:
+        self.asked.append((model, messages, schema))
+        return graders.JudgeReply(self.text, graders.TokenUsage(7, 3), model, self.truncated)
+
+
+def judged(spec: dict[str, Any], judge: ScriptedJudge, item: Any = None) -> graders.GradeResult:
+    judging = graders.JudgeConfig(judge=judge, model_map={"gpt-4o": "served"})
+    return graders.check(SPEC.validate_python(spec), judging=judging).grade(graders.Sample.from_text("Paris"), item)
+
+
+@pytest.mark.parametrize(
+    ("spec", "reply", "reward"),
+    [
+        (SCORE, '{"steps": [], "result": 7.5}', 7.5),
+        (SCORE, '{"steps": [], "result": 11}', None),  # outside range: flagged, never clamped
+        (SCORE, '{"steps": [], "result": true}', None),
+        (SCORE, "seven", None),
+        (in_multi(LABEL), '{"result": "good"}', 1.0),
+        (in_multi(LABEL), '{"result": "bad"}', 0.0),
+        (in_multi(LABEL), '{"result": "great"}', None),
+    ],
+)
+def test_the_judges_reply_becomes_the_reward(spec: dict[str, Any], reply: str, reward: float | None) -> None:
+    result = judged(spec, ScriptedJudge(reply), {"ref": "Paris", "q": "Capital?"})
+    assert result.errors.model_grader_parse_error is (reward is None)
+    assert result.reward == (reward or 0.0)
+    assert result.usage == {"ftserve-tiny" if spec is SCORE else "m": graders.TokenUsage(7, 3)}
+
+
+def test_the_judge_gets_rendered_messages_and_the_schema() -> None:
+    judge = ScriptedJudge('{"steps": [], "result": 1}')
+    spec = {**SCORE, "model": "gpt-4o", "input": [*SCORE["input"], {"role": "developer", "content": "Be strict."}]}
+    judged(spec, judge, {"ref": "Lyon"})
+    model, messages, schema = judge.asked[0]
+    assert model == "served"
+    assert messages == [
+        {"role": "user", "content": "Rate Paris against Lyon"},
+        {"role": "developer", "content": "Be strict."},
+    ]
+    assert schema["properties"]["result"] == {"type": "number", "minimum": 0, "maximum": 10}
+    judge = ScriptedJudge('{"result": "good"}')
+    judged(in_multi(LABEL), judge, {"q": "Capital?"})
+    assert judge.asked[0][2]["properties"]["result"] == {"type": "string", "enum": ["good", "bad"]}
+    # A variable the item lacks: the judge is never asked.
+    judge = ScriptedJudge("")
+    assert judged(SCORE, judge, {}).errors.invalid_variable_error and not judge.asked
+
+
+def test_a_cut_reply_is_a_parse_error_with_its_usage() -> None:
+    result = judged(SCORE, ScriptedJudge('{"steps": [], "result": 1', truncated=True), {"ref": "x"})
+    assert result.errors.model_grader_parse_error and result.reward == 0.0
+    assert result.usage and result.sampled_model_name == "ftserve-tiny"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed when the block ends: nothing listens there
+
+
+def test_an_unreachable_judge_is_a_reward_of_0_with_the_server_error_flag() -> None:
+    """The HTTP judge against a port nothing listens on (connection refused, retried, then given up)."""
+    multi = {
+        "type": "multi",
+        "name": "m",
+        "graders": {"j": SCORE, "exact": string_check("eq", "{{sample.output_text}}", "Paris")},
+        "calculate_output": "j + exact",
+    }
+    with HttpJudge(f"http://127.0.0.1:{closed_port()}", "Bearer sk-x") as judge:
+        response = graders.run(
+            SPEC.validate_python(multi), "Paris", {"ref": "Paris"}, judging=graders.JudgeConfig(judge)
+        )
+    errors = response.metadata.errors
+    assert errors.model_grader_server_error and "could not be reached" in str(errors.model_grader_server_error_details)
+    assert response.sub_rewards == {"j": 0.0, "exact": 1.0} and response.reward == 1.0
+    assert response.metadata.token_usage is None and response.model_grader_token_usage_per_model == {}
+
+
+def test_without_a_serving_path_model_graders_are_a_400() -> None:
     with pytest.raises(InvalidRequest) as err:
-        graders.check(SPEC.validate_python({**multi("l"), "graders": {"l": label}}))
-    assert err.value.param == "grader.graders.l.passing_labels"
+        graders.run(SPEC.validate_python(SCORE), "Paris", {"ref": "Paris"})
+    assert (err.value.param, err.value.code) == ("grader.model", "model_grader_unavailable")
 
 
 def test_wire_models_are_strict() -> None:
@@ -250,3 +397,24 @@ def test_without_a_sandbox_python_graders_are_refused() -> None:
     env = {**os.environ, "PATH": "/nonexistent"}
     out = subprocess.run([sys.executable, "-c", FAIL_CLOSED], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["python_grader_unavailable", "grader.type"]
+
+
+@pytest.mark.parametrize(
+    ("inference_url", "roles", "host", "expected"),
+    [
+        ("http://inference:8001", {"api"}, "0.0.0.0", "http://inference:8001"),
+        (None, {"api", "inference"}, "127.0.0.1", "http://127.0.0.1:8123"),
+        (None, {"api", "inference"}, "0.0.0.0", "http://127.0.0.1:8123"),
+        (None, {"api", "inference"}, "::", "http://[::1]:8123"),
+        (None, {"api", "inference"}, "fd00::5", "http://[fd00::5]:8123"),
+        (None, {"api", "inference"}, "api.internal", "http://api.internal:8123"),
+        (None, {"api"}, "127.0.0.1", None),
+    ],
+)
+def test_where_the_judge_is_asked(inference_url: str | None, roles: set[str], host: str, expected: str | None) -> None:
+    """FTSERVE_INFERENCE_URL when set, else this process's own address if it serves inference, else nowhere."""
+    from ftserve.control.api.graders import judge_url
+    from ftserve.core.config import Settings
+
+    settings = Settings(inference_url=inference_url, host=host, port=8123)
+    assert judge_url(settings, frozenset(roles)) == expected

@@ -1,13 +1,19 @@
-"""/v1/fine_tuning/alpha/graders: run a grader on one sample, or validate one (ftserve/graders does the work)."""
+"""/v1/fine_tuning/alpha/graders: run a grader on one sample, or validate one (ftserve/graders does the work).
+
+Model graders ask their judge through ftserve's serving path over HTTP, as the caller (its Authorization header
+is forwarded), so the judge sees the models the caller may use and no others."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
+import ipaddress
+from typing import Annotated
+
+from anyio import CapacityLimiter, to_thread
+from fastapi import APIRouter, Header, Request
 
 from ftserve import graders
 from ftserve.control.api.deps import OrgDep, SettingsDep
-from ftserve.core.errors import bad_request
+from ftserve.core.config import Settings
 from ftserve.core.schemas.errors import ERROR_RESPONSES
 from ftserve.core.schemas.graders import (
     GraderRunRequest,
@@ -15,23 +21,76 @@ from ftserve.core.schemas.graders import (
     GraderValidateRequest,
     GraderValidateResponse,
 )
+from ftserve.graders.http_judge import HttpJudge
 
 router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", tags=["graders"], responses=ERROR_RESPONSES)
 
+# Grader runs wait on sandboxes and judges in threads of their own: a model grader's judge is answered by this
+# same process (`ftserve up`), whose routes need the default thread pool, so grader runs must never fill it.
+GRADER_THREADS = 16
+
+
+def _threads(request: Request) -> CapacityLimiter:
+    """This app's limiter for grader runs, made on its event loop the first time it is needed."""
+    limiter: CapacityLimiter | None = getattr(request.app.state, "grader_threads", None)
+    if limiter is None:
+        limiter = request.app.state.grader_threads = CapacityLimiter(GRADER_THREADS)
+    return limiter
+
+
+def judge_url(settings: Settings, roles: frozenset[str]) -> str | None:
+    """Where a judge's chat completions go: the inference role this api forwards to (`inference_url`), else this
+    process's own address when it serves inference itself (`ftserve up`, `api --with-inference`), else nowhere."""
+    if settings.inference_url:
+        return settings.inference_url
+    if "inference" not in roles:
+        return None
+    return f"http://{_connectable(settings.host)}:{settings.port}"
+
+
+def _connectable(host: str) -> str:
+    """The address to call a server bound to `host`: loopback for a wildcard bind, IPv6 literals bracketed."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host  # a host name
+
+
+def _judging(settings: Settings, request: Request, authorization: str | None) -> graders.JudgeConfig:
+    url = judge_url(settings, request.app.state.roles)
+    judge = HttpJudge(url, authorization) if url else None
+    return graders.JudgeConfig(judge=judge, model_map=settings.grader_model_map)
+
 
 @router.post("/run", response_model=GraderRunResponse)
-async def run_grader(body: GraderRunRequest, settings: SettingsDep, _org: OrgDep) -> GraderRunResponse:
-    """The grader's reward for `model_sample` and `item`; a model grader is a 400 until ftserve can judge."""
+async def run_grader(
+    body: GraderRunRequest,
+    request: Request,
+    settings: SettingsDep,
+    _org: OrgDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> GraderRunResponse:
+    """The grader's reward for `model_sample` and `item`, with its judges' token usage."""
+    limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
+    judging = _judging(settings, request, authorization)
     try:
-        # A python grader waits on its sandbox (seconds at most): off the event loop.
-        limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
-        return await run_in_threadpool(graders.run, body.grader, body.model_sample, body.item, limits)
-    except graders.NotSupportedYet as exc:
-        raise bad_request(str(exc), param="grader.type", code="grader_not_supported_yet") from None
+        return await to_thread.run_sync(
+            graders.run, body.grader, body.model_sample, body.item, limits, judging, limiter=_threads(request)
+        )
+    finally:
+        if isinstance(judging.judge, HttpJudge):
+            judging.judge.close()
 
 
 @router.post("/validate", response_model=GraderValidateResponse)
-async def validate_grader(body: GraderValidateRequest, _org: OrgDep) -> GraderValidateResponse:
+async def validate_grader(
+    body: GraderValidateRequest, request: Request, settings: SettingsDep, _org: OrgDep
+) -> GraderValidateResponse:
     """The grader as sent, once it is checked (a 400 naming the field that is not)."""
-    await run_in_threadpool(graders.check, body.grader)
+    judging = graders.JudgeConfig(model_map=settings.grader_model_map)
+    await to_thread.run_sync(graders.check, body.grader, "grader", None, judging, limiter=_threads(request))
     return GraderValidateResponse(grader=body.grader)
