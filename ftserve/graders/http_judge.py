@@ -5,11 +5,13 @@ not found", as it is on the caller's own requests."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from ftserve.core.config import Settings
 from ftserve.core.schemas.graders import SamplingParams
 from ftserve.graders.base import TokenUsage
 from ftserve.graders.judge import JudgeRejected, JudgeReply, JudgeUnavailable
@@ -121,3 +123,26 @@ def _reply(response: httpx.Response) -> JudgeReply:
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise JudgeUnavailable(f"the judge's reply is not a chat completion: {exc!r}") from None
+
+
+def judge_url(settings: Settings, serves_inference: bool) -> str | None:
+    """Where a judge's chat completions go: the inference role this process forwards to (`inference_url`), else
+    the server's own address when it serves inference (`ftserve up`, whose worker shares its settings;
+    `api --with-inference`), else nowhere."""
+    if settings.inference_url:
+        return settings.inference_url
+    if not serves_inference:
+        return None
+    return f"http://{_connectable(settings.host)}:{settings.port}"
+
+
+def _connectable(host: str) -> str:
+    """The address to call a server bound to `host`: loopback for a wildcard bind, IPv6 literals bracketed."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host  # a host name

@@ -133,6 +133,12 @@ class FollowerStore:
     def fail(self, code: str, message: str, param: str | None) -> bool:
         return self._store.fail(code, message, param)
 
+    def judge_authorization(self) -> str | None:
+        return self._store.judge_authorization()
+
+    def revoke_judge_authorization(self) -> None:
+        self._store.revoke_judge_authorization()
+
 
 def _lora_config(config: TrainingConfig, base: PreTrainedModel, store: JobStore) -> LoraConfig:
     # The architecture's attention + MLP linear layers (models/families), never the LM head.
@@ -264,7 +270,7 @@ def _train(spec: JobSpec, settings: Settings, store: JobStore, gang: Gang) -> No
                 f"Sharded the base over {gang.size} processes (FSDP): each holds {held:.0%} of its weights",
                 data={"sharded_share": round(held, 4)},
             )
-        job = MethodJob(settings, spec, config, model, tok, hp, device, gang)
+        job = MethodJob(settings, spec, config, model, tok, hp, device, gang, store)
         method = training.build(job, train, valid)
         run = Run(spec, config, hp, store, storage, settings.fault_injection, gang, sharded)
         fit(run, model, method, device, point)

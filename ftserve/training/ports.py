@@ -125,6 +125,15 @@ class JobStore(Protocol):
         """Fail the job with a stable code; False if it was no longer ours to fail."""
         ...
 
+    def judge_authorization(self) -> str | None:
+        """The Authorization header a model grader's judge calls carry for the job's org: a key made for this job
+        (revoked by `revoke_judge_authorization`), or None where the server takes no keys."""
+        ...
+
+    def revoke_judge_authorization(self) -> None:
+        """Revoke the keys judge_authorization made for this job."""
+        ...
+
 
 class ClaimingStore(JobStore, Protocol):
     """A store that also claims its job and keeps the claim's lease alive while training runs."""

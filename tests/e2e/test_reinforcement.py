@@ -182,3 +182,35 @@ def test_prompts_are_refused_by_the_other_methods(client: OpenAI, tmp_path: Path
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "invalid_file_format"
     assert "method.type 'reinforcement'" in error["message"]
+
+
+def test_a_label_model_grader_judges_rollouts_through_the_serving_path(client: OpenAI, tmp_path: Path) -> None:
+    """The judge is a served model (the tiny base), asked over the serving path by the worker for every rollout."""
+    judge = {
+        "type": "label_model",
+        "name": "polite",
+        "model": "ftserve-tiny",
+        "input": [{"role": "user", "content": "Is this polite? {{sample.output_text}}"}],
+        "labels": ["yes", "no"],
+        "passing_labels": ["yes"],
+    }
+    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10]))
+    job = client.fine_tuning.jobs.create(
+        model="ftserve-tiny",
+        training_file=train,
+        # OpenAI takes a label_model inside a multi only
+        method=_rft(
+            {"type": "multi", "name": "judged", "graders": {"polite": judge}, "calculate_output": "polite"},
+            n_epochs=1,
+            batch_size=5,
+            compute_multiplier=0.5,
+        ),
+        extra_body={"extensions": {"max_completion_tokens": 4}},
+    )
+    done, _ = wait_job(client, job.id)
+    assert done.status == "succeeded", done.error
+    steps = _metrics(client, job.id)
+    assert len(steps) == 2
+    # every rollout was judged (a judge the worker could not reach would flag each grade a server error)
+    assert all(s["train_grader_errors"] == 0 for s in steps), steps
+    assert all(s["train_reward_mean"] in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0) for s in steps)

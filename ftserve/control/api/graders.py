@@ -5,7 +5,6 @@ is forwarded), so the judge sees the models the caller may use and no others."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 from anyio import CapacityLimiter, to_thread
@@ -21,7 +20,7 @@ from ftserve.core.schemas.graders import (
     GraderValidateRequest,
     GraderValidateResponse,
 )
-from ftserve.graders.http_judge import HttpJudge
+from ftserve.graders.http_judge import HttpJudge, judge_url
 
 router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", tags=["graders"], responses=ERROR_RESPONSES)
 
@@ -38,30 +37,8 @@ def _threads(request: Request) -> CapacityLimiter:
     return limiter
 
 
-def judge_url(settings: Settings, roles: frozenset[str]) -> str | None:
-    """Where a judge's chat completions go: the inference role this api forwards to (`inference_url`), else this
-    process's own address when it serves inference itself (`ftserve up`, `api --with-inference`), else nowhere."""
-    if settings.inference_url:
-        return settings.inference_url
-    if "inference" not in roles:
-        return None
-    return f"http://{_connectable(settings.host)}:{settings.port}"
-
-
-def _connectable(host: str) -> str:
-    """The address to call a server bound to `host`: loopback for a wildcard bind, IPv6 literals bracketed."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    try:
-        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
-    except ValueError:
-        return host  # a host name
-
-
 def _judging(settings: Settings, request: Request, authorization: str | None) -> graders.JudgeConfig:
-    url = judge_url(settings, request.app.state.roles)
+    url = judge_url(settings, "inference" in request.app.state.roles)
     judge = HttpJudge(url, authorization) if url else None
     return graders.JudgeConfig(judge=judge, model_map=settings.grader_model_map)
 

@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from ftserve.control.db.session import is_unavailable, session_scope
-from ftserve.control.db.tables import Checkpoint, Job
-from ftserve.control.services import catalog, job_state
+from ftserve.control.db.tables import ApiKey, Checkpoint, Job
+from ftserve.control.services import auth, catalog, job_state
 from ftserve.control.services import files as file_service
 from ftserve.core import methods
 from ftserve.core.config import Settings
@@ -48,6 +48,10 @@ CHECKPOINT_METRICS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
+
+
+def _judge_key_name(job_id: str) -> str:
+    return f"judge for {job_id}"
 
 
 def checkpoint_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -492,6 +496,29 @@ class TrainingStore:
                 trained_tokens=trained_tokens,
                 result_files=[result.id],
             )
+
+        self._run(work)
+
+    def judge_authorization(self) -> str | None:
+        """A key for the job's org, named for the job, when the server takes keys (its model graders' judge calls
+        go through the serving path as the org, so tenancy holds)."""
+
+        def work(s: Session) -> str | None:
+            if not auth.keys_exist(s):
+                return None
+            org = s.scalar(select(Job.org_id).where(Job.id == self.job_id))
+            return None if org is None else "Bearer " + auth.create_key(s, org, name=_judge_key_name(self.job_id))
+
+        return self._run(work)
+
+    def revoke_judge_authorization(self) -> None:
+        def work(s: Session) -> None:
+            s.execute(
+                update(ApiKey)
+                .where(ApiKey.name == _judge_key_name(self.job_id), ApiKey.revoked_at.is_(None))
+                .values(revoked_at=now())
+            )
+            s.commit()
 
         self._run(work)
 

@@ -14,7 +14,7 @@ from ftserve.core.config import Settings
 from ftserve.core.methods import MethodSpec
 from ftserve.training.config import TrainingConfig
 from ftserve.training.hyperparams import Resolved
-from ftserve.training.ports import JobSpec
+from ftserve.training.ports import JobSpec, JobStore
 from ftserve.training.rank import Gang
 from ftserve.training.tokenize import TokenizeStats
 from ftserve.training.trainer import LoraTrainer
@@ -83,6 +83,7 @@ class MethodJob:
     hp: Resolved  # "auto" resolved
     device: torch.device
     gang: Gang
+    store: JobStore  # the job's store (reinforcement asks it for its model graders' credentials)
 
 
 class MethodTraining(Protocol):

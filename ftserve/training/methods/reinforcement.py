@@ -6,6 +6,7 @@ in a pool, while the other groups still generate), group-relative advantages, th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from ftserve.core.methods.reinforcement import REINFORCEMENT
 from ftserve.core.schemas.graders import Grader as WireGrader
 from ftserve.core.schemas.graders import GraderErrors
 from ftserve.graders.base import Grader, GradeResult, Sample
+from ftserve.graders.http_judge import HttpJudge, judge_url
 from ftserve.models.tools import parse_tool_calls
 from ftserve.training.config import TrainingConfig
 from ftserve.training.export import RESULT_COLUMNS
@@ -98,6 +100,7 @@ class Reinforcement:
         seed: int,
         device: torch.device,
         workers: int = 4,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.model, self.tok, self.train, self.valid = model, tok, train, valid
         self.n_train, self.n_valid = len(train), len(valid)
@@ -106,6 +109,7 @@ class Reinforcement:
         self.loss = GrpoConfig()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grader")
         self.steps = 0
+        self.release = release  # what the job's grader holds (a judge's client and key), dropped at close
 
     def prepare(self, trainer: LoraTrainer, resumed: bool) -> str | None:
         self.rollouts.publish()
@@ -159,6 +163,8 @@ class Reinforcement:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.rollouts.close()
+        if self.release is not None:
+            self.release()
 
     def _seed(self, what: str) -> int:
         return (self.seed * 1_000_003 + self.steps * 7_919 + (0 if what == "train" else 1)) % 2**31
@@ -187,8 +193,6 @@ class Reinforcement:
             calls = [{"name": c.name, "arguments": c.arguments} for c in parsed]
         try:
             return self.grader.grade(Sample.from_text(row.text, calls), prompt.item)
-        except graders.NotSupportedYet:
-            raise
         except Exception as exc:  # a grader's own failure scores 0, flagged; it never ends the job
             return GradeResult.failed(other_error=True, python_grader_runtime_error_details=str(exc)[:500])
 
@@ -216,7 +220,9 @@ class ReinforcementTraining:
         spec, settings = job.spec, job.settings
         assert job.hp.reinforcement is not None
         limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
-        grader = graders.build(_grader_model(spec.method_config), limits)
+        wire = _grader_model(spec.method_config)
+        judging, release = _judging(job, wire)
+        grader = graders.build(wire, limits, judging)
         rollouts = Rollouts(job.model, job.tok, settings.engine(), job.device, spec.id)
         return Reinforcement(
             job.model,
@@ -229,7 +235,35 @@ class ReinforcementTraining:
             job.config.max_completion_tokens,
             spec.seed,
             job.device,
+            release=release,
         )
+
+
+def _judging(job: MethodJob, wire: Any) -> tuple[graders.JudgeConfig, Callable[[], None] | None]:
+    """A judge for the grader's model graders, if it has any: the serving path over HTTP, as the job's org (a key
+    made for the job, revoked when it ends); and what to release at the end."""
+    map_ = job.settings.grader_model_map
+    if not uses_a_judge(wire):
+        return graders.JudgeConfig(model_map=map_), None
+    url = judge_url(job.settings, serves_inference=True)
+    authorization = job.store.judge_authorization()
+    judge = HttpJudge(url or "http://127.0.0.1", authorization)
+
+    def release() -> None:
+        judge.close()
+        job.store.revoke_judge_authorization()
+
+    return graders.JudgeConfig(judge=judge, model_map=map_), release
+
+
+def uses_a_judge(wire: Any) -> bool:
+    """Whether the grader (or a sub-grader of a multi) is a model grader."""
+    if wire.type in ("score_model", "label_model"):
+        return True
+    if wire.type == "multi":
+        subs = wire.graders.values() if isinstance(wire.graders, dict) else [wire.graders]
+        return any(uses_a_judge(sub) for sub in subs)
+    return False
 
 
 def _grader_model(config: dict[str, Any]) -> Any:
