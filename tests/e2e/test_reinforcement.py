@@ -214,3 +214,64 @@ def test_a_label_model_grader_judges_rollouts_through_the_serving_path(client: O
     # every rollout was judged (a judge the worker could not reach would flag each grade a server error)
     assert all(s["train_grader_errors"] == 0 for s in steps), steps
     assert all(s["train_reward_mean"] in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0) for s in steps)
+
+
+BREVITY = """
+def grade(sample, item):
+    words = len(sample["output_text"].split())
+    return max(0.0, 1.0 - words / 30)
+"""
+TOPICS = [
+    "a fruit", "an animal that lives in the sea", "a color", "a city in Europe", "a musical instrument",
+    "a sport", "a planet", "a tree", "a bird", "a vegetable", "a flower", "a metal", "a river", "a game",
+    "a tool", "a drink",
+]  # fmt: skip
+
+
+def _topic_prompts(path: Path, topics: list[str]) -> Path:
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"Tell me about {t}."}]}) for t in topics]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _held_out_reward(client: OpenAI, model: str, topics: list[str]) -> float:
+    """The brevity grader's mean reward on greedy answers to held-out prompts, graded by the grader endpoint."""
+    rewards = []
+    for topic in topics:
+        answer = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"Tell me about {topic}."}], max_tokens=32, temperature=0
+        )
+        graded = client.fine_tuning.alpha.graders.run(
+            grader={"type": "python", "name": "brevity", "source": BREVITY},
+            model_sample=answer.choices[0].message.content or "",
+        )
+        rewards.append(graded.reward)
+    return sum(rewards) / len(rewards)
+
+
+def test_a_python_grader_raises_smollm2s_held_out_reward(smollm2_embedded: Service, tmp_path: Path) -> None:
+    """GRPO with a python grader that rewards short answers: on prompts it never trained on, the fine-tuned
+    model's greedy answers score clearly above SmolLM2's own."""
+    client = client_for(smollm2_embedded, timeout=300)
+    train = _upload(client, _topic_prompts(tmp_path / "train.jsonl", TOPICS[:12]))
+    held_out = TOPICS[12:]
+    job = client.fine_tuning.jobs.create(
+        model="smollm2-135m-instruct",
+        training_file=train,
+        method=_rft(
+            {"type": "python", "name": "brevity", "source": BREVITY},
+            n_epochs=3,
+            batch_size=4,
+            learning_rate_multiplier=10,
+        ),
+        seed=1,
+        extra_body={"extensions": {"max_completion_tokens": 32}},
+    )
+    done, _ = wait_job(client, job.id, timeout=900)
+    assert done.status == "succeeded", done.error
+    steps = _metrics(client, job.id)
+    before, after = _held_out_reward(client, "smollm2-135m-instruct", held_out), None
+    after = _held_out_reward(client, done.fine_tuned_model or "", held_out)
+    print(f"held-out brevity reward: base {before:.3f}, fine-tuned {after:.3f}; train reward by step "
+          f"{[round(s['train_reward_mean'], 3) for s in steps]}")  # fmt: skip
+    assert after > before + 0.15
