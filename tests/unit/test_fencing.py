@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from ftserve.control.db.session import session_scope
-from ftserve.control.db.tables import Checkpoint, FineTunedModel, JobEvent
+from ftserve.control.db.tables import Checkpoint, FineTunedModel, Job, JobEvent
 from ftserve.control.services.jobs import cancel_job, pause_job, resume_job
 from ftserve.control.services.reaper import reap_once
 from ftserve.control.services.training_store import JobStopped, TrainingStore
@@ -155,3 +155,18 @@ def test_a_paused_job_cancelled_before_the_worker_looks_saves_nothing(settings: 
     with pytest.raises(JobStopped):
         store.pause_point_saved(3, lambda: placed.append("resume"))
     assert placed == []
+
+
+def test_a_job_whose_row_training_cannot_read_fails_instead_of_looping(settings: Settings) -> None:
+    """A claim reads the row as training will first: a value it cannot take (here a reasoning_effort that is not
+    one of OpenAI's levels) fails the job with a code, where a claim that raised would leave it queued forever."""
+    job_id = make_job(settings, "queued", method="reinforcement")
+    with session_scope(settings) as s:
+        row = s.get(Job, job_id)
+        assert row is not None
+        row.hyperparameters = {"reasoning_effort": "auto"}
+    assert TrainingStore(settings, job_id, "worker-a").claim() is None
+    job = job_row(settings, job_id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error["code"] == "invalid_job", job.error
+    assert job.attempts == 0  # never claimed

@@ -50,6 +50,19 @@ CHECKPOINT_METRICS = (
 )
 
 
+def _fail_queued(s: Session, job_id: str, code: str, message: str, param: str | None) -> None:
+    """A queued job that cannot be claimed fails with this error (a claim would fail the same way every time)."""
+    job_state.transition(
+        s,
+        job_id,
+        JobStatus.FAILED,
+        f"Fine-tuning job failed: {message}",
+        level="error",
+        only_from={JobStatus.QUEUED},
+        error={"code": code, "message": message, "param": param},
+    )
+
+
 def _judge_key_name(job_id: str) -> str:
     return f"judge for {job_id}"
 
@@ -184,30 +197,14 @@ class TrainingStore:
             at = time.time()
             try:
                 resolved = catalog.resolve(s, self.settings, job.org_id, job.model)
-            except NotFound as gone:  # the starting model was deleted after the job was created
-                job_state.transition(
-                    s,
-                    self.job_id,
-                    JobStatus.FAILED,
-                    f"Fine-tuning job failed: {gone.message}",
-                    level="error",
-                    only_from={JobStatus.QUEUED},
-                    error={"code": "model_not_found", "message": gone.message, "param": "model"},
-                )
-                return None
-            try:  # read the row as training will before taking it: one it cannot read fails now, never loops
+                # Read the row as training will before taking it: one it cannot read fails now, never loops.
                 spec = _spec(job, resolved, job.attempts + 1)
+            except NotFound as gone:  # the starting model was deleted after the job was created
+                _fail_queued(s, self.job_id, "model_not_found", gone.message, "model")
+                return None
             except ValidationError as bad:
                 message = f"The job's stored settings cannot be read: {bad.errors()[0]['msg']}"
-                job_state.transition(
-                    s,
-                    self.job_id,
-                    JobStatus.FAILED,
-                    f"Fine-tuning job failed: {message}",
-                    level="error",
-                    only_from={JobStatus.QUEUED},
-                    error={"code": "invalid_job", "message": message, "param": None},
-                )
+                _fail_queued(s, self.job_id, "invalid_job", message, None)
                 return None
             ok = job_state.transition(
                 s,
