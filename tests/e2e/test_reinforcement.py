@@ -275,3 +275,36 @@ def test_a_python_grader_raises_smollm2s_held_out_reward(smollm2_embedded: Servi
     print(f"held-out brevity reward: base {before:.3f}, fine-tuned {after:.3f}; train reward by step "
           f"{[round(s['train_reward_mean'], 3) for s in steps]}")  # fmt: skip
     assert after > before + 0.15
+
+
+def test_rft_continues_a_supervised_model(client: OpenAI, tmp_path: Path) -> None:
+    """SFT → RFT: a reinforcement job starts from an ft: model, samples with its adapter, and yields a new model."""
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(
+        "\n".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"Say the word {w}."}, {"role": "assistant", "content": w}]}
+            )
+            for w in WORDS[:10]
+        )
+        + "\n"
+    )
+    sft = client.fine_tuning.jobs.create(
+        model="ftserve-tiny", training_file=_upload(client, chat), hyperparameters={"n_epochs": 1, "batch_size": 5}
+    )
+    sft_done, _ = wait_job(client, sft.id)
+    assert sft_done.status == "succeeded" and sft_done.fine_tuned_model
+    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10]))
+    rft = client.fine_tuning.jobs.create(
+        model=sft_done.fine_tuned_model,
+        training_file=train,
+        method=_rft(MULTI, n_epochs=1, batch_size=5, compute_multiplier=0.5),
+        extra_body={"extensions": {"max_completion_tokens": 4}},
+    )
+    done, _ = wait_job(client, rft.id)
+    assert done.status == "succeeded", done.error
+    assert done.model == sft_done.fine_tuned_model
+    assert done.fine_tuned_model and done.fine_tuned_model != sft_done.fine_tuned_model
+    events = [e.message for e in client.fine_tuning.jobs.list_events(rft.id, limit=100)]
+    assert any(m.startswith("Starting from fine-tuned model") for m in events)
+    assert len(_metrics(client, rft.id)) == 2

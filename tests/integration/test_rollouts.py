@@ -1,0 +1,82 @@
+"""Reinforcement's sampler on the tiny model: the engine's view of the base shares the training model's weights
+(no copy), and its greedy rollouts are the policy's own greedy answers, before and after the LoRA weights move
+(each `publish` hands the engine the live tensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from ftserve.core.config import Settings
+from ftserve.engine.sampling import Sampling
+from ftserve.models.bases import load_base
+from ftserve.models.families import choose_target_modules
+from ftserve.training.rollouts import Rollouts, base_view
+
+CPU = torch.device("cpu")
+PROMPTS = [[5, 17, 42, 9], [88, 3, 61]]
+TOKENS = 6
+
+
+def _policy(bases_dir: Path, tmp_path: Path) -> tuple[PeftModel, object]:
+    settings = Settings(data_dir=tmp_path, bases_dir=bases_dir)
+    base, tok = load_base(settings, "ftserve-tiny", CPU)
+    targets = choose_target_modules(base, None)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=targets.modules, fan_in_fan_out=targets.fan_in_fan_out)
+    return get_peft_model(base, config), tok  # type: ignore[return-value]
+
+
+def _move_lora(model: PeftModel, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+@torch.no_grad()
+def _greedy(model: PeftModel, prompt: list[int], stops: set[int]) -> list[int]:
+    ids = list(prompt)
+    out: list[int] = []
+    for _ in range(TOKENS):
+        token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        if token in stops:
+            break
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+def test_the_view_shares_the_training_models_weights(bases_dir: Path, tmp_path: Path) -> None:
+    model, _ = _policy(bases_dir, tmp_path)
+    view = base_view(model)
+    ours = {
+        n.replace(".base_layer", ""): p
+        for n, p in model.get_base_model().named_parameters(remove_duplicate=False)
+        if "lora_" not in n
+    }
+    for name, p in view.named_parameters():
+        assert p.data_ptr() == ours[name].data_ptr(), name  # the same storage, not a copy
+        assert not p.requires_grad
+
+
+def test_rollouts_are_the_policys_greedy_answers_after_each_publish(bases_dir: Path, tmp_path: Path) -> None:
+    model, tok = _policy(bases_dir, tmp_path)
+    model.eval()
+    rollouts = Rollouts(model, tok, Settings().engine(), CPU, "ftjob-test")  # type: ignore[arg-type]
+    stops = rollouts.engine.resident(rollouts.base).stop_ids
+    try:
+        seen = []
+        for seed in (1, 2):
+            _move_lora(model, seed)
+            rollouts.publish()
+            groups = rollouts.sample(PROMPTS, 2, lambda _k: Sampling(max_tokens=TOKENS, temperature=0.0))
+            for prompt, rows in zip(PROMPTS, groups, strict=True):
+                expected = _greedy(model, prompt, stops)
+                assert [r.token_ids for r in rows] == [expected, expected]
+            seen.append([rows[0].token_ids for rows in groups])
+        assert seen[0] != seen[1]  # the second publish changed what the engine samples
+    finally:
+        rollouts.close()
