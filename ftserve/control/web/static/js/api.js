@@ -24,21 +24,26 @@ function headers(extra = {}) {
   return h;
 }
 
-async function failure(res) {
+// `sentKey`: the key the request carried. A 401 answering an older key (a request still in flight when the user
+// entered a new one) says nothing about the key now kept, so it raises no prompt.
+async function failure(res, sentKey) {
   let body = null;
   try { body = await res.json(); } catch { /* not JSON: keep the status */ }
   const err = new ApiError(res.status, body);
-  if (res.status === 401) window.dispatchEvent(new CustomEvent("ftserve:unauthorized", { detail: err.message }));
+  if (res.status === 401 && sentKey === getKey()) {
+    window.dispatchEvent(new CustomEvent("ftserve:unauthorized", { detail: err.message }));
+  }
   return err;
 }
 
 // Paths are relative ("v1/…") so the page also works behind a proxy that serves it under a prefix.
 export async function api(path, { method = "GET", json, form } = {}) {
+  const sentKey = getKey();
   const init = { method, headers: headers(json ? { "content-type": "application/json" } : {}) };
   if (json) init.body = JSON.stringify(json);
   if (form) init.body = form;
   const res = await fetch(path.replace(/^\//, ""), init);
-  if (!res.ok) throw await failure(res);
+  if (!res.ok) throw await failure(res, sentKey);
   return res.json();
 }
 
@@ -61,8 +66,9 @@ export async function newEvents(jobId, lastId) {
 
 // Save a file the API serves (e.g. a job's result CSV) with the key sent as a header, not in the URL.
 export async function download(fileId, filename) {
+  const sentKey = getKey();
   const res = await fetch(`v1/files/${fileId}/content`, { headers: headers() });
-  if (!res.ok) throw await failure(res);
+  if (!res.ok) throw await failure(res, sentKey);
   const url = URL.createObjectURL(await res.blob());
   const a = Object.assign(document.createElement("a"), { href: url, download: filename || fileId });
   document.body.append(a);
@@ -74,13 +80,14 @@ export async function download(fileId, filename) {
 // POST `path` with stream: true; yields each server-sent event's JSON (`data:` lines) until `data: [DONE]` or
 // the end of the body (the Responses API's stream ends with its `response.completed` event, no [DONE]).
 async function* streamEvents(path, body, signal) {
+  const sentKey = getKey();
   const res = await fetch(path, {
     method: "POST",
     headers: headers({ "content-type": "application/json", accept: "text/event-stream" }),
     body: JSON.stringify({ ...body, stream: true }),
     signal,
   });
-  if (!res.ok) throw await failure(res);
+  if (!res.ok) throw await failure(res, sentKey);
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   for (;;) {
