@@ -124,14 +124,14 @@ def fit(
                     continue  # done before the resume point
                 _check_or_pause(run, trainer, model, resume.Progress(step, epoch, i, trained_tokens, rows))
                 faults.maybe_inject(run.fault_injection, spec.suffix, step + 1)
-                result = method.train_step(trainer, group)
-                step += 1
+                step += 1  # the job's step number, counted from the resume point's
+                result = method.train_step(trainer, group, step)
                 trained_tokens += result.tokens
                 metrics: dict[str, Any] = {"step": step, **result.metrics}
                 if valid_groups:
-                    metrics.update(method.evaluate(trainer, valid_groups[step % len(valid_groups)], "valid"))
+                    metrics.update(method.evaluate(trainer, valid_groups[step % len(valid_groups)], "valid", step))
                 if method.n_valid and i == steps_per_epoch - 1:
-                    metrics.update(method.evaluate(trainer, None, "full_valid"))
+                    metrics.update(method.evaluate(trainer, None, "full_valid", step))
                 rows.append({**metrics, "train_accuracy": metrics.get("train_mean_token_accuracy")})
                 warning = method.health(metrics)
                 if not run.gang.main:
