@@ -103,15 +103,16 @@ def fit(
     spec, hp = run.spec, run.hp
     steps_per_epoch = len(step_groups(method.n_train, hp.batch_size, spec.seed, 0))
     total = steps_per_epoch * hp.n_epochs
-    trainer = _trainer(run, model, device, total)
     final_name = fine_tuned_model_name(spec.base, spec.org, spec.suffix, spec.id)
     at = point.progress if point else resume.Progress()
-    if point is not None:
-        trainer.optimizer.load_state_dict(point.optimizer)
-        trainer.scheduler.load_state_dict(point.scheduler)
     rows, step, trained_tokens, first = at.rows, at.step, at.trained_tokens, at.step
     valid_groups = step_groups(method.n_valid, hp.batch_size, spec.seed, 0) if method.n_valid else []
-    try:
+    trainer: LoraTrainer | None = None
+    try:  # from here on the method is closed whatever happens (reinforcement's sampler thread, grader pool)
+        trainer = _trainer(run, model, device, total)
+        if point is not None:
+            trainer.optimizer.load_state_dict(point.optimizer)
+            trainer.scheduler.load_state_dict(point.scheduler)
         for earlier in rows:  # a resumed job's watch starts where it stood (a warning given stays given)
             method.health(earlier)
         note = method.prepare(trainer, resumed=point is not None)
@@ -166,5 +167,8 @@ def fit(
         if run.gang.main:
             resume.drop_pause_point(run.storage, spec.id)
     finally:
-        trainer.close()
-        method.close()
+        try:
+            if trainer is not None:
+                trainer.close()
+        finally:
+            method.close()

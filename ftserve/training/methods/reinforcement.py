@@ -160,10 +160,16 @@ class Reinforcement:
         return None
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self.rollouts.close()
-        if self.release is not None:
-            self.release()
+        """Stop the grader pool (grades not started are dropped: a step that failed mid-sampling left them), the
+        sampling engine's thread, and what the grader holds; each even if the one before failed."""
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            try:
+                self.rollouts.close()
+            finally:
+                if self.release is not None:
+                    self.release()
 
     def _seed(self, step: int) -> int:
         """The rollouts' seed at the job's step `step`: a resumed run samples as an uninterrupted one would."""
@@ -222,8 +228,13 @@ class ReinforcementTraining:
         limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
         wire = _grader_model(spec.method_config)
         judging, release = _judging(job, wire)
-        grader = graders.build(wire, limits, judging)
-        rollouts = Rollouts(job.model, job.tok, settings.engine(), job.device, spec.id)
+        try:
+            grader = graders.build(wire, limits, judging)
+            rollouts = Rollouts(job.model, job.tok, settings.engine(), job.device, spec.id)
+        except BaseException:
+            if release is not None:  # the judge's key made for the job is revoked even if the job never starts
+                release()
+            raise
         return Reinforcement(
             job.model,
             job.tok,
