@@ -115,7 +115,7 @@ def run_ftserve(args: argparse.Namespace, model: Any, tok: Any, pairs: list[Pref
     groups = [list(range(s * args.batch, (s + 1) * args.batch)) for s in range(args.steps)]
     method = Dpo(model, tokenized, [], BETA, cap, device, reference, None, (groups, []))
     method.prepare(trainer, resumed=False)  # the reference pass, timed
-    losses = [method.train_step(trainer, group).metrics["train_loss"] for group in groups]
+    losses = [method.train_step(trainer, group, s).metrics["train_loss"] for s, group in enumerate(groups, 1)]
     seconds = time.perf_counter() - start
     trainer.close()
     return {"seconds": seconds, "losses": losses, "note": f"rows of at most {cap} tokens"}

@@ -192,31 +192,64 @@ def follow_and_exit(client: Client, job_id: str, interval: float = 1.0) -> None:
     raise SystemExit(code)
 
 
+SUB_REWARD = "train_reward_mean_"  # a multi grader's sub-grader's mean reward: train_reward_mean_<name>
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "—"
+
+
+def _step_stats(data: dict[str, Any]) -> str:
+    """What the progress bar shows of a step: its train loss, and a reinforcement job's mean reward."""
+    stats = f"loss {_number(data.get('train_loss'))}"
+    if "train_reward_mean" in data:
+        stats += f" · reward {_number(data['train_reward_mean'])}"
+    return stats
+
+
+def _reward_line(data: dict[str, Any]) -> str:
+    """A reinforcement job's step as a line of its own: loss, mean reward (with each sub-grader's) and, on the
+    steps that evaluate (every eval_interval), the validation reward."""
+    subs = {k.removeprefix(SUB_REWARD): v for k, v in data.items() if k.startswith(SUB_REWARD)}
+    line = f"step {data['step']}/{data.get('total_steps', '?')} loss {_number(data.get('train_loss'))}"
+    line += f" reward {_number(data.get('train_reward_mean'))}"
+    if subs:
+        line += " (" + ", ".join(f"{name} {_number(v)}" for name, v in subs.items()) + ")"
+    if "valid_reward_mean" in data:
+        line += f" valid reward {_number(data['valid_reward_mean'])}"
+    return line
+
+
 def follow_job(client: Client, job_id: str, interval: float = 1.0) -> int:
-    """Print events as they come and drive a progress bar from metrics events; return the exit code."""
+    """Print events as they come and drive a progress bar from metrics events (a reinforcement job's steps, with
+    their rewards, also as lines: each takes a while and the rewards are its progress); return the exit code."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     last: str | None = None
     with Progress(*columns, console=err) as progress:
-        task = progress.add_task("steps", total=None, loss="—")
+        task = progress.add_task("steps", total=None, stats="loss —")
         while True:
             job = client.call("GET", f"fine_tuning/jobs/{job_id}")
             for event in client.new_events(job_id, last):
                 last = event["id"]
                 data = event.get("data") or {}
+                stamp = datetime.fromtimestamp(event["created_at"]).strftime("%H:%M:%S")
                 if event.get("type") == "metrics" and "step" in data:
-                    loss = f"{data['train_loss']:.4f}" if data.get("train_loss") is not None else "—"
-                    progress.update(task, total=data.get("total_steps"), completed=data["step"], loss=loss)
+                    progress.update(
+                        task, total=data.get("total_steps"), completed=data["step"], stats=_step_stats(data)
+                    )
+                    if "train_reward_mean" in data:
+                        progress.console.print(f"[dim]{stamp}[/] {_reward_line(data)}", highlight=False, soft_wrap=True)
                 else:
-                    stamp = datetime.fromtimestamp(event["created_at"]).strftime("%H:%M:%S")
-                    progress.console.print(f"[dim]{stamp}[/] {event['message']}", highlight=False)
+                    # soft_wrap: a long message stays one line in a log or a pipe (a terminal wraps it itself)
+                    progress.console.print(f"[dim]{stamp}[/] {event['message']}", highlight=False, soft_wrap=True)
             if job["status"] in TERMINAL:
                 break
             time.sleep(interval)

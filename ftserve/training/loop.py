@@ -103,15 +103,16 @@ def fit(
     spec, hp = run.spec, run.hp
     steps_per_epoch = len(step_groups(method.n_train, hp.batch_size, spec.seed, 0))
     total = steps_per_epoch * hp.n_epochs
-    trainer = _trainer(run, model, device, total)
     final_name = fine_tuned_model_name(spec.base, spec.org, spec.suffix, spec.id)
     at = point.progress if point else resume.Progress()
-    if point is not None:
-        trainer.optimizer.load_state_dict(point.optimizer)
-        trainer.scheduler.load_state_dict(point.scheduler)
     rows, step, trained_tokens, first = at.rows, at.step, at.trained_tokens, at.step
     valid_groups = step_groups(method.n_valid, hp.batch_size, spec.seed, 0) if method.n_valid else []
-    try:
+    trainer: LoraTrainer | None = None
+    try:  # from here on the method is closed whatever happens (reinforcement's sampler thread, grader pool)
+        trainer = _trainer(run, model, device, total)
+        if point is not None:
+            trainer.optimizer.load_state_dict(point.optimizer)
+            trainer.scheduler.load_state_dict(point.scheduler)
         for earlier in rows:  # a resumed job's watch starts where it stood (a warning given stays given)
             method.health(earlier)
         note = method.prepare(trainer, resumed=point is not None)
@@ -124,14 +125,14 @@ def fit(
                     continue  # done before the resume point
                 _check_or_pause(run, trainer, model, resume.Progress(step, epoch, i, trained_tokens, rows))
                 faults.maybe_inject(run.fault_injection, spec.suffix, step + 1)
-                result = method.train_step(trainer, group)
-                step += 1
+                step += 1  # the job's step number, counted from the resume point's
+                result = method.train_step(trainer, group, step)
                 trained_tokens += result.tokens
                 metrics: dict[str, Any] = {"step": step, **result.metrics}
                 if valid_groups:
-                    metrics.update(method.evaluate(trainer, valid_groups[step % len(valid_groups)], "valid"))
+                    metrics.update(method.evaluate(trainer, valid_groups[step % len(valid_groups)], "valid", step))
                 if method.n_valid and i == steps_per_epoch - 1:
-                    metrics.update(method.evaluate(trainer, None, "full_valid"))
+                    metrics.update(method.evaluate(trainer, None, "full_valid", step))
                 rows.append({**metrics, "train_accuracy": metrics.get("train_mean_token_accuracy")})
                 warning = method.health(metrics)
                 if not run.gang.main:
@@ -166,5 +167,8 @@ def fit(
         if run.gang.main:
             resume.drop_pause_point(run.storage, spec.id)
     finally:
-        trainer.close()
-        method.close()
+        try:
+            if trainer is not None:
+                trainer.close()
+        finally:
+            method.close()

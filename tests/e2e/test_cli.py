@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import client_for, write_prompt_completion
+from tests.rft_data import MULTI, TINY_EXTENSIONS, WORDS, metrics, rft, upload_prompts
 from tests.servers import FTSERVE, ROOT, Service, start_embedded
 
 
@@ -100,6 +102,33 @@ def test_follow_exits_non_zero_when_the_job_is_cancelled(embedded: Service, tmp_
 
     again = ftserve(embedded, "jobs", "cancel", job.id)  # a finished job cannot be cancelled: the API's 400
     assert again.returncode == 1 and "job_not_cancellable" in again.stderr
+
+
+def test_follow_shows_a_reinforcement_jobs_rewards_on_each_step_line(embedded: Service, tmp_path: Path) -> None:
+    """A reinforcement job's steps are printed as lines with their mean reward (each sub-grader's too) and, every
+    eval_interval steps, the validation reward: the metrics events' values."""
+    client = client_for(embedded)
+    train = upload_prompts(client, tmp_path / "train.jsonl", WORDS[:10])
+    valid = upload_prompts(client, tmp_path / "valid.jsonl", WORDS[10:20])
+    hp = {"n_epochs": 1, "batch_size": 5, "compute_multiplier": 0.5, "eval_interval": 2, "eval_samples": 2}
+    job = client.fine_tuning.jobs.create(
+        model="ftserve-tiny", training_file=train, validation_file=valid, method=rft(MULTI, **hp),
+        extra_body=TINY_EXTENSIONS,
+    )  # fmt: skip
+    follow = ftserve(embedded, "jobs", "follow", job.id, "--interval", "0.3")
+    assert follow.returncode == 0, follow.stderr
+    first, second = metrics(client, job.id)
+    lines = [line for line in follow.stderr.splitlines() if re.search(r" step \d+/\d+ loss ", line)]
+    assert len(lines) == 2, follow.stderr
+    assert lines[0].endswith(
+        f"step 1/2 loss {first['train_loss']:.4f} reward {first['train_reward_mean']:.4f} "
+        f"(has_e {first['train_reward_mean_has_e']:.4f}, close {first['train_reward_mean_close']:.4f})"
+    )  # no validation at step 1: eval_interval is 2
+    assert lines[1].endswith(
+        f"reward {second['train_reward_mean']:.4f} (has_e {second['train_reward_mean_has_e']:.4f}, close "
+        f"{second['train_reward_mean_close']:.4f}) valid reward {second['valid_reward_mean']:.4f}"
+    )
+    assert "The job has successfully completed" in follow.stderr
 
 
 def write_too_long(path: Path) -> Path:

@@ -15,6 +15,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.conftest import client_for, wait_job, write_prompt_completion
 from tests.preference_data import STYLE, WORDS, question, write_pairs
+from tests.rft_data import MULTI, TINY_EXTENSIONS, metrics, rft, upload_prompts
+from tests.rft_data import WORDS as RFT_WORDS
 from tests.servers import FTSERVE, ROOT, Service, start_embedded
 
 CHROMIUM = "/usr/bin/chromium"
@@ -150,6 +152,60 @@ def test_a_dpo_job_page_plots_the_reward_margin(
     assert page.is_visible("#margin-card") and page.inner_text("#job-method") == "dpo"
     assert "beta" in page.inner_text("#hyperparameters") and "0.2" in page.inner_text("#hyperparameters")
     assert "reward margin" in page.inner_text("#progress-text")
+
+
+def test_a_reinforcement_job_page_plots_the_reward_beside_the_loss(
+    embedded: Service, trained: tuple[OpenAI, str], page: Page, tmp_path: Path
+) -> None:
+    """A finished tiny RFT job with a multi grader: the reward chart, beside the loss chart, equals the steps'
+    train_reward_mean, valid_reward_mean and each sub-grader's; the grader and the RFT hyperparameters are shown."""
+    client, first = trained
+    wait_job(client, first)  # one worker: let the first job finish so this one runs now
+    train = upload_prompts(client, tmp_path / "train.jsonl", RFT_WORDS[:10])
+    valid = upload_prompts(client, tmp_path / "valid.jsonl", RFT_WORDS[10:20])
+    hp = {"n_epochs": 1, "batch_size": 5, "compute_multiplier": 0.5, "eval_interval": 2, "eval_samples": 2}
+    job = client.fine_tuning.jobs.create(
+        model="ftserve-tiny", training_file=train, validation_file=valid, method=rft(MULTI, **hp),
+        extra_body=TINY_EXTENSIONS,
+    )  # fmt: skip
+    page.goto(f"{embedded.base_url}/#/jobs/{job.id}")
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=180_000)
+    page.wait_for_function("Number(document.querySelector('#reward-chart').dataset.points || 0) >= 2")
+    steps = metrics(client, job.id)
+    assert [s["step"] for s in steps] == [1, 2]
+    assert page.get_attribute("#reward-chart", "data-series") == (
+        "train_reward_mean valid_reward_mean train_reward_mean_has_e train_reward_mean_close"
+    )
+    drawn, train_reward, valid_reward, has_e, close = page.evaluate(
+        "document.querySelector('#reward-chart').__uplot.data"
+    )
+    assert drawn == [1, 2]
+    assert train_reward == pytest.approx([s["train_reward_mean"] for s in steps])
+    assert valid_reward[0] is None and valid_reward[1] == pytest.approx(steps[1]["valid_reward_mean"])  # every 2 steps
+    assert has_e == pytest.approx([s["train_reward_mean_has_e"] for s in steps])
+    assert close == pytest.approx([s["train_reward_mean_close"] for s in steps])
+    assert chart_data(page)[1] == pytest.approx([s["train_loss"] for s in steps])
+    # side by side: the reward chart on the loss chart's right, level with it
+    loss_box, reward_box = page.locator("#loss-chart").bounding_box(), page.locator("#reward-chart").bounding_box()
+    assert loss_box and reward_box and reward_box["x"] >= loss_box["x"] + loss_box["width"]
+    assert abs(reward_box["y"] - loss_box["y"]) < 1 and reward_box["width"] > 300
+
+    assert page.inner_text("#job-method") == "reinforcement" and page.is_hidden("#margin-card")
+    grader = page.inner_text("#job-grader")
+    assert "multi “word” (0.5 * has_e + 0.5 * close)" in grader
+    assert "has_e: string_check “has_e” (ilike)" in grader and "close: text_similarity “close” (fuzzy_match)" in grader
+    shown = dict(
+        line.split("\t") for line in page.inner_text("#hyperparameters").splitlines()
+    )  # the resolved values, the method's own and the extensions
+    assert shown["compute_multiplier"] == "0.5" and shown["eval_interval"] == "2" and shown["eval_samples"] == "2"
+    assert shown["reasoning_effort"] == "default" and shown["max_completion_tokens"] == "4"
+    assert shown["batch_size"] == "5" and shown["n_epochs"] == "1"
+    assert f"reward {steps[1]['train_reward_mean']:.4f}" in page.inner_text("#progress-text")
+    assert f"valid reward {steps[1]['valid_reward_mean']:.4f}" in page.inner_text("#progress-text")
+    header = page.inner_text("#checkpoints thead")
+    assert "TRAIN REWARD" in header.upper() and "VALID REWARD" in header.upper()
+    assert f"{steps[1]['train_reward_mean']:.4f}" in page.inner_text("#checkpoints tbody")
+    shot(page, tmp_path, "dashboard-rft-job.png")
 
 
 def test_cancel_button_cancels_a_running_job(

@@ -8,48 +8,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
+import psutil
 import pytest
 from openai import OpenAI
 
 from tests.e2e.conftest import client_for, wait_job
+from tests.rft_data import MULTI, TINY_EXTENSIONS, WORDS, metrics, rft, upload_prompts, write_prompts
 from tests.servers import Service, start_embedded
 
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "tiger",
-    "piano",
-    "lemon",
-    "candle",
-    "garden",
-    "rocket",
-    "silver",
-    "window",
-    "orange",
-    "forest",
-    "pepper",
-    "bottle",
-    "yellow",
-    "button",
-    "castle",
-    "dragon",
-    "pencil",
-    "meadow",
-    "harbor",
-    "jacket",
-]
+# Step 2 of a job with the suffix "slow" holds 3 s more: time to pause or cancel it mid-run.
+SLOW_STEP = json.dumps({"suffix": "slow", "kind": "sleep", "at_step": 2, "seconds": 3})
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[Service]:
-    service = start_embedded(tmp_path_factory.mktemp("rft"), bases_dir)
+    service = start_embedded(tmp_path_factory.mktemp("rft"), bases_dir, FTSERVE_FAULT_INJECTION=SLOW_STEP)
     yield service
     service.stop()
 
@@ -59,61 +38,19 @@ def client(server: Service) -> OpenAI:
     return client_for(server)
 
 
-def _prompts(path: Path, words: list[str], drop_answer_on: int | None = None) -> Path:
-    lines = []
-    for i, word in enumerate(words, start=1):
-        line: dict[str, Any] = {"messages": [{"role": "user", "content": f"Say the word {word}."}], "answer": word}
-        if i == drop_answer_on:
-            del line["answer"]
-        lines.append(json.dumps(line))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def _upload(client: OpenAI, path: Path) -> str:
     return client.files.create(file=path.open("rb"), purpose="fine-tune").id
 
 
-MULTI: dict[str, Any] = {
-    "type": "multi",
-    "name": "word",
-    "graders": {
-        "has_e": {
-            "type": "string_check",
-            "name": "has_e",
-            "input": "{{sample.output_text}}",
-            "reference": "%e%",
-            "operation": "ilike",
-        },
-        "close": {
-            "type": "text_similarity",
-            "name": "close",
-            "input": "{{sample.output_text}}",
-            "reference": "{{item.answer}}",
-            "evaluation_metric": "fuzzy_match",
-        },
-    },
-    "calculate_output": "0.5 * has_e + 0.5 * close",
-}
-
-
-def _rft(grader: dict[str, Any], **hp: Any) -> Any:
-    return {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": hp}}
-
-
-def _metrics(client: OpenAI, job_id: str) -> list[dict[str, Any]]:
-    found = [e.data for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics" and e.data]
-    return sorted(found, key=lambda d: d["step"])  # type: ignore[no-any-return]
-
-
+@pytest.mark.storage  # its prompts, checkpoint, result file and adapter go through the store (S3 in that pass)
 def test_a_multi_grader_job_reports_rewards(client: OpenAI, tmp_path: Path) -> None:
-    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10]))
-    valid = _upload(client, _prompts(tmp_path / "valid.jsonl", WORDS[10:20]))
+    train = _upload(client, write_prompts(tmp_path / "train.jsonl", WORDS[:10]))
+    valid = _upload(client, write_prompts(tmp_path / "valid.jsonl", WORDS[10:20]))
     job = client.fine_tuning.jobs.create(
         model="ftserve-tiny",
         training_file=train,
         validation_file=valid,
-        method=_rft(MULTI, n_epochs=1, batch_size=5, compute_multiplier=0.5, eval_interval=1, eval_samples=2),
+        method=rft(MULTI, n_epochs=1, batch_size=5, compute_multiplier=0.5, eval_interval=1, eval_samples=2),
         extra_body={"extensions": {"max_completion_tokens": 6}},
     )
     assert job.method is not None and job.method.type == "reinforcement"
@@ -124,7 +61,7 @@ def test_a_multi_grader_job_reports_rewards(client: OpenAI, tmp_path: Path) -> N
     hp = done.method.reinforcement.hyperparameters  # type: ignore[union-attr]
     assert (hp.compute_multiplier, hp.eval_interval, hp.eval_samples, hp.batch_size) == (0.5, 1, 2, 5)
 
-    steps = _metrics(client, job.id)
+    steps = metrics(client, job.id)
     assert [s["step"] for s in steps] == [1, 2]
     for s in steps:
         assert 0.0 <= s["train_reward_mean"] <= 1.0
@@ -146,9 +83,9 @@ def test_a_multi_grader_job_reports_rewards(client: OpenAI, tmp_path: Path) -> N
 
 
 def test_a_line_without_what_the_grader_reads_is_refused_by_number(client: OpenAI, tmp_path: Path) -> None:
-    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10], drop_answer_on=7))
+    train = _upload(client, write_prompts(tmp_path / "train.jsonl", WORDS[:10], drop_answer_on=7))
     with pytest.raises(openai.BadRequestError) as caught:
-        client.fine_tuning.jobs.create(model="ftserve-tiny", training_file=train, method=_rft(MULTI))
+        client.fine_tuning.jobs.create(model="ftserve-tiny", training_file=train, method=rft(MULTI))
     error = caught.value.body
     assert isinstance(error, dict)
     assert error["code"] == "invalid_grader_reference"
@@ -159,16 +96,16 @@ def test_a_line_without_what_the_grader_reads_is_refused_by_number(client: OpenA
 @pytest.mark.parametrize(
     ("method", "param", "code"),
     [
-        (_rft(MULTI, reasoning_effort="high"), "method.reinforcement.hyperparameters.reasoning_effort", None),
+        (rft(MULTI, reasoning_effort="high"), "method.reinforcement.hyperparameters.reasoning_effort", None),
         ({"type": "reinforcement"}, "method.reinforcement", None),
-        (_rft({**MULTI, "calculate_output": "has_e + nope"}), "method.reinforcement.grader.calculate_output", None),
-        (_rft(MULTI, compute_multiplier=11), "method.reinforcement.hyperparameters.compute_multiplier", None),
+        (rft({**MULTI, "calculate_output": "has_e + nope"}), "method.reinforcement.grader.calculate_output", None),
+        (rft(MULTI, compute_multiplier=11), "method.reinforcement.hyperparameters.compute_multiplier", None),
     ],
 )
 def test_what_a_reinforcement_job_cannot_run_with_is_a_400(
     client: OpenAI, tmp_path: Path, method: Any, param: str, code: str | None
 ) -> None:
-    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10]))
+    train = _upload(client, write_prompts(tmp_path / "train.jsonl", WORDS[:10]))
     with pytest.raises(openai.BadRequestError) as caught:
         client.fine_tuning.jobs.create(model="ftserve-tiny", training_file=train, method=method)
     error = caught.value.body
@@ -176,7 +113,7 @@ def test_what_a_reinforcement_job_cannot_run_with_is_a_400(
 
 
 def test_prompts_are_refused_by_the_other_methods(client: OpenAI, tmp_path: Path) -> None:
-    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10]))
+    train = _upload(client, write_prompts(tmp_path / "train.jsonl", WORDS[:10]))
     with pytest.raises(openai.BadRequestError) as caught:
         client.fine_tuning.jobs.create(model="ftserve-tiny", training_file=train)
     error = caught.value.body
@@ -194,12 +131,12 @@ def test_a_label_model_grader_judges_rollouts_through_the_serving_path(client: O
         "labels": ["yes", "no"],
         "passing_labels": ["yes"],
     }
-    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10]))
+    train = _upload(client, write_prompts(tmp_path / "train.jsonl", WORDS[:10]))
     job = client.fine_tuning.jobs.create(
         model="ftserve-tiny",
         training_file=train,
         # OpenAI takes a label_model inside a multi only
-        method=_rft(
+        method=rft(
             {"type": "multi", "name": "judged", "graders": {"polite": judge}, "calculate_output": "polite"},
             n_epochs=1,
             batch_size=5,
@@ -209,11 +146,123 @@ def test_a_label_model_grader_judges_rollouts_through_the_serving_path(client: O
     )
     done, _ = wait_job(client, job.id)
     assert done.status == "succeeded", done.error
-    steps = _metrics(client, job.id)
+    steps = metrics(client, job.id)
     assert len(steps) == 2
     # every rollout was judged (a judge the worker could not reach would flag each grade a server error)
     assert all(s["train_grader_errors"] == 0 for s in steps), steps
     assert all(s["train_reward_mean"] in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0) for s in steps)
+
+
+def _wait_for(predicate: Callable[[], object], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def _in_slow_step(client: OpenAI, job_id: str) -> None:
+    """Wait until the worker holds step 2 of a "slow" job (the check before it follows step 1's event at once;
+    the step itself holds 3 s)."""
+    _wait_for(lambda: metrics(client, job_id), "step 1")
+    time.sleep(0.5)
+
+
+def _messages(client: OpenAI, job_id: str) -> list[str]:
+    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
+
+
+def test_a_paused_job_resumes_where_it_stopped_and_keeps_its_evaluation_schedule(
+    client: OpenAI, tmp_path: Path
+) -> None:
+    """Paused mid-run, the job saves a resume point and lets its worker go; resumed, a new run goes on from that
+    step: every step once, validation every eval_interval steps of the job (not of the run), as if never paused."""
+    train = upload_prompts(client, tmp_path / "train.jsonl", WORDS[:10])
+    valid = upload_prompts(client, tmp_path / "valid.jsonl", WORDS[10:20])
+    hp = {"n_epochs": 2, "batch_size": 2, "compute_multiplier": 0.5, "eval_interval": 3, "eval_samples": 2}
+    job = client.fine_tuning.jobs.create(
+        model="ftserve-tiny",
+        training_file=train,
+        validation_file=valid,
+        suffix="slow",
+        method=rft(MULTI, **hp),
+        extra_body=TINY_EXTENSIONS,
+    )
+    _in_slow_step(client, job.id)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    _wait_for(lambda: any(m.startswith("Paused at step") for m in _messages(client, job.id)), "the resume point")
+    paused = next(m for m in _messages(client, job.id) if m.startswith("Paused at step"))
+    paused_at = int(paused.split()[3].rstrip(";"))
+    assert paused_at in (1, 2) and client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    client.fine_tuning.jobs.resume(job.id)
+    done, _ = wait_job(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert [m for m in _messages(client, job.id) if m.startswith("Resuming")] == [
+        f"Resuming from step {paused_at} (resume)"
+    ]
+    steps = metrics(client, job.id)
+    assert [s["step"] for s in steps] == list(range(1, 11))  # 2 epochs of 5 steps, none lost or redone
+    assert {s["total_steps"] for s in steps} == {10}
+    # eval_interval 3 counts the job's steps: 3, 6, 9 (a run counting from its resume point would say 5, 8)
+    assert [s["step"] for s in steps if "valid_reward_mean" in s] == [3, 6, 9]
+    assert [s["step"] for s in steps if "full_valid_reward_mean" in s] == [5, 10]  # each epoch's end
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert sorted(c.step_number for c in checkpoints) == [5, 10]
+
+
+def _worker_threads(server: Service) -> int:
+    """The thread count of the Celery worker `ftserve up` runs (its one child process)."""
+    (worker,) = psutil.Process(server.procs[0].proc.pid).children()
+    return int(worker.num_threads())
+
+
+def _tasks_done(server: Service) -> int:
+    """How many run_job tasks the worker has returned from (its log says so once each has ended)."""
+    return server.procs[0].log_path.read_text(errors="replace").count("ftserve.run_job[") // 2
+
+
+def test_a_cancelled_job_stops_releases_its_sampler_and_graders_and_the_next_job_trains(
+    server: Service, client: OpenAI, tmp_path: Path
+) -> None:
+    """Cancelled while it samples, the job ends cancelled with nothing logged after; the worker is back to the
+    threads it had after a finished reinforcement job (the rollout engine's batcher thread, its adapter loader
+    and the grader pool released), and the next job trains."""
+    train = upload_prompts(client, tmp_path / "train.jsonl", WORDS[:10])
+    tiny = rft(MULTI, n_epochs=1, batch_size=5, compute_multiplier=0.5)
+    tasks = _tasks_done(server)
+    first = client.fine_tuning.jobs.create(
+        model="ftserve-tiny", training_file=train, method=tiny, extra_body=TINY_EXTENSIONS
+    )
+    assert wait_job(client, first.id)[0].status == "succeeded"
+    _wait_for(lambda: _tasks_done(server) == tasks + 1, "the worker to end the first job")
+    at_rest = _worker_threads(server)
+
+    job = client.fine_tuning.jobs.create(
+        model="ftserve-tiny",
+        training_file=train,
+        suffix="slow",
+        method=rft(MULTI, n_epochs=3, batch_size=2, compute_multiplier=0.5),
+        extra_body=TINY_EXTENSIONS,
+    )
+    _in_slow_step(client, job.id)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    _wait_for(lambda: _tasks_done(server) == tasks + 2, "the worker to stop")
+    assert f"job {job.id} stopped" in server.logs()
+    events = _messages(client, job.id)
+    assert events[events.index("Fine-tuning job cancelled") + 1 :] == []  # no step, no checkpoint after it
+    after = client.fine_tuning.jobs.retrieve(job.id)
+    assert after.status == "cancelled" and after.fine_tuned_model is None
+    # Threads end a moment after they are told to (the adapter loader's): wait for the count, fail if it stays up.
+    _wait_for(lambda: _worker_threads(server) <= at_rest, f"the worker's threads back to {at_rest}", 30)
+
+    following = client.fine_tuning.jobs.create(
+        model="ftserve-tiny", training_file=train, method=tiny, extra_body=TINY_EXTENSIONS
+    )
+    done, _ = wait_job(client, following.id)
+    assert done.status == "succeeded", done.error
+    assert [s["step"] for s in metrics(client, following.id)] == [1, 2]
 
 
 BREVITY = """
@@ -258,7 +307,7 @@ def test_a_python_grader_raises_smollm2s_held_out_reward(smollm2_embedded: Servi
     job = client.fine_tuning.jobs.create(
         model="smollm2-135m-instruct",
         training_file=train,
-        method=_rft(
+        method=rft(
             {"type": "python", "name": "brevity", "source": BREVITY},
             n_epochs=3,
             batch_size=4,
@@ -269,7 +318,7 @@ def test_a_python_grader_raises_smollm2s_held_out_reward(smollm2_embedded: Servi
     )
     done, _ = wait_job(client, job.id, timeout=900)
     assert done.status == "succeeded", done.error
-    steps = _metrics(client, job.id)
+    steps = metrics(client, job.id)
     before, after = _held_out_reward(client, "smollm2-135m-instruct", held_out), None
     after = _held_out_reward(client, done.fine_tuned_model or "", held_out)
     print(f"held-out brevity reward: base {before:.3f}, fine-tuned {after:.3f}; train reward by step "
@@ -294,17 +343,17 @@ def test_rft_continues_a_supervised_model(client: OpenAI, tmp_path: Path) -> Non
     )
     sft_done, _ = wait_job(client, sft.id)
     assert sft_done.status == "succeeded" and sft_done.fine_tuned_model
-    train = _upload(client, _prompts(tmp_path / "train.jsonl", WORDS[:10]))
-    rft = client.fine_tuning.jobs.create(
+    train = _upload(client, write_prompts(tmp_path / "train.jsonl", WORDS[:10]))
+    continued = client.fine_tuning.jobs.create(
         model=sft_done.fine_tuned_model,
         training_file=train,
-        method=_rft(MULTI, n_epochs=1, batch_size=5, compute_multiplier=0.5),
+        method=rft(MULTI, n_epochs=1, batch_size=5, compute_multiplier=0.5),
         extra_body={"extensions": {"max_completion_tokens": 4}},
     )
-    done, _ = wait_job(client, rft.id)
+    done, _ = wait_job(client, continued.id)
     assert done.status == "succeeded", done.error
     assert done.model == sft_done.fine_tuned_model
     assert done.fine_tuned_model and done.fine_tuned_model != sft_done.fine_tuned_model
-    events = [e.message for e in client.fine_tuning.jobs.list_events(rft.id, limit=100)]
+    events = [e.message for e in client.fine_tuning.jobs.list_events(continued.id, limit=100)]
     assert any(m.startswith("Starting from fine-tuned model") for m in events)
-    assert len(_metrics(client, rft.id)) == 2
+    assert len(metrics(client, continued.id)) == 2

@@ -18,6 +18,8 @@ from sqlalchemy import Engine, create_engine, delete, select
 
 from ftserve.control.db.tables import Checkpoint, FineTunedModel, JobEvent
 from tests.e2e.conftest import ANIMALS, animal_prompt, client_for, wait_job, write_prompt_completion
+from tests.rft_data import MULTI, TINY_EXTENSIONS, rft, upload_prompts
+from tests.rft_data import WORDS as RFT_WORDS
 from tests.servers import FTSERVE, Proc, Service, free_port, start_distributed, start_embedded, wait_http
 
 FAST_LEASE = {
@@ -62,9 +64,14 @@ def _kill_worker_after_checkpoint(client: OpenAI, service: Service, job_id: str)
 
 @pytest.fixture()
 def faulty(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str) -> Iterator[Service]:
-    # Every checkpoint kept, so the test can still list the one a lost worker never registered.
+    # Every checkpoint kept, so the test can still list the one a lost worker never registered; step 3 of a "slow"
+    # job (a reinforcement job of 2 steps an epoch, whose steps are quick) holds 10 s, on every attempt: the kill
+    # after its first checkpoint lands there, and so does the one after it resumed.
     keep = {"FTSERVE_CHECKPOINTS_KEEP": "100"}
-    service = start_distributed(tmp_path, bases_dir, postgres_url, redis_url, **FAST_LEASE, **keep)
+    slow = json.dumps({"suffix": "slow", "kind": "sleep", "at_step": 3, "seconds": 10})
+    service = start_distributed(
+        tmp_path, bases_dir, postgres_url, redis_url, **FAST_LEASE, **keep, FTSERVE_FAULT_INJECTION=slow
+    )  # fmt: skip
     yield service
     service.stop()
 
@@ -115,15 +122,23 @@ def test_killed_worker_job_resumes_from_checkpoint_or_fails_worker_lost(faulty: 
     )
     assert answer.choices[0].text == " moo"
 
-    # Killed on every attempt: after the limit the job fails with worker_lost, never stuck in running.
-    job2 = client.fine_tuning.jobs.create(training_file=file_id, model="ftserve-tiny", hyperparameters=LONG_JOB)
-    _kill_worker_after_checkpoint(client, faulty, job2.id)  # attempt 1
+    # Killed on every attempt: after the limit the job fails with worker_lost, never stuck in running. A
+    # reinforcement job (its rollout engine and grader pool die with the worker): requeued, it resumes from its
+    # checkpoint as the other methods do.
+    prompts = upload_prompts(client, tmp_path / "prompts.jsonl", RFT_WORDS[:10])
+    job2 = client.fine_tuning.jobs.create(
+        training_file=prompts, model="ftserve-tiny", suffix="slow", extra_body=TINY_EXTENSIONS,
+        method=rft(MULTI, n_epochs=3, batch_size=5, compute_multiplier=0.5),
+    )  # fmt: skip
+    _kill_worker_after_checkpoint(client, faulty, job2.id)  # attempt 1, in step 3
     _restart_worker(faulty, tmp_path)
     _wait_for(lambda: any(m.startswith("Resuming") for m in _messages(client, job2.id)), 60, "attempt 2")
-    faulty.procs[-1].stop(sig=signal.SIGKILL)  # attempt 2, the last one allowed
+    faulty.procs[-1].stop(sig=signal.SIGKILL)  # attempt 2, the last one allowed, in step 3 again
     _wait_for(lambda: client.fine_tuning.jobs.retrieve(job2.id).status == "failed", 60, "worker_lost")
     failed = client.fine_tuning.jobs.retrieve(job2.id)
     assert failed.status == "failed" and failed.error is not None and failed.error.code == "worker_lost"
+    resumed = [m for m in _messages(client, job2.id) if m.startswith("Resuming")]
+    assert [m.split(" (")[0] for m in resumed] == ["Resuming from step 2"]  # its epoch's checkpoint
 
 
 def test_redis_restart_loses_no_job(tmp_path: Path, bases_dir: Path, postgres_url: str) -> None:

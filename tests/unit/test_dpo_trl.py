@@ -96,7 +96,8 @@ def test_per_step_losses_match_trl_dpo_trainer(bases_dir: Path, tmp_path: Path) 
     )
     method.prepare(lora, resumed=False)
     ours = [
-        method.train_step(lora, list(range(s * BATCH, (s + 1) * BATCH))).metrics["train_loss"] for s in range(STEPS)
+        method.train_step(lora, list(range(s * BATCH, (s + 1) * BATCH)), s + 1).metrics["train_loss"]
+        for s in range(STEPS)
     ]
     assert len(trl_losses) == STEPS
     assert ours == pytest.approx(trl_losses, abs=1e-3)

@@ -49,12 +49,14 @@ class TrainingMethod(Protocol):
         """Run once before the first step of this run (DPO: its reference log-probs); what to report, if anything."""
         ...
 
-    def train_step(self, trainer: LoraTrainer, indices: list[int]) -> StepOutcome:
-        """One optimizer step on these training examples."""
+    def train_step(self, trainer: LoraTrainer, indices: list[int], step: int) -> StepOutcome:
+        """One optimizer step on these training examples; `step` is its number in the job (1-based), counted
+        across pauses and restarts (a resumed run goes on from the resume point's step)."""
         ...
 
-    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str) -> Metrics:
-        """Metrics on these validation examples (None: all of them), keys prefixed `valid_` or `full_valid_`."""
+    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str, step: int) -> Metrics:
+        """Metrics on these validation examples (None: all of them) after the job's step `step`, keys prefixed
+        `valid_` or `full_valid_`."""
         ...
 
     def step_message(self, metrics: Metrics) -> str:

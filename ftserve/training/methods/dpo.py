@@ -119,7 +119,7 @@ class Dpo:
             f"in {time.monotonic() - began:.1f} s (once; every epoch reuses them)"
         )
 
-    def train_step(self, trainer: LoraTrainer, indices: list[int]) -> StepOutcome:
+    def train_step(self, trainer: LoraTrainer, indices: list[int], step: int) -> StepOutcome:
         """One optimizer step: mean sigmoid DPO loss over the step's pairs, accumulated row by row."""
         trainer.begin_step()
         sums = _Sums()
@@ -130,7 +130,7 @@ class Dpo:
         return StepOutcome(sums.metrics("train"), sums.tokens)
 
     @torch.no_grad()
-    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str) -> Metrics:
+    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str, step: int) -> Metrics:
         self.model.eval()
         sums = _Sums()
         for row in build_rows(self.valid, list(range(self.n_valid)) if indices is None else indices, self.row_cap):

@@ -108,7 +108,6 @@ class Reinforcement:
         self.max_completion, self.seed, self.device = max_completion, seed, device
         self.loss = GrpoConfig()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grader")
-        self.steps = 0
         self.release = release  # what the job's grader holds (a judge's client and key), dropped at close
 
     def prepare(self, trainer: LoraTrainer, resumed: bool) -> str | None:
@@ -118,12 +117,11 @@ class Reinforcement:
             f"up to {self.max_completion} tokens with ftserve's engine on the policy's live weights"
         )
 
-    def train_step(self, trainer: LoraTrainer, indices: list[int]) -> StepOutcome:
+    def train_step(self, trainer: LoraTrainer, indices: list[int], step: int) -> StepOutcome:
         """Sample and grade a group per prompt, then one optimizer step on TRL's GRPO loss."""
-        self.steps += 1
         group = self.hp.group_size
         began = time.monotonic()
-        graded = self._sample([self.train[i] for i in indices], group, self._seed("train"))
+        graded = self._sample([self.train[i] for i in indices], group, self._seed(step))
         sampled = time.monotonic() - began
         rewards = torch.tensor([g.grade.reward for g in graded])
         advantages = group_advantages(rewards, group)
@@ -140,10 +138,11 @@ class Reinforcement:
         metrics["rollout_seconds"] = sampled
         return StepOutcome(metrics, tokens)
 
-    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str) -> Metrics:
-        """Every eval_interval steps (and at each epoch's end), the mean reward of one answer per validation
-        prompt over eval_samples of them (the same ones each time, so evaluations compare)."""
-        if prefix == "valid" and self.steps % self.hp.eval_interval != 0:
+    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str, step: int) -> Metrics:
+        """Every eval_interval steps of the job (and at each epoch's end), the mean reward of one answer per
+        validation prompt over eval_samples of them (the same ones each time, so evaluations compare). The
+        schedule is the job's step number's, so a resumed run keeps it."""
+        if prefix == "valid" and step % self.hp.eval_interval != 0:
             return {}
         prompts = self.valid[: self.hp.eval_samples]
         tally = _Tally()
@@ -161,13 +160,20 @@ class Reinforcement:
         return None
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self.rollouts.close()
-        if self.release is not None:
-            self.release()
+        """Stop the grader pool (grades not started are dropped: a step that failed mid-sampling left them), the
+        sampling engine's thread, and what the grader holds; each even if the one before failed."""
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            try:
+                self.rollouts.close()
+            finally:
+                if self.release is not None:
+                    self.release()
 
-    def _seed(self, what: str) -> int:
-        return (self.seed * 1_000_003 + self.steps * 7_919 + (0 if what == "train" else 1)) % 2**31
+    def _seed(self, step: int) -> int:
+        """The rollouts' seed at the job's step `step`: a resumed run samples as an uninterrupted one would."""
+        return (self.seed * 1_000_003 + step * 7_919) % 2**31
 
     def _sample(self, prompts: list[PromptItem], n: int, seed: int) -> list[Graded]:
         """n answers per prompt, each graded in the pool as soon as its prompt's group finishes."""
@@ -222,8 +228,13 @@ class ReinforcementTraining:
         limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
         wire = _grader_model(spec.method_config)
         judging, release = _judging(job, wire)
-        grader = graders.build(wire, limits, judging)
-        rollouts = Rollouts(job.model, job.tok, settings.engine(), job.device, spec.id)
+        try:
+            grader = graders.build(wire, limits, judging)
+            rollouts = Rollouts(job.model, job.tok, settings.engine(), job.device, spec.id)
+        except BaseException:
+            if release is not None:  # the judge's key made for the job is revoked even if the job never starts
+                release()
+            raise
         return Reinforcement(
             job.model,
             job.tok,

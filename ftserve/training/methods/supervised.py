@@ -33,12 +33,12 @@ class Supervised:
         """Nothing to prepare: the loss needs no reference."""
         return None
 
-    def train_step(self, trainer: LoraTrainer, indices: list[int]) -> StepOutcome:
+    def train_step(self, trainer: LoraTrainer, indices: list[int], step: int) -> StepOutcome:
         # In a gang each rank trains its share; the trainer normalises by the whole step's weight.
         result = trainer.step(self.layout.plan_share([self.train[j] for j in indices], self.gang.rank, self.gang.size))
         return StepOutcome({"train_loss": result.loss, "train_mean_token_accuracy": result.accuracy}, result.tokens)
 
-    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str) -> Metrics:
+    def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str, step: int) -> Metrics:
         examples = self.valid if indices is None else [self.valid[j] for j in indices]
         loss, accuracy = trainer.evaluate(self.layout.plan_share(examples, self.gang.rank, self.gang.size))
         return {f"{prefix}_loss": loss, f"{prefix}_mean_token_accuracy": accuracy}

@@ -1,6 +1,7 @@
-// One job: facts, cancel, loss chart growing while it runs, progress, hyperparameters, checkpoints, events.
+// One job: facts, cancel, loss chart growing while it runs (and the reward's, for a reinforcement job), progress,
+// hyperparameters, checkpoints, events.
 import { api, download, newEvents } from "./api.js";
-import { MetricChart } from "./chart.js";
+import { MetricChart, trainAndValid } from "./chart.js";
 import { badge, fmtClock, fmtNum, fmtTime, h, poll, showError, TERMINAL } from "./util.js";
 
 const playLink = (model) => h("a.mono", { href: `#/playground?model=${encodeURIComponent(model)}` }, model);
@@ -13,10 +14,27 @@ function ranOn(job) {
   return `${processes} process${processes === 1 ? "" : "es"} on ${hosts} host${hosts === 1 ? "" : "s"}`;
 }
 
+// What a grader is, in a line: its type, name and what it compares by (a multi grader: its formula).
+function graderLine(g) {
+  const how = { string_check: g.operation, text_similarity: g.evaluation_metric, score_model: g.model,
+    label_model: g.model, multi: g.calculate_output }[g.type];
+  return `${g.type} “${g.name}”${how ? ` (${how})` : ""}`;
+}
+
+// A reinforcement job's grader: its line, and a multi grader's sub-graders one per line under it.
+function grader(job) {
+  const g = job.method.reinforcement.grader;
+  const subs = g.type === "multi" && g.graders ? Object.entries(g.graders) : [];
+  return h("div#job-grader", {},
+    h("div", {}, graderLine(g)),
+    subs.map(([key, sub]) => h("div.muted", { dataset: { grader: key } }, `${key}: ${graderLine(sub)}`)));
+}
+
 function facts(job) {
   const rows = [
     ["Base model", job.model],
     ["Method", h("span#job-method", {}, methodOf(job))],
+    ...(methodOf(job) === "reinforcement" && job.method.reinforcement ? [["Grader", grader(job)]] : []),
     ["Fine-tuned model", job.fine_tuned_model ? playLink(job.fine_tuned_model) : "—"],
     ["Created", fmtTime(job.created_at)],
     ["Finished", fmtTime(job.finished_at)],
@@ -54,21 +72,31 @@ function hyperparameters(job) {
 
 function checkpoints(list) {
   if (!list.length) return h("p.muted", {}, "No checkpoints yet (one per epoch).");
+  // A reinforcement job's checkpoints carry its rewards; the others' a validation loss and token accuracy.
+  const rewarded = list.some((c) => c.metrics.train_reward_mean !== undefined);
+  const columns = rewarded
+    ? [["Train loss", (m) => fmtNum(m.train_loss)], ["Train reward", (m) => fmtNum(m.train_reward_mean)],
+      ["Valid reward", (m) => fmtNum(m.full_valid_reward_mean ?? m.valid_reward_mean)]]
+    : [["Train loss", (m) => fmtNum(m.train_loss)], ["Valid loss", (m) => fmtNum(m.full_valid_loss ?? m.valid_loss)],
+      ["Token acc.", (m) => fmtNum(m.train_mean_token_accuracy, 3)]];
   return h(
     "table#checkpoints",
     {},
-    h("thead", {}, h("tr", {}, h("th.num", {}, "Step"), h("th.num", {}, "Train loss"), h("th.num", {}, "Valid loss"),
-      h("th.num", {}, "Token acc."), h("th", {}, "Model"))),
+    h("thead", {}, h("tr", {}, h("th.num", {}, "Step"), columns.map(([name]) => h("th.num", {}, name)),
+      h("th", {}, "Model"))),
     h("tbody", {}, [...list].sort((x, y) => y.step_number - x.step_number).map((c) => h(
       "tr", {},
       h("td.num", {}, String(c.step_number)),
-      h("td.num", {}, fmtNum(c.metrics.train_loss)),
-      h("td.num", {}, fmtNum(c.metrics.full_valid_loss ?? c.metrics.valid_loss)),
-      h("td.num", {}, fmtNum(c.metrics.train_mean_token_accuracy, 3)),
+      columns.map(([, value]) => h("td.num", {}, value(c.metrics))),
       h("td.wrap", {}, playLink(c.fine_tuned_model_checkpoint)),
     ))),
   );
 }
+
+// The reward chart's lines beyond train and valid: a multi grader's sub-graders (train_reward_mean_<name>).
+const SUB_REWARD = "train_reward_mean_";
+const subRewards = (point) => Object.keys(point).filter((k) => k.startsWith(SUB_REWARD)).map((key) => (
+  { key, label: `train ${key.slice(SUB_REWARD.length)}`, dash: [6, 4] }));
 
 function eventItem(e) {
   return h(`li.${e.level}`, { dataset: { type: e.type } }, h("span.t", {}, fmtClock(e.created_at)), h("span", {}, e.message));
@@ -106,6 +134,12 @@ export function jobView(root, jobId) {
   const progressText = h("span.muted", { id: "progress-text" }, "waiting for the first step…");
   const progressBar = h("div");
   const chartEl = h("div#loss-chart");
+  // A reinforcement job's mean reward per step, beside the loss (shown once its steps report a reward).
+  const rewardEl = h("div#reward-chart");
+  const rewardBox = h("div#reward-box", { hidden: true }, h("h4", {}, "Mean reward"), rewardEl,
+    h("p.muted", {}, "The grader's mean reward of the step's sampled answers (train), and of one answer per "
+      + "validation prompt every eval_interval steps (valid); dashed: each sub-grader's, on the step's answers."));
+  const charts = h("div.charts#charts", {}, h("div", {}, h("h4", {}, "Loss"), chartEl), rewardBox);
   const marginCard = h("div.card#margin-card", { hidden: true }, h("h3", {}, "Reward margin (DPO)"));
   const marginEl = h("div#margin-chart");
   marginCard.append(
@@ -124,17 +158,24 @@ export function jobView(root, jobId) {
     h("div.cols", {},
       h("div.card", {}, h("h3", {}, "Job"), factsBox),
       h("div.card", {}, h("h3", {}, "Hyperparameters (as resolved)"), hpBox)),
-    h("div.card", {}, h("h3", {}, "Loss"), h("div.progress", {}, h("div.bar", {}, progressBar), progressText), chartEl),
+    h("div.card", {}, h("h3", {}, "Progress"), h("div.progress", {}, h("div.bar", {}, progressBar), progressText), charts),
     marginCard,
     h("div.cols", {},
       h("div.card", {}, h("h3", {}, "Checkpoints"), ckptBox),
       h("div.card", {}, h("h3", {}, "Events ", h("label.muted", {}, showMetrics, " show step metrics")), eventsList)),
   );
   const chart = new MetricChart(chartEl);
-  const marginChart = new MetricChart(marginEl, "reward_margin", "reward margin");
+  const marginChart = new MetricChart(marginEl, "reward margin", trainAndValid("reward_margin", "reward margin"));
+  const rewardSeries = [
+    { key: "train_reward_mean", label: "train reward", stroke: "#2563eb", width: 2 },
+    { key: "valid_reward_mean", label: "valid reward", stroke: "#ea580c", width: 2, spanGaps: true, points: { show: true } },
+  ];
+  const rewardChart = new MetricChart(rewardEl, "mean reward", rewardSeries, subRewards);
   let lastEvent = null;
   let status = null;
   let rewards = false; // the job's steps report a reward margin (DPO's do)
+  let graded = false; // the job's steps report a mean reward (reinforcement's do)
+  let validReward; // the latest validation reward (every eval_interval steps, not every step)
   let refresh = () => {};
 
   showMetrics.addEventListener("change", () => eventsList.classList.toggle("all", showMetrics.checked));
@@ -155,14 +196,24 @@ export function jobView(root, jobId) {
     // The metrics, not the method's name, say whether there is a reward margin to plot.
     rewards = rewards || metrics.some((m) => m.train_reward_margin !== undefined);
     marginCard.hidden = !rewards;
+    if (!graded && metrics.some((m) => m.train_reward_mean !== undefined)) {
+      graded = true; // the loss chart makes room for the reward's beside it
+      rewardBox.hidden = false;
+      charts.classList.add("pair");
+      chart.onResize();
+    }
     chart.add(metrics);
     if (rewards) marginChart.add(metrics);
+    if (graded) rewardChart.add(metrics);
+    for (const m of metrics) if (typeof m.valid_reward_mean === "number") validReward = m.valid_reward_mean;
     if (metrics.length) {
       const m = metrics[metrics.length - 1];
       progressBar.style.width = `${(100 * m.step) / m.total_steps}%`;
       progressText.textContent = `step ${m.step}/${m.total_steps} · train loss ${fmtNum(m.train_loss)}` +
-        (m.valid_loss !== undefined ? ` · valid loss ${fmtNum(m.valid_loss)}` : "") +
-        (m.train_reward_margin !== undefined ? ` · reward margin ${fmtNum(m.train_reward_margin)}` : "");
+        (typeof m.valid_loss === "number" ? ` · valid loss ${fmtNum(m.valid_loss)}` : "") +
+        (m.train_reward_margin !== undefined ? ` · reward margin ${fmtNum(m.train_reward_margin)}` : "") +
+        (m.train_reward_mean !== undefined ? ` · reward ${fmtNum(m.train_reward_mean)}` : "") +
+        (validReward !== undefined ? ` · valid reward ${fmtNum(validReward)}` : "");
     }
     warnings.append(...fresh.filter((e) => e.level === "warn").map((e) => h("div.warnbox", {}, e.message)));
     eventsList.prepend(...fresh.reverse().map(eventItem));
@@ -201,5 +252,6 @@ export function jobView(root, jobId) {
     stop();
     chart.destroy();
     marginChart.destroy();
+    rewardChart.destroy();
   };
 }
