@@ -68,7 +68,7 @@ def evals_server(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> I
     """`ftserve api --with-inference` with a chat adapter that knows the animals' sounds; keys for two orgs."""
     data = tmp_path_factory.mktemp("evals")
     settings = Settings(data_dir=data, bases_dir=bases_dir)
-    train_adapter(settings, "ftjob-evalsounds", SOUNDS, seed=1, chat=True)
+    train_adapter(settings, "ftjob-evalsounds", SOUNDS, seed=1, epochs=12, chat=True)
     port = free_port()
     env = base_env(data, bases_dir, FTSERVE_BATCH_WINDOW_MS="50")
     proc = Proc([*FTSERVE, "api", "--with-inference", "--port", str(port)], env, data / "server.log")
@@ -166,7 +166,7 @@ def test_base_and_fine_tuned_runs_are_graded(evals_server: tuple[Service, str, s
         assert run.status == "queued" and run.report_url == f"/dashboard/evals/{ev.id}?run={run.id}"
     names = [c["name"] for c in CRITERIA]
     done = {m: _wait_run(client, ev.id, r.id, ("completed", "failed")) for m, r in runs.items()}
-    passed = {}
+    passed, answers = {}, {}
     for model, run in done.items():
         assert run.status == "completed", run.error
         items = _check_counts(client, run, names)
@@ -179,11 +179,24 @@ def test_base_and_fine_tuned_runs_are_graded(evals_server: tuple[Service, str, s
         assert [(u.model_name, u.invocation_count) for u in run.per_model_usage] == [(model, len(rows) - 1)]
         assert run.per_model_usage[0].completion_tokens == sum(i.sample.usage.completion_tokens for i in sampled)
         passed[model] = run.result_counts.passed
+        answers[model] = {i.datasource_item["animal"]: i.sample.output[0].content for i in sampled}
         one = client.evals.runs.output_items.retrieve(items[0].id, eval_id=ev.id, run_id=run.id)
         assert one.model_dump() == items[0].model_dump()
         fails = client.evals.runs.output_items.list(run.id, eval_id=ev.id, status="fail")
         assert all(i.status == "fail" for i in fails)
-    assert passed[ft_model] > passed[BASE]  # the fine-tune learned the sounds; the base did not
+    assert passed[ft_model] > passed[BASE], passed  # the fine-tune learned the sounds; the base did not
+    # The same items through the Responses path (inline content): the same greedy answers as chat's.
+    inline = {"type": "file_content", "content": rows[:3]}
+    responses = client.evals.runs.create(
+        ev.id,
+        data_source={"type": "responses", "model": ft_model, "source": inline, "input_messages": TEMPLATE,
+                     "sampling_params": GREEDY},
+    )  # fmt: skip
+    responses = _wait_run(client, ev.id, responses.id, ("completed", "failed"))
+    assert responses.status == "completed" and responses.result_counts.total == 3
+    got = {i.datasource_item["animal"]: i.sample.output[0].content for i in _check_counts(client, responses, names)}
+    assert got == {a: answers[ft_model][a] for a in got}
+    runs["responses"] = responses
     assert {r.id for r in client.evals.runs.list(ev.id)} == {r.id for r in runs.values()}
     renamed = client.evals.update(ev.id, name="animal sounds")
     assert renamed.name == "animal sounds" and client.evals.retrieve(ev.id).metadata == {"task": "animals"}

@@ -98,7 +98,7 @@ def retrieve_run(eval_id: str, run_id: str, session: SessionDep, org: OrgDep) ->
 
 # OpenAI's reference documents the cancel as a POST to the run; the SDK posts to …/cancel: both are served.
 @router.post("/{eval_id}/runs/{run_id}/cancel", response_model=RunObject)
-@router.post("/{eval_id}/runs/{run_id}", response_model=RunObject, include_in_schema=False)
+@router.post("/{eval_id}/runs/{run_id}", response_model=RunObject)
 def cancel_run(eval_id: str, run_id: str, session: SessionDep, org: OrgDep) -> RunObject:
     return runs.to_wire(runs.cancel_run(session, org, eval_id, run_id))
 

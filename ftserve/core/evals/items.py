@@ -32,11 +32,16 @@ class EvalItem:
 
 
 def schema_problem(schema: dict[str, Any]) -> str | None:
-    """Why `schema` is not a JSON schema its draft accepts (None when it is)."""
+    """Why `schema` is not a JSON schema its draft accepts, or cannot check an empty item (an unresolvable
+    $ref); None when it is fine."""
     try:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as exc:
         return exc.message
+    try:
+        best_match(_validator(schema).iter_errors({}))
+    except Exception as exc:  # referencing's Unresolvable and kin: the schema cannot be applied
+        return f"it cannot be applied to an item: {exc}"
     return None
 
 
@@ -52,7 +57,10 @@ def _checked(index: int, where: str, row: Any, validator: Validator) -> EvalItem
     item, sample = row["item"], row.get("sample")
     if sample is not None and not isinstance(sample, dict):
         return EvalItem(index, where, item, None, f"{where}: 'sample' must be an object, got {_kind(sample)}")
-    error = best_match(validator.iter_errors(item))
+    try:
+        error = best_match(validator.iter_errors(item))
+    except Exception as exc:  # a $ref this item reaches that does not resolve: this item cannot be checked
+        return EvalItem(index, where, item, sample, f"{where}: the eval's item_schema cannot be applied to it: {exc}")
     if error is None:
         return EvalItem(index, where, item, sample)
     at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
