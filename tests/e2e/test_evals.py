@@ -17,9 +17,11 @@ import openai
 import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ftserve.control.db.session import make_engine
+from ftserve.control.db.tables import ApiKey
 from ftserve.control.services.auth import create_key
 from ftserve.core.config import Settings
 from tests.inference_adapters import BASE, SOUNDS, register, train_adapter
@@ -241,6 +243,44 @@ def test_a_python_criterion_that_raises_errors_only_its_items(evals_server: tupl
         "no boom": (2, 0),
     }
     assert run.per_model_usage == []
+
+
+def test_a_label_model_criterion_judges_as_the_runs_org(evals_server: tuple[Service, str, str, str]) -> None:
+    """A model grader's judge is the serving path over HTTP with a key made for the run's org (this server takes
+    keys), revoked when the run ends; its calls show in per_model_usage beside the sampled model."""
+    service, key, _, _ = evals_server
+    client = _client(service, key)
+    judge = {
+        "type": "label_model",
+        "name": "judge",
+        "model": BASE,
+        "input": [{"role": "user", "content": "Is '{{sample.output_text}}' the sound a {{item.animal}} makes?"}],
+        "labels": ["yes", "no"],
+        "passing_labels": ["yes"],
+    }
+    ev = client.evals.create(
+        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA}, testing_criteria=[judge]
+    )
+    content = [{"item": {"animal": a, "sound": s}} for a, s in list(SOUNDS.items())[:2]]
+    run = client.evals.runs.create(
+        ev.id,
+        data_source={"type": "completions", "model": BASE, "input_messages": TEMPLATE, "sampling_params": GREEDY,
+                     "source": {"type": "file_content", "content": content}},
+    )  # fmt: skip
+    run = _wait_run(client, ev.id, run.id, ("completed", "failed"))
+    items = _check_counts(client, run, ["judge"])
+    assert run.result_counts.errored == 0, [i.results for i in items]
+    assert all(i.results[0].type == "label_model" for i in items)
+    assert [(u.model_name, u.invocation_count) for u in run.per_model_usage] == [(BASE, 4)]  # 2 samples, 2 judgings
+    assert _judge_keys_revoked(service, run.id) == [True]  # one key, made for the run and revoked at its end
+
+
+def _judge_keys_revoked(service: Service, run_id: str) -> list[bool]:
+    """Whether each key made for the run's judge is revoked (the key itself is never shown: its row tells)."""
+    settings = Settings(data_dir=Path(service.env["FTSERVE_DATA_DIR"]))
+    with Session(make_engine(settings.resolved_database_url())) as s:
+        keys = s.scalars(select(ApiKey).where(ApiKey.name == f"judge for {run_id}"))
+        return [k.revoked_at is not None for k in keys]
 
 
 def test_what_cannot_run_is_a_400_naming_the_field(evals_server: tuple[Service, str, str, str], tmp_path: Path) -> None:
