@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from ftserve.control.db.session import make_engine
 from ftserve.control.services import catalog
 from ftserve.core.config import Settings
-from ftserve.core.datasets.formats import PromptCompletion
+from ftserve.core.datasets.formats import Chat, Example, Message, PromptCompletion
 from ftserve.core.storage import Storage
 from ftserve.engine.engine import InferenceEngine
 from ftserve.models.bases import load_base, load_for_generation, pick_device
@@ -31,13 +31,20 @@ def prompt(animal: str) -> str:
     return f"The {animal} says:"
 
 
-def train_adapter(settings: Settings, job_id: str, mapping: dict[str, str], seed: int, epochs: int = 30) -> None:
-    """Train a LoRA on `prompt(animal) → ' value'` and export it where a job's final adapter goes."""
+def train_adapter(
+    settings: Settings, job_id: str, mapping: dict[str, str], seed: int, epochs: int = 30, chat: bool = False
+) -> None:
+    """Train a LoRA on `prompt(animal) → ' value'` (chat: a user message `prompt(animal)` answered `value`) and
+    export it where a job's final adapter goes."""
     model, tok = load_base(settings, BASE, torch.device("cpu"))
     torch.manual_seed(seed)
     config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
-    data = [tokenize_example(tok, PromptCompletion(prompt(a), f" {v}"), 0.0) for a, v in mapping.items()]
+    examples: list[Example] = [
+        Chat((Message("user", prompt(a)), Message("assistant", v))) if chat else PromptCompletion(prompt(a), f" {v}")
+        for a, v in mapping.items()
+    ]
+    data = [tokenize_example(tok, example, 0.0) for example in examples]
     steps = step_groups(len(data), len(data), seed, 0)
     trainer = LoraTrainer(peft_model, torch.device("cpu"), lr=2e-2, total_steps=len(steps) * epochs)
     pad = int(tok.pad_token_id)

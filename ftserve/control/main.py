@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ftserve.control.api import batches, files, fine_tuning, graders, metrics, models, proxy, uploads
+from ftserve.control.api import batches, evals, files, fine_tuning, graders, metrics, models, proxy, uploads
 from ftserve.control.api.errors import install_error_handlers
 from ftserve.control.api.limits import BodyLimit
 from ftserve.control.api.request_ids import RequestId
@@ -84,17 +84,20 @@ def create_app(settings: Settings, roles: frozenset[str] | set[str] = ROLES) -> 
         app.include_router(models.router)
         app.include_router(batches.router)
         app.include_router(graders.router)
+        app.include_router(evals.router)
         install_dashboard(app)
         reaper: Callable[[], Awaitable[None]] = lambda: run_forever(settings)  # noqa: E731
         app.state.background.append(reaper)
     if "inference" in roles:
         from ftserve.control.services.batch_store import SqlBatchStore, runner_id
+        from ftserve.control.services.eval_store import SqlEvalStore
         from ftserve.control.services.response_store import SqlResponseStore
         from ftserve.control.services.serving_catalog import SqlModelCatalog
         from ftserve.serving.app import install  # the inference role: engine, torch and the model code load here
 
         catalog, store = SqlModelCatalog(settings), SqlBatchStore(settings, runner_id())
-        install(app, settings, catalog, store, SqlResponseStore(settings), sweep="api" not in roles)
+        evals_store = SqlEvalStore(settings, runner_id())
+        install(app, settings, catalog, store, SqlResponseStore(settings), evals_store, sweep="api" not in roles)
     elif "api" in roles and settings.inference_url:
         # A separate inference role: forward the completion paths so clients keep one base URL.
         proxy.install(app, settings.inference_url)

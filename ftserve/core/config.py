@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     batch_lease_seconds: float = 60.0
     batch_poll_seconds: float = 1.0
     max_batch_requests: int = 50_000
+    # Evals API: the inference role runs eval runs the same way (a lease renewed while it runs, so another process
+    # resumes a run whose runner died), grading each sample in a pool of this many threads while generation goes on.
+    eval_lease_seconds: float = 60.0
+    eval_poll_seconds: float = 1.0
+    eval_grader_threads: int = Field(default=4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _apply_vllm_backends(self) -> Settings:

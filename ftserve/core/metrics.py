@@ -39,3 +39,6 @@ ADAPTER_BYTES = Gauge("ftserve_adapter_bytes_resident", "Bytes of resident adapt
 BATCH_REQUESTS = Counter(
     "ftserve_batch_requests_total", "Batch API requests this process ran and recorded, by outcome", ["outcome"]
 )
+EVAL_ITEMS = Counter(
+    "ftserve_eval_items_total", "Eval run output items this process graded and recorded, by status", ["status"]
+)

@@ -32,6 +32,11 @@ def check(template: str, param: str) -> None:
             )
 
 
+def paths(template: str) -> list[str]:
+    """Every path a template's tags read, in order."""
+    return [m.group(1) for m in _TAG.finditer(template)]
+
+
 def item_paths(template: str) -> list[str]:
     """The `item.*` paths a (checked) template reads, in order, each once."""
     paths = [m.group(1) for m in _TAG.finditer(template) if m.group(1).split(".")[0] == "item"]

@@ -1,5 +1,5 @@
-"""Add the inference role to an app: the engine, its routes, unloading deleted models, the sweep, and the
-Batch API's runner."""
+"""Add the inference role to an app: the engine, its routes, unloading deleted models, the sweep, the Batch API's
+runner and the Evals API's runner."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from ftserve.core.config import Settings
 from ftserve.core.resolved import ResolvedModel
 from ftserve.serving.backends.dispatch import Backends
 from ftserve.serving.batches import BatchRunner
-from ftserve.serving.ports import BatchStore, ModelCatalog, ResponseStore
+from ftserve.serving.evals import EvalRunner
+from ftserve.serving.ports import BatchStore, EvalStore, ModelCatalog, ResponseStore
 from ftserve.serving.refs import adapter_key
 from ftserve.serving.response_routes import router as responses_router
 from ftserve.serving.routes import router
@@ -17,11 +18,17 @@ from ftserve.serving.sweep import sweep_forever
 
 
 def install(
-    app: FastAPI, settings: Settings, catalog: ModelCatalog, batches: BatchStore, responses: ResponseStore, sweep: bool
+    app: FastAPI,
+    settings: Settings,
+    catalog: ModelCatalog,
+    batches: BatchStore,
+    responses: ResponseStore,
+    evals: EvalStore,
+    sweep: bool,
 ) -> None:
     """Serve completions from this process, with the control plane's ports (what model names mean, the Batch
-    API's store, the Responses API's stored responses); `sweep`: no api role here, so ask the catalog now and then
-    which adapters were deleted."""
+    API's store, the Responses API's stored responses, the Evals API's runs); `sweep`: no api role here, so ask the
+    catalog now and then which adapters were deleted."""
     # Each base's own engine: ftserve's (builtin) or its vLLM servers (vllm), per the registry.
     engine = Backends(settings)
     app.state.engine = engine
@@ -41,4 +48,8 @@ def install(
     runner = BatchRunner(engine, settings, batches, catalog, responses)
     app.state.background.append(runner.run_forever)
     app.state.shutdown.append(runner.stop)
+    # Eval runs, the same way (a runner of their own: a long eval never holds up the Batch API, nor the reverse).
+    eval_runner = EvalRunner(engine, settings, evals, catalog, responses)
+    app.state.background.append(eval_runner.run_forever)
+    app.state.shutdown.append(eval_runner.stop)
     app.state.shutdown.append(engine.close)

@@ -1,7 +1,9 @@
 """What serving needs from the control plane, as ports the control plane implements (control/services:
-serving_catalog.SqlModelCatalog, batch_store.SqlBatchStore, response_store.SqlResponseStore) and hands to
-`serving.app.install`: who the caller is and what a model name means, the Batch API's leased store, and the
-Responses API's stored responses. Torch-free; stands on core alone."""
+serving_catalog.SqlModelCatalog, batch_store.SqlBatchStore, response_store.SqlResponseStore,
+eval_store.SqlEvalStore) and hands to `serving.app.install`: who the caller is and what a model name means, the
+Batch API's leased store, the Responses API's stored responses and the Evals API's leased runs (whose records are
+core's, ftserve/core/evals/records, so the store implements this port without importing serving). Torch-free;
+stands on core alone."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ftserve.core.evals.records import ClaimedEvalRun, EvalRunLost, GradedItem
 from ftserve.core.resolved import ResolvedModel
+
+__all__ = ["ClaimedEvalRun", "EvalRunLost", "GradedItem"]  # the eval records, re-exported beside their port
 
 # (job id, step or None for the final adapter): one fine-tuned adapter.
 AdapterId = tuple[str, int | None]
@@ -120,3 +125,46 @@ class ResponseStore(Protocol):
     ) -> tuple[list[dict[str, Any]], bool]:
         """One page of the response's input items (order "asc" or "desc") after the item `after`; (items, has_more)."""
         ...
+
+
+class EvalStore(Protocol):
+    """The eval runs one runner claims; every write checks the lease is still its own and the run still in
+    progress (else EvalRunLost: canceled or deleted by the api, or taken over)."""
+
+    def claim(self) -> ClaimedEvalRun | None:
+        """The oldest queued or running run whose lease is free or expired, now in_progress and leased to this
+        runner; None if none."""
+        ...
+
+    def start(self, run_id: str, item_count: int) -> None:
+        """The run's item count, once its data source is read."""
+        ...
+
+    def renew(self, run_id: str) -> None: ...
+
+    def release(self, run_id: str) -> None:
+        """Give the lease up (this process is stopping), so the next runner takes over at once."""
+        ...
+
+    def graded_items(self, run_id: str) -> set[int]:
+        """Items already recorded: a resumed run skips them."""
+        ...
+
+    def record(self, run_id: str, items: Iterable[GradedItem]) -> None:
+        """Store graded items and add them to the run's counts, renewing the lease, together."""
+        ...
+
+    def finish(self, run_id: str) -> None:
+        """in_progress → completed."""
+        ...
+
+    def fail(self, run_id: str, code: str, message: str) -> None:
+        """The run cannot go on (its data source is gone or its model deleted): failed, with the reason."""
+        ...
+
+    def judge_authorization(self, run_id: str) -> str | None:
+        """The Authorization header its model graders' judge calls carry: a key for the run's org (revoked by
+        revoke_judge_authorization), or None where the server takes no keys."""
+        ...
+
+    def revoke_judge_authorization(self, run_id: str) -> None: ...

@@ -269,3 +269,73 @@ class StoredResponse(Base):
         Index("ix_responses_org_created", "org_id", "created_at", "id"),
         Index("ix_responses_created", "created_at"),
     )
+
+
+class Eval(Base):
+    """An Evals API eval: the item schema of its data and the testing criteria (graders) every run is graded by."""
+
+    __tablename__ = "evals"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(256))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    # The create request's data_source_config ({"type": "custom", "item_schema", "include_sample_schema"}).
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_evals_org_created", "org_id", "created_at", "id"),)
+
+
+class EvalRun(Base):
+    """A run of an eval over one data source, executed by the inference role's eval runner under a lease; its
+    counts are added up as graded items are recorded."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"))
+    org_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # queued | in_progress | completed | canceled | failed
+    status: Mapped[str] = mapped_column(String(16))
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    item_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    passed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    errored: Mapped[int] = mapped_column(Integer, default=0)
+    # OpenAI's per_testing_criteria_results and per_model_usage, as they add up.
+    per_criteria: Mapped[list[Any]] = mapped_column(JSON)
+    per_model_usage: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Which inference process runs it and until when its claim holds without a renewal.
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        Index("ix_eval_runs_eval_created", "eval_id", "created_at", "id"),
+        Index("ix_eval_runs_status", "status"),
+    )
+
+
+class EvalOutputItem(Base):
+    """A graded item of a run: one row per (run, data source item), so an item is recorded once, whatever restarts."""
+
+    __tablename__ = "eval_output_items"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True)
+    datasource_item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    # pass | fail | error
+    status: Mapped[str] = mapped_column(String(8))
+    # {"datasource_item", "results", "sample"}: the output item's parts as OpenAI returns them.
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_eval_output_items_run_created", "run_id", "created_at", "id"),)

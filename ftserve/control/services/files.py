@@ -17,6 +17,7 @@ from ftserve.core.datasets.formats import DatasetError
 from ftserve.core.datasets.validate import validate_file
 from ftserve.core.endpoints import BATCH_ENDPOINTS as ENDPOINTS
 from ftserve.core.errors import InvalidRequest, PayloadTooLarge, bad_request, not_found, quote
+from ftserve.core.evals.items import count_eval_lines
 from ftserve.core.ids import new_id, now
 from ftserve.core.schemas.files import UPLOAD_PURPOSES, FileObject
 from ftserve.core.storage import Storage, UploadTooLarge
@@ -105,7 +106,7 @@ async def register_stored(
         row.status, row.status_details = "error", err.describe()
         row.error_code, row.error_line = err.code, err.line
         _commit(session, storage, row, before_commit)
-        kind = "batch" if purpose == "batch" else "training"
+        kind = {"batch": "batch", "evals": "evals"}.get(purpose, "training")
         raise InvalidRequest(
             f"Invalid {kind} file {file_id} ({row.filename}): {err.describe()}", param="file", code=err.code
         ) from None
@@ -134,6 +135,8 @@ def _validate(path: Path, purpose: str, settings: Settings) -> tuple[str, int, s
     if purpose == "batch":
         batch = validate_batch_file(path, settings.max_line_bytes, settings.max_batch_requests)
         return ENDPOINTS[batch.url].batch_format or "", batch.n_requests, None
+    if purpose == "evals":  # each item is checked against its eval's item_schema when a run reads it
+        return "evals", count_eval_lines(path, settings.max_line_bytes), None
     summary = validate_file(path, settings.max_line_bytes, settings.min_training_examples)
     return summary.format, summary.n_examples, summary.warning
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 FilePurpose = Literal["fine-tune", "fine-tune-results"]
 # What a client may upload a file for (the files it then gets are JSONL, validated by their purpose).
-UPLOAD_PURPOSES = ("fine-tune", "batch")
+UPLOAD_PURPOSES = ("fine-tune", "batch", "evals")
 
 
 class FileObject(BaseModel):
