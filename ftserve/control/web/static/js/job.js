@@ -34,7 +34,7 @@ function facts(job) {
   const rows = [
     ["Base model", job.model],
     ["Method", h("span#job-method", {}, methodOf(job))],
-    ...(methodOf(job) === "reinforcement" && job.method.reinforcement ? [["Grader", grader(job)]] : []),
+    ...(job.method && job.method.reinforcement ? [["Grader", grader(job)]] : []),
     ["Fine-tuned model", job.fine_tuned_model ? playLink(job.fine_tuned_model) : "—"],
     ["Created", fmtTime(job.created_at)],
     ["Finished", fmtTime(job.finished_at)],
