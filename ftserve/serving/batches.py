@@ -6,7 +6,6 @@ included: a /v1/responses line continues its previous_response_id and is stored 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
@@ -31,15 +30,11 @@ from ftserve.engine.engine import ModelRef
 from ftserve.engine.errors import EngineStopped
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.handlers import HANDLERS, Caller, Handler, Plan
+from ftserve.serving.leased import FLUSH_SECONDS, LeasedRunner, Stopping, drain, flush_due
 from ftserve.serving.ports import BatchLost, BatchStore, ClaimedBatch, ModelCatalog, ResponseStore, Result
 from ftserve.serving.refs import model_ref
 
 log = logging.getLogger(__name__)
-FLUSH_RESULTS, FLUSH_SECONDS = 64, 0.5  # record finished requests in groups: fewer commits, little to redo
-
-
-class Stopping(Exception):
-    """This process is shutting down: leave the batch (its lease released) for the next runner."""
 
 
 @dataclass
@@ -69,69 +64,29 @@ class _Run:
     flushed: float = field(default_factory=time.monotonic)  # when results were last recorded (or the lease renewed)
 
     def take_finished(self, wait_s: float) -> list[tuple[Pending, BaseException | None]]:
-        try:
-            items = [self.finished.get(timeout=wait_s)]
-        except queue.Empty:
-            return []
-        while not self.finished.empty():
-            items.append(self.finished.get_nowait())
-        return items
+        return drain(self.finished, wait_s)
 
     def due(self, renew_s: float) -> bool:
         """Whether to record now: enough results, results waiting too long, or the lease needs renewing."""
-        waited = time.monotonic() - self.flushed
-        return len(self.buffer) >= FLUSH_RESULTS or (bool(self.buffer) and waited > FLUSH_SECONDS) or waited > renew_s
+        return flush_due(len(self.buffer), self.flushed, renew_s)
 
 
-class BatchRunner:
+class BatchRunner(LeasedRunner[ClaimedBatch]):
     """Runs one batch at a time through the engine; `run_forever` is the inference role's background loop."""
+
+    what = "batch"
 
     def __init__(
         self, engine: Backend, settings: Settings, store: BatchStore, catalog: ModelCatalog, responses: ResponseStore
     ) -> None:
+        super().__init__(store, settings.batch_poll_seconds, BatchLost)
         self.engine = engine
         self.settings = settings
-        self.store = store
+        self.store: BatchStore = store
         self.catalog = catalog
         self.responses = responses
-        self.stopping = threading.Event()
-        self.idle = threading.Event()
-        self.idle.set()
         # Rows kept in the engine: twice a full batch, so a finished row's place is taken at once.
         self.window = 2 * settings.max_batch_rows
-
-    async def run_forever(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                worked = await asyncio.to_thread(self.run_once)
-            except Exception:
-                log.exception("batch runner pass failed")
-                worked = False
-            if not worked:
-                await asyncio.sleep(self.settings.batch_poll_seconds)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Leave the running batch (recorded requests kept, lease released) before the engine stops."""
-        self.stopping.set()
-        self.idle.wait(timeout)
-
-    def run_once(self) -> bool:
-        """Claim one batch and run it to its end; False when there was nothing to claim."""
-        if self.stopping.is_set():
-            return False
-        claimed = self.store.claim()
-        if claimed is None:
-            return False
-        self.idle.clear()
-        try:
-            self._run(claimed)
-        except BatchLost:
-            log.warning("batch %s was taken over by another runner", claimed.id)
-        except Stopping:
-            self.store.release(claimed.id)
-        finally:
-            self.idle.set()
-        return True
 
     def _run(self, claimed: ClaimedBatch) -> None:
         if claimed.status == "finalizing":  # every request was recorded before its runner died

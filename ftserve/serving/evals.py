@@ -6,7 +6,6 @@ makes its next write fail (EvalRunLost), and the rows still in the engine stop."
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
@@ -33,14 +32,10 @@ from ftserve.serving import eval_grading
 from ftserve.serving.backends.base import Backend
 from ftserve.serving.eval_samples import Sampler, data_source, line_sample, sample_record
 from ftserve.serving.handlers import Plan
+from ftserve.serving.leased import FLUSH_SECONDS, LeasedRunner, Stopping, drain, flush_due
 from ftserve.serving.ports import EvalStore, ModelCatalog, ResponseStore
 
 log = logging.getLogger(__name__)
-FLUSH_ITEMS, FLUSH_SECONDS = 64, 0.5  # record graded items in groups: fewer commits, little to redo
-
-
-class Stopping(Exception):
-    """This process is shutting down: leave the run (its lease released) for the next runner."""
 
 
 @dataclass
@@ -71,69 +66,34 @@ class _Run:
     flushed: float = field(default_factory=time.monotonic)
 
     def take(self, wait_s: float) -> list[tuple[str, Any, BaseException | None]]:
-        try:
-            got = [self.events.get(timeout=wait_s)]
-        except queue.Empty:
-            return []
-        while not self.events.empty():
-            got.append(self.events.get_nowait())
-        return got
+        return drain(self.events, wait_s)
 
     def due(self, renew_s: float) -> bool:
-        waited = time.monotonic() - self.flushed
-        return len(self.buffer) >= FLUSH_ITEMS or (bool(self.buffer) and waited > FLUSH_SECONDS) or waited > renew_s
+        return flush_due(len(self.buffer), self.flushed, renew_s)
 
 
-class EvalRunner:
+class EvalRunner(LeasedRunner[ClaimedEvalRun]):
     """Runs one eval run at a time through the engine; `run_forever` is the inference role's background loop."""
+
+    what = "eval run"
 
     def __init__(
         self, engine: Backend, settings: Settings, store: EvalStore, catalog: ModelCatalog, responses: ResponseStore
     ) -> None:
-        self.engine, self.settings, self.store = engine, settings, store
+        super().__init__(store, settings.eval_poll_seconds, EvalRunLost)
+        self.engine, self.settings = engine, settings
+        self.store: EvalStore = store
         self.catalog, self.responses = catalog, responses
-        self.stopping = threading.Event()
-        self.idle = threading.Event()
-        self.idle.set()
         # Rows kept in the engine: twice a full batch, so a finished row's place is taken at once; grading may lag
         # generation by as much again before new items wait for it.
         self.window = 2 * settings.max_batch_rows
         self.pool = ThreadPoolExecutor(settings.eval_grader_threads, thread_name_prefix="eval-grader")
         self.limits = graders.limits_for(settings.python_grader_timeout_seconds, settings.python_grader_memory_bytes)
 
-    async def run_forever(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                worked = await asyncio.to_thread(self.run_once)
-            except Exception:
-                log.exception("eval runner pass failed")
-                worked = False
-            if not worked:
-                await asyncio.sleep(self.settings.eval_poll_seconds)
-
     def stop(self, timeout: float = 30.0) -> None:
         """Leave the running run (graded items kept, lease released) before the engine stops."""
-        self.stopping.set()
-        self.idle.wait(timeout)
+        super().stop(timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
-
-    def run_once(self) -> bool:
-        """Claim one run and take it to its end; False when there was nothing to claim."""
-        if self.stopping.is_set():
-            return False
-        claimed = self.store.claim()
-        if claimed is None:
-            return False
-        self.idle.clear()
-        try:
-            self._run(claimed)
-        except EvalRunLost:
-            log.info("eval run %s was canceled, deleted or taken over", claimed.id)
-        except Stopping:
-            self.store.release(claimed.id)
-        finally:
-            self.idle.set()
-        return True
 
     def _run(self, claimed: ClaimedEvalRun) -> None:
         try:
