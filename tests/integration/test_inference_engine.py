@@ -284,19 +284,3 @@ def test_background_rows_join_a_running_batch_in_groups(adapters_dir: Path, base
         joins = [admitted for admitted, running in engine.scheduler.admissions if running]
         # Only the last rows left waiting may join fewer at a time than the group.
         assert len(joins) > 2 and min(joins[:-1]) >= engine.scheduler.min_group == 2, engine.scheduler.admissions
-
-
-def test_a_prefill_hands_the_lm_head_a_contiguous_input(engine: SettingsEngine) -> None:
-    """The last position of a several-row prefill reaches the LM head as a contiguous tensor: a slice of the
-    hidden states is not, and torch then runs the head over a copy of its weight per row."""
-    head = engine.resident(BASE).model.get_output_embeddings()
-    seen: list[tuple[tuple[int, ...], bool]] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
-    try:
-        texts = _texts(engine, BASE_MODEL)
-    finally:
-        hook.remove()
-    assert all(texts)
-    prefill = seen[0]
-    assert prefill[0][:2] == (len(ANIMALS), 1) and prefill[1], seen[:3]
-    assert all(contiguous for _, contiguous in seen)
