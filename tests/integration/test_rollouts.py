@@ -1,6 +1,6 @@
 """Reinforcement's sampler on the tiny model: the engine's view of the base shares the training model's weights
 (no copy), and its greedy rollouts are the policy's own greedy answers, before and after the LoRA weights move
-(each `publish` hands the engine the live tensors)."""
+(each `publish` hands the engine the live tensors), and its prefill gives the LM head a contiguous input."""
 
 from __future__ import annotations
 
@@ -80,3 +80,21 @@ def test_rollouts_are_the_policys_greedy_answers_after_each_publish(bases_dir: P
         assert seen[0] != seen[1]  # the second publish changed what the engine samples
     finally:
         rollouts.close()
+
+
+def test_the_prefill_hands_the_lm_head_a_contiguous_input(bases_dir: Path, tmp_path: Path) -> None:
+    """The view is built from the config, without the hook load_base puts on the head: the engine's prefill asks
+    for its last positions by index, so the head still gets a contiguous input (else torch copies the head per
+    row: seconds per SmolLM2 prefill)."""
+    model, tok = _policy(bases_dir, tmp_path)
+    _move_lora(model, 3)
+    rollouts = Rollouts(model, tok, Settings().engine(), CPU, "ftjob-test")  # type: ignore[arg-type]
+    head = rollouts.engine.resident(rollouts.base).model.get_output_embeddings()
+    seen: list[bool] = []
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    try:
+        rollouts.publish()
+        rollouts.sample(PROMPTS, 2, lambda _k: Sampling(max_tokens=TOKENS, temperature=0.0))
+    finally:
+        rollouts.close()
+    assert seen and all(seen), seen

@@ -38,3 +38,16 @@ def test_a_tiny_top_p_keeps_the_most_likely_token() -> None:
 def test_a_tiny_temperature_is_greedy_not_nan() -> None:
     logits = torch.tensor([0.5, 3.0, 1.0, -2.0])
     assert sample(logits, Sampling(temperature=1e-30), torch.Generator().manual_seed(0)) == 1
+
+
+def test_draws_follow_the_distribution_and_never_pick_an_impossible_token() -> None:
+    """The inverse-CDF draw: frequencies match softmax(logits) and a token of probability 0 is never drawn."""
+    logits = torch.tensor([0.5, 3.0, 1.0, -2.0, float("-inf")])
+    gen = torch.Generator().manual_seed(0)
+    n = 5_000
+    drawn = torch.tensor([sample(logits, Sampling(temperature=1.0), gen) for _ in range(n)])
+    freq = torch.bincount(drawn, minlength=5).double() / n
+    assert freq[4] == 0
+    assert torch.allclose(freq[:4], torch.softmax(logits[:4].double(), -1), atol=0.02)
+    again = torch.Generator().manual_seed(0)
+    assert [sample(logits, Sampling(temperature=1.0), again) for _ in range(50)] == drawn[:50].tolist()
