@@ -57,14 +57,17 @@ def per_token_loss(
 def completion_logps(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, starts: list[int]) -> torch.Tensor:
     """Per row of right-padded `ids` ([rows, length], `mask` 1 on real tokens), the log-prob of every token from
     its completion's first (at `starts[row]`) on, left-aligned in [rows, longest completion] (0 past the end)."""
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    # Logits only from the position before the earliest completion on (the LM head and the log-softmax over the
+    # vocabulary are a fifth of the pass; the prompts' positions need neither).
+    offset = min(starts) - 1
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=ids.shape[1] - offset).logits
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    token = torch.gather(logprobs, 2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # token t+1 given tokens ..t
+    token = torch.gather(logprobs, 2, ids[:, offset + 1 :].unsqueeze(-1)).squeeze(-1)  # token t+1 given ..t
     lengths = mask.sum(dim=1).tolist()
     width = max(int(n) - s for n, s in zip(lengths, starts, strict=True))
     out = token.new_zeros((ids.shape[0], width))
     for row, (n, s) in enumerate(zip(lengths, starts, strict=True)):
-        out[row, : int(n) - s] = token[row, s - 1 : int(n) - 1]
+        out[row, : int(n) - s] = token[row, s - 1 - offset : int(n) - 1 - offset]
     return out
 
 
