@@ -26,6 +26,9 @@ from ftserve.core.schemas.evals import (
 router = APIRouter(prefix="/v1/evals", tags=["evals"], responses=ERROR_RESPONSES)
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Literal["asc", "desc"]
+# ftserve's extension: only evals (runs) with a run on one of these models (`?model=a&model=b`): how the dashboard's
+# job page finds the evals run on its fine-tuned model and checkpoints.
+Models = Annotated[list[str] | None, Query(max_length=100)]
 
 
 def _page(data: list[EvalObject] | list[RunObject] | list[OutputItemObject], has_more: bool) -> dict[str, object]:
@@ -51,8 +54,9 @@ def list_evals(
     limit: Limit = 20,
     order: Order = "asc",
     order_by: Literal["created_at", "updated_at"] = "created_at",
+    model: Models = None,
 ) -> dict[str, object]:
-    rows, has_more = service.list_evals(session, org, after, limit, order, order_by)
+    rows, has_more = service.list_evals(session, org, after, limit, order, order_by, model)
     return _page([service.to_wire(e) for e in rows], has_more)
 
 
@@ -86,8 +90,9 @@ def list_runs(
     limit: Limit = 20,
     order: Order = "asc",
     status: RunStatus | None = None,
+    model: Models = None,
 ) -> dict[str, object]:
-    rows, has_more = runs.list_runs(session, org, eval_id, after, limit, order, status)
+    rows, has_more = runs.list_runs(session, org, eval_id, after, limit, order, status, model)
     return _page([runs.to_wire(r) for r in rows], has_more)
 
 
