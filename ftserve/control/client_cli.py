@@ -367,7 +367,8 @@ def follow_run(client: Client, eval_id: str, run_id: str, interval: float = 1.0)
                 break
             time.sleep(interval)
     counts = run["result_counts"]
-    table = Table("criterion", "pass rate", title=f"{run['name']}: {run['model'] or 'file samples'}")
+    model = run["model"] or "file samples"
+    table = Table("criterion", "pass rate", title=model if run["name"] == model else f"{run['name']}: {model}")
     for criterion, rate in _criteria_rates(run):
         table.add_row(criterion, rate)
     table.add_row("[bold]all criteria[/]", _rate(counts["passed"], counts["total"]))
