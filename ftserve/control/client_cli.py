@@ -1,4 +1,4 @@
-"""Client commands of `ftserve` (files, jobs, complete) that talk to any ftserve URL over its public API."""
+"""Client commands of `ftserve` (files, jobs, evals, complete) that talk to any ftserve URL over its public API."""
 
 from __future__ import annotations
 
@@ -264,6 +264,162 @@ def follow_job(client: Client, job_id: str, interval: float = 1.0) -> int:
     return EXIT_CODES[status]
 
 
+@click.group()
+def evals() -> None:
+    """Run evals (made with the openai client's client.evals.create) on a model, list them, show their runs."""
+
+
+# eval run status → `evals run` exit code (as `jobs follow`'s)
+RUN_EXIT_CODES = {"completed": 0, "failed": 1, "canceled": 3}
+
+
+def _rate(passed: int, of: int) -> str:
+    """A pass rate as the dashboard writes it: `66.7% (2/3)`."""
+    return f"{100 * passed / of:.1f}% ({passed}/{of})" if of else "—"
+
+
+def _criteria_rates(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each criterion's pass rate: passed of passed + failed (an item it could not grade counts in neither)."""
+    return [
+        (c["testing_criteria"], _rate(c["passed"], c["passed"] + c["failed"]))
+        for c in run["per_testing_criteria_results"]
+    ]
+
+
+@evals.command("run")
+@click.argument("eval_id")
+@click.option("--model", required=True, help="The model to sample: a base, ft: model or checkpoint.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A JSONL file of {\"item\": {...}} lines, uploaded with purpose evals.")  # fmt: skip
+@click.option("--file-id", default=None, help="An uploaded purpose=evals file instead of --data.")
+@click.option("--template", required=True, help='The user message, over the item: "Translate {{item.text}}".')
+@click.option("--system", default=None, help="A system message before it (may use {{item.*}} too).")
+@click.option("--max-tokens", type=int, default=None, help="max_completion_tokens per sample.")
+@click.option("--temperature", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--name", default=None, help="The run's name (default: the model's).")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
+@connection
+def evals_run(
+    eval_id: str,
+    model: str,
+    data: Path | None,
+    file_id: str | None,
+    template: str,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    seed: int | None,
+    name: str | None,
+    interval: float,
+    client: Client,
+) -> None:
+    """Start a run of EVAL_ID on a model (a `completions` data source) and follow it with a progress bar until it
+    ends; print its pass rate per criterion. Exit code: 0 completed, 1 failed, 3 canceled."""
+    if (data is None) == (file_id is None):
+        raise click.UsageError("give the items as --data PATH or --file-id FILE_ID (one of them)")
+    if data is not None:
+        with data.open("rb") as f:
+            file_id = client.call("POST", "files", files={"file": (data.name, f)}, data={"purpose": "evals"})["id"]
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": template})
+    sampling = {"max_completion_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    source: dict[str, Any] = {
+        "type": "completions",
+        "model": model,
+        "source": {"type": "file_id", "id": file_id},
+        "input_messages": {"type": "template", "template": messages},
+        "sampling_params": {k: v for k, v in sampling.items() if v is not None},
+    }
+    body: dict[str, Any] = {"data_source": source, **({"name": name} if name else {})}
+    run = client.call("POST", f"evals/{eval_id}/runs", json=body)
+    click.echo(run["id"])
+    err.print(f"[green]✓[/] run {run['id']} of {eval_id} on {model}: {run['status']}", soft_wrap=True)
+    try:
+        run = follow_run(client, eval_id, run["id"], interval)
+    except KeyboardInterrupt:
+        err.print(f"Stopped following; the run goes on (see it with: ftserve evals show {eval_id})")
+        raise SystemExit(130) from None
+    raise SystemExit(RUN_EXIT_CODES[run["status"]])
+
+
+def follow_run(client: Client, eval_id: str, run_id: str, interval: float = 1.0) -> dict[str, Any]:
+    """A progress bar of the items graded (of the data source's, `extensions.item_count`) with the pass rate so far,
+    until the run ends; then its pass rate per criterion and its report's address. Returns the finished run."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("items", total=None, stats="")
+        while True:
+            run = client.call("GET", f"evals/{eval_id}/runs/{run_id}")
+            counts = run["result_counts"]
+            total = (run.get("extensions") or {}).get("item_count")
+            stats = f"passed {_rate(counts['passed'], counts['total'])} · errored {counts['errored']}"
+            progress.update(task, total=total, completed=counts["total"], stats=stats)
+            if run["status"] in RUN_EXIT_CODES:
+                break
+            time.sleep(interval)
+    counts = run["result_counts"]
+    model = run["model"] or "file samples"
+    table = Table("criterion", "pass rate", title=model if run["name"] == model else f"{run['name']}: {model}")
+    for criterion, rate in _criteria_rates(run):
+        table.add_row(criterion, rate)
+    table.add_row("[bold]all criteria[/]", _rate(counts["passed"], counts["total"]))
+    err.print(table)
+    # soft_wrap: a line stays one line in a log or a pipe (a terminal wraps it itself)
+    summary = f"{counts['total']} items: {counts['passed']} passed, {counts['failed']} failed"
+    summary += f", {counts['errored']} errored"
+    err.print(summary, soft_wrap=True)
+    err.print(f"report: {client.http.base_url.join(run['report_url'])}", soft_wrap=True, highlight=False)
+    if run["status"] == "completed":
+        err.print("[green]✓ completed[/]")
+    elif run["status"] == "failed":
+        error = run.get("error") or {}
+        err.print(f"[red]✗ failed[/]: {error.get('code')}: {error.get('message')}", soft_wrap=True)
+    else:
+        err.print(f"[yellow]✗ {run['status']}[/]")
+    return run
+
+
+@evals.command("list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@connection
+def evals_list(limit: int, client: Client) -> None:
+    """List evals, newest first, with their testing criteria."""
+    table = Table("id", "name", "testing criteria", "created")
+    for e in client.call("GET", "evals", params={"limit": limit, "order": "desc"})["data"]:
+        criteria = ", ".join(f"{c['name']} ({c['type']})" for c in e["testing_criteria"])
+        table.add_row(e["id"], e["name"], criteria, _when(e["created_at"]))
+    _print_table(table)
+
+
+@evals.command("show")
+@click.argument("eval_id")
+@connection
+def evals_show(eval_id: str, client: Client) -> None:
+    """An eval's runs, oldest first: model, status, counts, pass rate overall and per criterion."""
+    ev = client.call("GET", f"evals/{eval_id}")
+    runs = client.call("GET", f"evals/{eval_id}/runs", params={"limit": 100})["data"]
+    names = [c["name"] for c in ev["testing_criteria"]]
+    table = Table("run", "model", "status", "graded", "passed", "failed", "errored", "pass rate", *names,
+                  title=f"{ev['name'] or ev['id']} ({ev['id']})")  # fmt: skip
+    for r in runs:
+        c = r["result_counts"]
+        rates = dict(_criteria_rates(r))
+        table.add_row(
+            r["id"], r["model"] or "—", r["status"], str(c["total"]), str(c["passed"]), str(c["failed"]),
+            str(c["errored"]), _rate(c["passed"], c["total"]), *(rates.get(n, "—") for n in names),
+        )  # fmt: skip
+    _print_table(table)
+
+
 @click.command()
 @click.argument("model")
 @click.argument("prompt")
@@ -281,5 +437,5 @@ def complete(model: str, prompt: str, max_tokens: int, temperature: float, clien
 
 def register(group: click.Group) -> None:
     """Add the client commands to the `ftserve` group."""
-    for command in (files, jobs, complete):
+    for command in (files, jobs, evals, complete):
         group.add_command(command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -182,3 +183,50 @@ def test_create_a_dpo_job(embedded: Service, tmp_path: Path) -> None:
     assert job.status == "succeeded" and job.method is not None and job.method.type == "dpo"
     assert job.method.dpo is not None and job.method.dpo.hyperparameters is not None
     assert job.method.dpo.hyperparameters.beta == 0.3
+
+
+def test_evals_run_follows_the_run_and_prints_the_pass_rate_per_criterion(embedded: Service, tmp_path: Path) -> None:
+    """`ftserve evals run` uploads the items, starts a completions run and follows it to its end: the progress bar
+    reaches every item, and the pass rates printed are the run's per-criterion counts; `evals list` and `evals show`
+    show the eval and the run."""
+    from tests.e2e.conftest import ANIMALS
+
+    client = client_for(embedded)
+    schema = {"type": "object", "properties": {"animal": {"type": "string"}, "sound": {"type": "string"}},
+              "required": ["animal", "sound"]}  # fmt: skip
+    criteria = [
+        {"type": "string_check", "name": "says it", "input": "{{sample.output_text}}", "reference": "{{item.sound}}",
+         "operation": "ilike"},
+        {"type": "string_check", "name": "answers", "input": "{{sample.output_text}}", "reference": "",
+         "operation": "ne"},
+    ]  # fmt: skip
+    ev = client.evals.create(
+        name="sounds", data_source_config={"type": "custom", "item_schema": schema}, testing_criteria=criteria
+    )  # type: ignore[arg-type]
+    data = tmp_path / "items.jsonl"
+    lines = [{"item": {"animal": a, "sound": s}} for a, s in ANIMALS[:6]] + [{"item": {"animal": "yak"}}]
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = ftserve(
+        embedded, "evals", "run", ev.id, "--model", "ftserve-tiny", "--data", str(data),
+        "--template", "The {{item.animal}} says:", "--max-tokens", "4", "--temperature", "0", "--interval", "0.3",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    run_id = run.stdout.strip()
+    got = client.evals.runs.retrieve(run_id, eval_id=ev.id)
+    assert got.status == "completed" and got.result_counts.total == 7 and got.result_counts.errored == 1
+    assert got.data_source.source.type == "file_id"  # type: ignore[union-attr]
+    assert "7/7" in run.stderr  # the progress bar's last state
+    for c in got.per_testing_criteria_results:
+        of = c.passed + c.failed
+        assert re.search(rf"{c.testing_criteria}\s+│\s+{100 * c.passed / of:.1f}% \({c.passed}/{of}\)", run.stderr)
+    counts = got.result_counts
+    assert f"7 items: {counts.passed} passed, {counts.failed} failed, 1 errored" in run.stderr
+    assert f"/dashboard/evals/{ev.id}?run={run_id}" in run.stderr and "✓ completed" in run.stderr
+
+    listed = ftserve(embedded, "evals", "list")
+    assert listed.returncode == 0 and ev.id in listed.stdout and "says it (string_check)" in listed.stdout
+    shown = ftserve(embedded, "evals", "show", ev.id)
+    assert shown.returncode == 0 and run_id in shown.stdout and "completed" in shown.stdout
+
+    missing = ftserve(embedded, "evals", "run", ev.id, "--model", "ftserve-tiny", "--template", "x")
+    assert missing.returncode == 2 and "--data PATH or --file-id" in missing.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from openai import OpenAI
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.e2e.conftest import client_for, wait_job, write_prompt_completion
+from tests.e2e.conftest import ANIMALS, client_for, wait_job, write_prompt_completion
 from tests.preference_data import STYLE, WORDS, question, write_pairs
 from tests.rft_data import MULTI, TINY_EXTENSIONS, metrics, rft, upload_prompts
 from tests.rft_data import WORDS as RFT_WORDS
@@ -401,3 +402,128 @@ def test_a_job_that_warns_keeps_the_warning_in_view(
     warned = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.level == "warn"]
     assert len(warned) == 1 and page.locator("#job-warnings .warnbox").count() == 1
     assert page.locator("ol.events li.warn").count() == 1
+
+
+EVAL_CRITERIA: list[dict[str, Any]] = [
+    {"type": "string_check", "name": "says it", "input": "{{sample.output_text}}", "reference": "{{item.sound}}",
+     "operation": "ilike"},
+    {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}", "reference": "{{item.sound}}",
+     "evaluation_metric": "fuzzy_match", "pass_threshold": 0.3},
+    {"type": "string_check", "name": "answers", "input": "{{sample.output_text}}", "reference": "",
+     "operation": "ne"},
+]  # fmt: skip
+
+
+def _cell(page: Page, row: str, run_id: str, extra: str = "") -> str:
+    """A cell of the eval page's runs table: `row` of the run's column."""
+    return page.inner_text(f"#runs tr[data-row={row}] td[data-run='{run_id}']{extra}")
+
+
+def _rate(passed: int, of: int) -> str:
+    """The page's pass rate: `66.7% (2/3)`."""
+    return f"{100 * passed / of:.1f}% ({passed}/{of})" if of else "—"
+
+
+def _finished_run(client: OpenAI, eval_id: str, run_id: str) -> Any:
+    for _ in range(600):
+        run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
+        if run.status in ("completed", "failed", "canceled"):
+            return run
+        time.sleep(0.2)
+    raise TimeoutError(run_id)
+
+
+def test_an_eval_page_compares_the_base_the_fine_tune_and_a_checkpoint(
+    embedded: Service, trained: tuple[OpenAI, str], page: Page, tmp_path: Path
+) -> None:
+    """A run's report_url opens the eval's page: its runs side by side with the counts and per-criterion pass rates
+    the output items add up to, the selected run's items with sample, reference and results; the job's page lists
+    the runs on its model and checkpoint, each linking to that page."""
+    client, job_id = trained
+    job, _ = wait_job(client, job_id)
+    assert job.fine_tuned_model
+    checkpoint = next(
+        c.fine_tuned_model_checkpoint
+        for c in client.fine_tuning.jobs.checkpoints.list(job_id)
+        if c.fine_tuned_model_checkpoint != job.fine_tuned_model
+    )
+    items = [{"item": {"animal": a, "sound": s}} for a, s in ANIMALS[:6]]
+    items.append({"item": {"animal": "yak"}})  # no sound: errors alone (the item_schema requires one)
+    schema = {"type": "object", "properties": {"animal": {"type": "string"}, "sound": {"type": "string"}},
+              "required": ["animal", "sound"]}  # fmt: skip
+    ev = client.evals.create(
+        name="animal sounds",
+        data_source_config={"type": "custom", "item_schema": schema, "include_sample_schema": True},
+        testing_criteria=EVAL_CRITERIA,  # type: ignore[arg-type]
+    )
+    template = {"type": "template", "template": [{"role": "user", "content": "The {{item.animal}} says:"}]}
+    sampled = {"temperature": 0, "max_completion_tokens": 4}
+    runs = []
+    for kind, model in (("base", "ftserve-tiny"), ("fine-tuned", job.fine_tuned_model), ("checkpoint", checkpoint)):
+        source = {"type": "file_content", "content": items}
+        ds = {"type": "completions", "model": model, "source": source, "input_messages": template,
+              "sampling_params": sampled}  # fmt: skip
+        runs.append(client.evals.runs.create(ev.id, name=kind, data_source=ds))  # type: ignore[arg-type]
+    runs = [_finished_run(client, ev.id, r.id) for r in runs]
+    outputs = {r.id: list(client.evals.runs.output_items.list(r.id, eval_id=ev.id, limit=100)) for r in runs}
+
+    # The fine-tune's report_url, as the API gives it: a redirect to the page's eval view, that run selected.
+    tuned = runs[1]
+    page.goto(f"{embedded.base_url}{tuned.report_url}")
+    assert page.url == f"{embedded.base_url}/#/evals/{ev.id}?run={tuned.id}"
+    page.wait_for_selector(f"#runs th.selected[data-run='{tuned.id}']")
+    page.wait_for_selector(f"#items tr[data-item='{len(items) - 1}']")
+    columns = [page.get_attribute(f"#runs thead th:nth-child({i + 2})", "data-run") for i in range(3)]
+    assert columns == [r.id for r in client.evals.runs.list(ev.id, order="asc")]  # side by side, oldest first
+    for run in runs:
+        got = outputs[run.id]
+        assert run.status == "completed" and len(got) == len(items)
+        status = {k: sum(i.status == k for i in got) for k in ("pass", "fail", "error")}
+        shown = tuple(_cell(page, row, run.id) for row in ("passed", "failed", "errored"))
+        assert shown == tuple(str(status[k]) for k in ("pass", "fail", "error"))
+        assert (status["pass"], status["fail"], status["error"]) == (
+            run.result_counts.passed, run.result_counts.failed, run.result_counts.errored,
+        )  # fmt: skip
+        assert _cell(page, "pass-rate", run.id) == _rate(status["pass"], len(got))
+        assert _cell(page, "status", run.id) == "completed" and run.model in _cell(page, "model", run.id)
+        assert _cell(page, "graded", run.id) == f"{len(items)}/{len(items)}"
+        for c in EVAL_CRITERIA:
+            results = [r for i in got for r in i.results if r.name == c["name"]]
+            passed = sum(bool(r.passed) for r in results)
+            failed = sum(not r.passed and not (r.model_extra or {}).get("error") for r in results)
+            shown_rate = _cell(page, "criterion", run.id, f"[data-criterion='{c['name']}']")
+            assert shown_rate == _rate(passed, passed + failed)
+    kinds = [_cell(page, "model", r.id).rsplit(maxsplit=1)[-1] for r in runs]
+    assert kinds == ["base", "fine-tuned", "checkpoint"]
+
+    # The selected run's output items: the sample, the item as reference and each criterion's result.
+    assert page.locator("#items tbody tr[data-item]").count() == len(items)
+    for item in outputs[tuned.id]:
+        row = f"#items tr[data-item='{item.datasource_item_id}']"
+        assert page.get_attribute(row, "data-status") == item.status
+        assert item.datasource_item["animal"] in page.inner_text(f"{row} pre.reference")
+        if item.status == "error":
+            assert item.sample.error and item.sample.error.message in page.inner_text(f"{row} td.sample")
+            continue
+        assert page.inner_text(f"{row} pre.output") == item.sample.output[0].content
+        for r in item.results:
+            assert page.get_attribute(f"{row} .result[data-criterion='{r.name}']", "data-state") == (
+                "pass" if r.passed else "fail"
+            )
+    shot(page, tmp_path, "dashboard-eval.png")
+    page.select_option("#item-status", "error")
+    page.wait_for_function("document.querySelectorAll('#items tbody tr[data-item]').length === 1")
+    assert page.get_attribute("#items tbody tr[data-item]", "data-status") == "error"
+
+    # The job's page: the runs on its fine-tuned model and its checkpoint (not the base's), linked to the eval page.
+    page.goto(f"{embedded.base_url}/#/jobs/{job_id}")
+    page.wait_for_selector(f"#job-evals tr[data-run='{runs[2].id}']")
+    assert page.locator("#job-evals tbody tr").count() == 2
+    assert page.locator(f"#job-evals tr[data-run='{runs[0].id}']").count() == 0
+    page.click(f"#job-evals tr[data-run='{runs[2].id}'] a[href*='run=']")
+    page.wait_for_selector(f"#runs th.selected[data-run='{runs[2].id}']")
+    assert page.url.endswith(f"#/evals/{ev.id}?run={runs[2].id}")
+
+    # The evals list shows the eval with its runs' models.
+    page.goto(f"{embedded.base_url}/#/evals")
+    page.wait_for_selector(f"#evals tr[data-eval='{ev.id}'] .run-line[data-run='{tuned.id}']")

@@ -187,6 +187,16 @@ def test_base_and_fine_tuned_runs_are_graded(evals_server: tuple[Service, str, s
         fails = client.evals.runs.output_items.list(run.id, eval_id=ev.id, status="fail")
         assert all(i.status == "fail" for i in fails)
     assert passed[ft_model] > passed[BASE], passed  # the fine-tune learned the sounds; the base did not
+    # ftserve's `model` filter (the dashboard's job page): the evals, and an eval's runs, that sampled given models.
+    on_ft = client.evals.runs.list(ev.id, extra_query={"model": [ft_model]})
+    assert [r.id for r in on_ft] == [runs[ft_model].id]
+    assert len(client.evals.runs.list(ev.id, extra_query={"model": [ft_model, BASE]}).data) == 2
+    assert ev.id in [e.id for e in client.evals.list(extra_query={"model": [ft_model]}, limit=100)]
+    assert ev.id not in [e.id for e in client.evals.list(extra_query={"model": ["ft:none"]}, limit=100)]
+    # Its report_url: a redirect to the dashboard's eval view with the run selected.
+    report = httpx.get(f"{service.base_url}{runs[ft_model].report_url}", follow_redirects=False)
+    assert report.status_code == 302
+    assert report.headers["location"] == f"../../#/evals/{ev.id}?run={runs[ft_model].id}"
     # The same items through the Responses path (inline content): the same greedy answers as chat's.
     inline = {"type": "file_content", "content": rows[:3]}
     responses = client.evals.runs.create(

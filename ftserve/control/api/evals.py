@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from ftserve.control.api.deps import OrgDep, SessionDep, SettingsDep
 from ftserve.control.services import eval_runs as runs
@@ -26,6 +26,19 @@ from ftserve.core.schemas.evals import (
 router = APIRouter(prefix="/v1/evals", tags=["evals"], responses=ERROR_RESPONSES)
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Literal["asc", "desc"]
+ModelList = Annotated[list[str] | None, Query(max_length=100)]
+BracketedModels = Annotated[list[str] | None, Query(alias="model[]", max_length=100)]
+
+
+def _models(model: ModelList = None, bracketed: BracketedModels = None) -> list[str] | None:
+    """ftserve's extension: only evals (runs) with a run on one of these models, as `?model=a&model=b` or the
+    openai SDK's `extra_query={"model": [...]}` (`model[]=a`): how the dashboard's job page finds the evals run on a
+    job's fine-tuned model and checkpoints."""
+    given = [*(model or []), *(bracketed or [])]
+    return given or None
+
+
+Models = Annotated[list[str] | None, Depends(_models)]
 
 
 def _page(data: list[EvalObject] | list[RunObject] | list[OutputItemObject], has_more: bool) -> dict[str, object]:
@@ -47,12 +60,13 @@ def create_eval(body: EvalCreate, session: SessionDep, settings: SettingsDep, or
 def list_evals(
     session: SessionDep,
     org: OrgDep,
+    models: Models,
     after: str | None = None,
     limit: Limit = 20,
     order: Order = "asc",
     order_by: Literal["created_at", "updated_at"] = "created_at",
 ) -> dict[str, object]:
-    rows, has_more = service.list_evals(session, org, after, limit, order, order_by)
+    rows, has_more = service.list_evals(session, org, after, limit, order, order_by, models)
     return _page([service.to_wire(e) for e in rows], has_more)
 
 
@@ -82,12 +96,13 @@ def list_runs(
     eval_id: str,
     session: SessionDep,
     org: OrgDep,
+    models: Models,
     after: str | None = None,
     limit: Limit = 20,
     order: Order = "asc",
     status: RunStatus | None = None,
 ) -> dict[str, object]:
-    rows, has_more = runs.list_runs(session, org, eval_id, after, limit, order, status)
+    rows, has_more = runs.list_runs(session, org, eval_id, after, limit, order, status, models)
     return _page([runs.to_wire(r) for r in rows], has_more)
 
 

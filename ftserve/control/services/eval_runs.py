@@ -131,12 +131,22 @@ def get_run(session: Session, org: str, eval_id: str, run_id: str) -> EvalRun:
 
 
 def list_runs(
-    session: Session, org: str, eval_id: str, after: str | None, limit: int, order: str, status: str | None
+    session: Session,
+    org: str,
+    eval_id: str,
+    after: str | None,
+    limit: int,
+    order: str,
+    status: str | None,
+    models: list[str] | None = None,
 ) -> tuple[list[EvalRun], bool]:
+    """A page of the eval's runs; with `models` (ftserve's extension) only the runs that sampled one of them."""
     get_eval(session, org, eval_id)
     stmt = select(EvalRun).where(EvalRun.eval_id == eval_id)
     if status:
         stmt = stmt.where(EvalRun.status == status)
+    if models:
+        stmt = stmt.where(EvalRun.model.in_(models))
     return page(session, stmt, EvalRun, after=after, limit=limit, descending=order == "desc")
 
 

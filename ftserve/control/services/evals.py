@@ -99,13 +99,22 @@ def get_eval(session: Session, org: str, eval_id: str) -> Eval:
 
 
 def list_evals(
-    session: Session, org: str, after: str | None, limit: int, order: str, order_by: str
+    session: Session,
+    org: str,
+    after: str | None,
+    limit: int,
+    order: str,
+    order_by: str,
+    models: list[str] | None = None,
 ) -> tuple[list[Eval], bool]:
+    """A page of the org's evals; with `models` (ftserve's extension) only those with a run on one of them."""
     if order_by != "created_at":
         raise bad_request(
             "order_by 'updated_at' is not supported: evals list by created_at", param="order_by", code="unsupported"
         )
     stmt = select(Eval).where(Eval.org_id == org)
+    if models:
+        stmt = stmt.where(Eval.id.in_(select(EvalRun.eval_id).where(EvalRun.org_id == org, EvalRun.model.in_(models))))
     return page(session, stmt, Eval, after=after, limit=limit, descending=order == "desc")
 
 

@@ -1,5 +1,8 @@
-// Hash router and API-key form: #/jobs, #/jobs/<id>, #/files, #/playground[?model=…&compare=…&api=completions|responses].
+// Hash router and API-key form: #/jobs, #/jobs/<id>, #/evals, #/evals/<id>[?run=<run id>], #/files,
+// #/playground[?model=…&compare=…&api=completions|responses].
 import { api, getKey, setKey } from "./api.js";
+import { evalView } from "./eval.js";
+import { evalsView } from "./evals.js";
 import { filesView } from "./files.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
@@ -17,6 +20,8 @@ function route() {
   let section = parts[0] || "jobs";
   view.replaceChildren();
   if (section === "jobs" && parts[1]) stopCurrent = jobView(view, decodeURIComponent(parts[1]));
+  else if (section === "evals" && parts[1]) stopCurrent = evalView(view, decodeURIComponent(parts[1]), params);
+  else if (section === "evals") stopCurrent = evalsView(view);
   else if (section === "files") stopCurrent = filesView(view);
   else if (section === "playground") stopCurrent = playgroundView(view, params);
   else {

@@ -2,6 +2,8 @@
 // hyperparameters, checkpoints, events.
 import { api, download, newEvents } from "./api.js";
 import { MetricChart, trainAndValid } from "./chart.js";
+import { criterionRate, evalsOfModels, modelKind, runHref, runRate } from "./evals.js";
+import { graderBlock } from "./graders.js";
 import { badge, fmtClock, fmtNum, fmtTime, h, poll, showError, TERMINAL } from "./util.js";
 
 const playLink = (model) => h("a.mono", { href: `#/playground?model=${encodeURIComponent(model)}` }, model);
@@ -14,21 +16,8 @@ function ranOn(job) {
   return `${processes} process${processes === 1 ? "" : "es"} on ${hosts} host${hosts === 1 ? "" : "s"}`;
 }
 
-// What a grader is, in a line: its type, name and what it compares by (a multi grader: its formula).
-function graderLine(g) {
-  const how = { string_check: g.operation, text_similarity: g.evaluation_metric, score_model: g.model,
-    label_model: g.model, multi: g.calculate_output }[g.type];
-  return `${g.type} “${g.name}”${how ? ` (${how})` : ""}`;
-}
-
 // A reinforcement job's grader: its line, and a multi grader's sub-graders one per line under it.
-function grader(job) {
-  const g = job.method.reinforcement.grader;
-  const subs = g.type === "multi" && g.graders ? Object.entries(g.graders) : [];
-  return h("div#job-grader", {},
-    h("div", {}, graderLine(g)),
-    subs.map(([key, sub]) => h("div.muted", { dataset: { grader: key } }, `${key}: ${graderLine(sub)}`)));
-}
+const grader = (job) => graderBlock(job.method.reinforcement.grader, { id: "job-grader" });
 
 function facts(job) {
   const rows = [
@@ -98,6 +87,27 @@ const SUB_REWARD = "train_reward_mean_";
 const subRewards = (point) => Object.keys(point).filter((k) => k.startsWith(SUB_REWARD)).map((key) => (
   { key, label: `train ${key.slice(SUB_REWARD.length)}`, dash: [6, 4] }));
 
+// The eval runs that sampled the job's fine-tuned model or one of its checkpoints, each linked to its eval's page.
+function evalRuns(found) {
+  const rows = found.flatMap(({ ev, runs }) => runs.map((r) => h(
+    "tr", { dataset: { run: r.id } },
+    h("td", {}, h("a", { href: `#/evals/${ev.id}` }, ev.name || ev.id)),
+    h("td", {}, h("a", { href: runHref(r) }, r.name || r.id)),
+    h("td.wrap", {}, h("span.mono", {}, r.model), " ", h("span.kind", {}, modelKind(r.model))),
+    h("td", {}, badge(r.status)),
+    h("td.num", {}, runRate(r)),
+    h("td", {}, r.per_testing_criteria_results.map((c) => h("div", {}, `${c.testing_criteria}: ${criterionRate(c)}`))),
+  )));
+  if (!rows.length) {
+    return h("p.muted", {}, "No eval has run on this job's model or checkpoints yet (client.evals.runs.create, or "
+      + "ftserve evals run EVAL_ID --model MODEL …).");
+  }
+  return h("table#job-evals", {},
+    h("thead", {}, h("tr", {}, ...["Eval", "Run", "Model", "Status"].map((t) => h("th", {}, t)), h("th.num", {}, "Pass rate"),
+      h("th", {}, "Per criterion"))),
+    h("tbody", {}, rows));
+}
+
 function eventItem(e) {
   return h(`li.${e.level}`, { dataset: { type: e.type } }, h("span.t", {}, fmtClock(e.created_at)), h("span", {}, e.message));
 }
@@ -150,6 +160,9 @@ export function jobView(root, jobId) {
   const hpBox = h("div");
   const ckptBox = h("div");
   const eventsList = h("ol.events#events");
+  const evalsBox = h("div#job-evals-box");
+  const evalsCard = h("div.card#evals-card", { hidden: true }, h("h3", {}, "Evals on this model"), evalsBox);
+  let models = []; // the fine-tuned model and its checkpoints: the evals card's filter
   const showMetrics = h("input", { type: "checkbox", id: "show-metrics" });
   root.append(
     head,
@@ -160,6 +173,7 @@ export function jobView(root, jobId) {
       h("div.card", {}, h("h3", {}, "Hyperparameters (as resolved)"), hpBox)),
     h("div.card", {}, h("h3", {}, "Progress"), h("div.progress", {}, h("div.bar", {}, progressBar), progressText), charts),
     marginCard,
+    evalsCard,
     h("div.cols", {},
       h("div.card", {}, h("h3", {}, "Checkpoints"), ckptBox),
       h("div.card", {}, h("h3", {}, "Events ", h("label.muted", {}, showMetrics, " show step metrics")), eventsList)),
@@ -230,6 +244,7 @@ export function jobView(root, jobId) {
     hpBox.replaceChildren(hyperparameters(job));
     const ck = await api(`v1/fine_tuning/jobs/${jobId}/checkpoints?limit=100`);
     ckptBox.replaceChildren(checkpoints(ck.data));
+    models = [job.fine_tuned_model, ...ck.data.map((c) => c.fine_tuned_model_checkpoint)].filter(Boolean);
     error.replaceChildren(...(job.error ? [h("div.errorbox#job-error", {}, `${job.error.code}: ${job.error.message}`)] : []));
     return !TERMINAL.has(job.status); // stop polling once the job has ended and been drawn once more
   };
@@ -244,12 +259,19 @@ export function jobView(root, jobId) {
     }
   };
   let stop = poll(update, 1500);
+  // Evals may run on the model long after the job ended: this keeps polling when the job's own refresh stops.
+  const stopEvals = poll(async () => {
+    if (!models.length) return;
+    evalsCard.hidden = false;
+    evalsBox.replaceChildren(evalRuns(await evalsOfModels(models)));
+  }, 3000);
   refresh = () => {
     stop();
     stop = poll(update, 1500);
   };
   return () => {
     stop();
+    stopEvals();
     chart.destroy();
     marginChart.destroy();
     rewardChart.destroy();
