@@ -460,7 +460,9 @@ def test_a_run_survives_sigkill_of_the_inference_role(tmp_path: Path, bases_dir:
             data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
             testing_criteria=CRITERIA,
         )
-        n = 64
+        # Many more items than one recorded group (64): the kill lands while most are still to run, even on a
+        # loaded machine where the first group records late.
+        n = 192
         content = [{"item": {"animal": f"animal number {i}", "sound": "x"}} for i in range(n)]
         run = client.evals.runs.create(
             ev.id,
