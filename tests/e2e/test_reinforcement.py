@@ -309,7 +309,7 @@ def test_a_python_grader_raises_smollm2s_held_out_reward(smollm2_embedded: Servi
         training_file=train,
         method=rft(
             {"type": "python", "name": "brevity", "source": BREVITY},
-            n_epochs=3,
+            n_epochs=2,
             batch_size=4,
             learning_rate_multiplier=10,
         ),
