@@ -6,8 +6,8 @@ fuzzy_match) on held-out items whose entities never occur in training: the answe
 not remembered. Reports each criterion's pass rate per weight (mean and min–max over seeds) and train time, as a
 markdown table and a PNG.
 
-    python -m bench.loss_masking                 # SmolLM2-135M-Instruct, 12 jobs + 13 eval runs (~30 min, 2 cores)
-    python -m bench.loss_masking --quick         # ftserve-tiny, one seed, two steps per job: a smoke run (~1 min)
+    python -m bench.loss_masking           # SmolLM2-135M-Instruct, 12 jobs + 13 eval runs (~40 min, shared 2 cores)
+    python -m bench.loss_masking --quick   # ftserve-tiny, one seed, two steps per job: a smoke run (~1 min)
 
 (the experiment of docs/loss-masking.md)
 """
