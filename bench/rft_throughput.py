@@ -181,7 +181,8 @@ def run_ftserve(args: argparse.Namespace, model: Any, tok: Any, lines: list[dict
     trainer = LoraTrainer(model, device, lr=args.lr, total_steps=args.steps)
     trainer.finish_step = phases.timed("optimizer step", trainer.finish_step)  # type: ignore[method-assign]
     method.prepare(trainer, resumed=False)
-    steps = [method.train_step(trainer, list(range(s * args.batch, (s + 1) * args.batch))) for s in range(args.steps)]
+    batches = [list(range(s * args.batch, (s + 1) * args.batch)) for s in range(args.steps)]
+    steps = [method.train_step(trainer, batch, s + 1) for s, batch in enumerate(batches)]
     seconds = time.perf_counter() - start
     admissions = list(rollouts.engine.scheduler.admissions)
     method.close()

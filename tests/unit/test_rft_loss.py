@@ -1,6 +1,8 @@
 """ftserve's GRPO loss against TRL's GRPOTrainer._compute_loss (its defaults: loss_type "dapo", epsilon 0.2,
 scale_rewards "group"), on one fixed batch of rollouts of the tiny model with LoRA: the same loss and the same
-LoRA gradients within 1e-4, without and with a KL term; and the group advantages TRL computes."""
+LoRA gradients within 1e-4, without and with a KL term, whether a group's prompt goes through the model once
+(shared_prefix_logps, the default) or once per completion (under gradient checkpointing); and the group
+advantages TRL computes."""
 
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from ftserve.training.methods.rft_loss import GrpoConfig, backward_step, completion_logps, group_advantages
+from ftserve.training.methods.rft_loss import (
+    GrpoConfig,
+    _pass,
+    backward_step,
+    completion_logps,
+    group_advantages,
+    shared_prefix_logps,
+)
 
 CPU = torch.device("cpu")
 SEED = 3
@@ -73,8 +82,9 @@ def _trl_inputs(rows: list[tuple[list[int], list[int]]], advantages: torch.Tenso
     }
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prompt", "row-per-prompt"])
 @pytest.mark.parametrize("beta", [0.0, 0.04])
-def test_loss_and_gradients_equal_trls(bases_dir: Path, tmp_path: Path, beta: float) -> None:
+def test_loss_and_gradients_equal_trls(bases_dir: Path, tmp_path: Path, beta: float, shared: bool) -> None:
     path = bases_dir / "ftserve-tiny"
     tok = AutoTokenizer.from_pretrained(path)
     pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
@@ -121,6 +131,8 @@ def test_loss_and_gradients_equal_trls(bases_dir: Path, tmp_path: Path, beta: fl
     # ftserve: the same rows, its own layout (right-padded, one pass per 3 rows).
     ours = _lora_model(path)
     ours.train()
+    if not shared:  # what backward_step reads to fall back to a row per prompt
+        ours.is_gradient_checkpointing = True  # type: ignore[misc]
 
     def reference(ids: torch.Tensor, mask: torch.Tensor, starts: list[int]) -> torch.Tensor:
         with ours.disable_adapter():
@@ -147,3 +159,20 @@ def test_group_advantages_are_trls() -> None:
     expected = (first - first.mean()) / (first.std() + 1e-4)  # unbiased std, as TRL's nanstd
     assert torch.allclose(advantages[:4], expected)
     assert torch.equal(advantages[4:], torch.zeros(4))  # a group that scored alike teaches nothing
+
+
+def test_shared_prefix_logps_equal_full_rows(bases_dir: Path) -> None:
+    """The log-probs of completions that share their prompt's keys and values are the ones of full rows, for
+    prompts of different lengths, a completion of one token and rows in any order."""
+    model = _lora_model(bases_dir / "ftserve-tiny")
+    rows, _ = _rollouts(int(model.config.vocab_size))
+    rows = [rows[5], rows[0], rows[7], rows[2], ([9, 8, 7], [11])]
+    prompts = list({tuple(p): None for p, _ in rows})
+    owner = [prompts.index(tuple(p)) for p, _ in rows]
+    with torch.no_grad():
+        ids, mask, starts, completion_mask = _pass(rows, 0, CPU)
+        full = completion_logps(model, ids, mask, starts)
+        shared = shared_prefix_logps(model, [list(p) for p in prompts], [c for _, c in rows], owner, 0, CPU)
+    assert shared.shape == full.shape
+    assert torch.allclose(shared * completion_mask, full * completion_mask, atol=1e-5)
+    assert float((full * completion_mask).abs().min()) >= 0 and float(full.abs().max()) > 1.0

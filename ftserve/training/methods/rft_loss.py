@@ -1,7 +1,8 @@
 """GRPO's loss as TRL's `GRPOTrainer` defines it with its defaults (loss_type "dapo", scale_rewards "group",
 epsilon 0.2, one optimisation pass per generation): group-relative advantages, the clipped importance ratio per
 completion token, an optional KL term to a reference, summed over every completion token of the step and divided
-by their count. tests/unit/test_rft_loss.py checks it against TRL's own `_compute_loss`."""
+by their count. tests/unit/test_rft_loss.py checks it against TRL's own `_compute_loss`. A group's completions
+share their prompt: it goes through the model once per pass (shared_prefix_logps), not once per completion."""
 
 from __future__ import annotations
 
@@ -71,6 +72,65 @@ def completion_logps(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
     return out
 
 
+def shared_prefix_logps(
+    model: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    completions: Sequence[list[int]],
+    owner: Sequence[int],
+    pad_id: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """completion_logps of the rows (prompts[owner[r]], completions[r]), each distinct prompt run through the model
+    once: its keys and values are handed to every completion that follows it, so the gradient still reaches the
+    prompt's positions from each of them (the same loss and gradients, less work: a group of n completions
+    costs one prompt, not n)."""
+    plens = [len(p) for p in prompts]
+    ids = torch.full((len(prompts), max(plens)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, prompt in enumerate(prompts):
+        ids[i, : len(prompt)] = torch.tensor(prompt)
+        mask[i, : len(prompt)] = 1
+    # Right-padded prompts (no row is all padding, so no attention row is empty); the logits only at each prompt's
+    # last position, which predicts its completions' first tokens.
+    last = torch.tensor(plens) - 1
+    keep = torch.unique(last)
+    out = model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=keep.to(device)
+    )
+    first = torch.log_softmax(out.logits[torch.arange(len(prompts)), torch.searchsorted(keep, last)].float(), dim=-1)
+    index = torch.tensor(list(owner), device=device)
+    cache = out.cache
+    cache.batch_select_indices(index)  # a differentiable gather: row r reads its prompt's keys and values
+    width = max(len(c) for c in completions)
+    logps = first.new_zeros((len(completions), width))
+    heads = torch.tensor([c[0] for c in completions], device=device)
+    logps[:, 0] = first[index, heads]
+    if width == 1:
+        return logps
+    # The completions minus their last token, after their prompt's padding (masked out), at the positions that
+    # follow their own prompt's last.
+    feed = torch.full((len(completions), width - 1), pad_id, dtype=torch.long)
+    feed_mask = torch.zeros_like(feed)
+    for r, completion in enumerate(completions):
+        feed[r, : len(completion) - 1] = torch.tensor(completion[:-1])
+        feed_mask[r, : len(completion) - 1] = 1
+    starts = torch.tensor([plens[o] for o in owner]).unsqueeze(1)
+    positions = starts + torch.arange(width - 1).unsqueeze(0)
+    full_mask = torch.cat([mask[index.cpu()], feed_mask], dim=1)
+    logits = model(
+        input_ids=feed.to(device),
+        attention_mask=full_mask.to(device),
+        position_ids=positions.to(device),
+        cache=cache,
+        use_cache=True,
+    ).logits
+    targets = torch.full((len(completions), width - 1), 0, dtype=torch.long)
+    for r, completion in enumerate(completions):
+        targets[r, : len(completion) - 1] = torch.tensor(completion[1:])
+    rest = torch.gather(torch.log_softmax(logits.float(), dim=-1), 2, targets.to(device).unsqueeze(-1)).squeeze(-1)
+    return torch.cat([logps[:, :1], rest * feed_mask.to(device)], dim=1)
+
+
 # A pass's reference log-probs, laid out as completion_logps lays out the policy's (for a KL term).
 Reference = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 
@@ -94,11 +154,18 @@ def backward_step(
     order = sorted(range(len(rows)), key=lambda j: len(rows[j][1]), reverse=True)
     if config.beta == 0.0:
         order = [j for j in order if float(advantages[j]) != 0.0]
+    # Gradient checkpointing drops the key/value cache a shared prompt needs: one row per prompt then.
+    share = not getattr(model, "is_gradient_checkpointing", False)
     value = 0.0
-    for start in range(0, len(order), rows_per_pass):
-        chunk = order[start : start + rows_per_pass]
+    for chunk in _passes(rows, order, rows_per_pass) if share else _chunks(order, rows_per_pass):
         ids, mask, starts, completion_mask = _pass([rows[j] for j in chunk], pad_id, device)
-        logps = completion_logps(model, ids, mask, starts)
+        if share:
+            prompts = list({tuple(rows[j][0]): None for j in chunk})
+            owner = [prompts.index(tuple(rows[j][0])) for j in chunk]
+            completions = [rows[j][1] for j in chunk]
+            logps = shared_prefix_logps(model, [list(p) for p in prompts], completions, owner, pad_id, device)
+        else:
+            logps = completion_logps(model, ids, mask, starts)
         ref = None
         if reference is not None and config.beta != 0.0:
             with torch.no_grad():
@@ -106,6 +173,24 @@ def backward_step(
         losses = per_token_loss(logps, logps.detach(), advantages[chunk].to(device), config, ref)
         value += backward((losses * completion_mask).sum() / total)
     return value
+
+
+def _chunks(order: list[int], size: int) -> list[list[int]]:
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def _passes(rows: Sequence[tuple[list[int], list[int]]], order: list[int], size: int) -> list[list[int]]:
+    """The rows in `order` (longest completion first), a prompt's rows kept in one pass, passes of about `size`
+    rows: whole groups are added until a pass holds `size` rows or more."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for j in order:
+        by_prompt.setdefault(tuple(rows[j][0]), []).append(j)
+    passes: list[list[int]] = [[]]
+    for members in by_prompt.values():
+        if len(passes[-1]) >= size:
+            passes.append([])
+        passes[-1].extend(members)
+    return [p for p in passes if p]
 
 
 def _pass(
