@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ftserve.core.config import EngineSettings
 from ftserve.engine.adapter_files import LoadedAdapter
 from ftserve.engine.adapters import AdapterCache
+from ftserve.engine.attention import use_engine_attention
 from ftserve.engine.constraint import Constraint
 from ftserve.engine.errors import AdapterLoadError
 from ftserve.engine.generation import DecodeBatch, Listener, Row, attach
@@ -80,6 +81,7 @@ class InferenceEngine:
         with self._load_lock:
             if base not in self._bases:
                 model, tok, stops = self._load_base(base, self.device)
+                use_engine_attention(model)
                 model.eval()
                 model.requires_grad_(False)
                 ctx = LoraContext(model.dtype, self.device)

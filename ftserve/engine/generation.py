@@ -351,6 +351,24 @@ class DecodeBatch:
         return done
 
     def _prefill(self, rows: list[Row], full: bool) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        """One forward pass over the rows' distinct prompts, left padded: (logits, cache, mask, positions) per row.
+        Rows with the same prompt and adapter (a request's `n` choices, a reinforcement group) share one row of
+        the pass; its cache and logits are copied to each of them, and each samples with its own generator."""
+        keys = [(tuple(r.prompt_ids), r.state.slot) for r in rows]
+        first: dict[tuple[tuple[int, ...], Any], int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        if len(first) == len(rows):
+            return self._prefill_rows(rows, full)
+        logits, cache, mask, pos = self._prefill_rows([rows[i] for i in first.values()], full)
+        slot_of = {key: n for n, key in enumerate(first)}
+        index = torch.tensor([slot_of[key] for key in keys], device=self.device)
+        cache.batch_select_indices(index)
+        return logits[index.to(logits.device)], cache, mask[index], pos[index]
+
+    def _prefill_rows(
+        self, rows: list[Row], full: bool
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
         """One forward pass over the rows' prompts, left padded: (logits, cache, mask, positions)."""
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)

@@ -5,6 +5,7 @@ no adapter export, no reload from disk. The only module of training that imports
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from itertools import chain
@@ -30,8 +31,8 @@ def base_view(model: PeftModel) -> PreTrainedModel:
     """The training model's base as a separate module tree without LoRA layers (the engine wraps its own), every
     weight and buffer the very tensor the training model holds: frozen base weights, shared, not copied."""
     base = model.get_base_model()
-    with torch.device("meta"):
-        view = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
+    with torch.device("meta"):  # its own config: the engine sets its attention there, not on the policy's
+        view = AutoModelForCausalLM.from_config(copy.deepcopy(base.config), dtype=base.dtype)
     named = chain(base.named_parameters(remove_duplicate=False), base.named_buffers(remove_duplicate=False))
     for name, tensor in named:
         if ".lora_" in name:

@@ -284,3 +284,47 @@ def test_background_rows_join_a_running_batch_in_groups(adapters_dir: Path, base
         joins = [admitted for admitted, running in engine.scheduler.admissions if running]
         # Only the last rows left waiting may join fewer at a time than the group.
         assert len(joins) > 2 and min(joins[:-1]) >= engine.scheduler.min_group == 2, engine.scheduler.admissions
+
+
+def test_rows_with_one_prompt_share_its_prefill(engine: SettingsEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt sampled several times (a request's `n`, a reinforcement group) is prefilled once per adapter; each
+    row then samples on its own: the same text as that row run alone."""
+    tok = engine.tokenizer(BASE)
+    ids = tok(prompt(ANIMALS[0]))["input_ids"]
+
+    def rows() -> list[tuple[ResolvedModel, Row]]:
+        return [
+            (model, Row(list(ids), Sampling(max_tokens=12, temperature=1.0, seed=seed)))
+            for model, seed in ((BASE_MODEL, 1), (BASE_MODEL, 2), (BASE_MODEL, 3), (COLORS_MODEL, 1))
+        ]
+
+    alone = []
+    for model, row in rows():
+        engine.run(_ref(engine, model), [row])
+        alone.append(row.text)
+    assert len(set(alone[:3])) > 1  # three seeds, three draws: not one text copied
+
+    passes: list[int] = []
+    real_set = lora.LoraContext.set
+
+    def recording_set(ctx: lora.LoraContext, slots: list[int]) -> None:
+        real_set(ctx, slots)
+        passes.append(len(slots))
+
+    monkeypatch.setattr(lora.LoraContext, "set", recording_set)
+    together = rows()
+    finished = threading.Event()
+    left = [2]
+
+    def done(error: BaseException | None) -> None:
+        assert error is None
+        left[0] -= 1
+        if left[0] == 0:
+            finished.set()
+
+    engine.submit(_ref(engine, BASE_MODEL), [r for _, r in together[:3]], done)
+    engine.submit(_ref(engine, COLORS_MODEL), [together[3][1]], done)
+    assert finished.wait(120)
+    assert engine.scheduler.prefills[-1] == (4, 2), engine.scheduler.prefills  # four rows admitted together…
+    assert passes[0] == 2, passes  # …in one pass of two rows: one per (prompt, adapter)
+    assert [r.text for _, r in together] == alone
