@@ -36,8 +36,9 @@ install: $(STAMP)
 run: $(RUN_STAMP)
 	$(VENV)/bin/ftserve up --port $(PORT) $(if $(FTSERVE_DATA_DIR),--data-dir $(FTSERVE_DATA_DIR))
 
-# Debian packages the tests need: the docker compose client (to validate docker-compose.yml) and
-# chromium (the dashboard's browser tests drive it headless through Playwright; never `playwright install`).
+# Debian packages the tests need: the docker compose client (to validate docker-compose.yml),
+# chromium (the dashboard's browser tests drive it headless through Playwright; never `playwright install`) and
+# wordnet-base (WordNet 3.0 for text_similarity's `meteor`; its lexnames(5WN) man page gives the lexnames list).
 system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
 		{ echo "==> installing docker-compose (Debian)"; \
@@ -48,6 +49,10 @@ system-deps:
 	@test -x /usr/bin/chromium || \
 		{ echo "==> installing chromium (Debian)"; \
 		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
+	@test -f /usr/share/wordnet/index.noun -a -f /usr/share/man/man5/lexnames.5WN.gz || \
+		{ echo "==> installing wordnet-base (Debian): WordNet 3.0 for the meteor metric"; \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		   wordnet-base) >/dev/null; }
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(CODE) tests bench

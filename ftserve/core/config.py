@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     # grader is refused unless mapped here to a served one, e.g. {"gpt-4o-2024-08-06": "smollm2-135m-instruct"}.
     # The judge is asked through the serving path: inference_url when set, else this process's own host and port.
     grader_model_map: dict[str, str] = Field(default_factory=dict)
+    # text_similarity's `meteor` reads this WordNet 3.0 database (Debian's wordnet-base; `make system-deps`); a
+    # directory without it refuses `meteor` by name (docs/graders.md).
+    wordnet_dir: Path = Path("/usr/share/wordnet")
+    # text_similarity's `cosine` compares embeddings from this sentence-transformers model: None, the packaged
+    # all-MiniLM-L6-v2 (the `similarity` extra); a path, that local model directory; "", none (`cosine` refused).
+    embedding_model: str | None = None
     min_training_examples: int = 10
     max_line_bytes: int = 4 * 1024 * 1024
 

