@@ -1,5 +1,5 @@
 """This process's place in a torchrun gang (rank, world size, device, from torchrun's environment) and the few
-collectives training needs: sums, a word from rank 0, the LoRA gradients summed, rank 0's weights to all.
+collectives training needs: sums, maxima, a word from rank 0, the LoRA gradients summed, rank 0's weights to all.
 A process outside a gang is rank 0 of 1, and every collective is then a no-op."""
 
 from __future__ import annotations
@@ -62,6 +62,14 @@ class Gang:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self._device())
         dist.all_reduce(t)
+        return [float(v) for v in t.cpu()]
+
+    def maxes(self, values: list[float]) -> list[float]:
+        """Each value's largest over every rank (float64)."""
+        if self.size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [float(v) for v in t.cpu()]
 
     def most(self, value: int) -> int:

@@ -102,6 +102,8 @@ class Rollouts:
         hand work to a pool), while the others still generate. Raises what failed a group."""
         assert self.ref is not None, "publish the policy before sampling"
         groups = [[Row(p, sampling(i * n + k)) for k in range(n)] for i, p in enumerate(prompts)]
+        if not groups:  # nothing to wait for (a gang rank whose share of a step is empty)
+            return groups
         left = len(groups)
         finished = threading.Event()
         errors: list[BaseException] = []

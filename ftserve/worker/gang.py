@@ -45,13 +45,17 @@ def run_job(job_id: str, settings: Settings) -> None:
 
 
 def _train_claimed(spec: JobSpec, settings: Settings, store: TrainingStore) -> None:
-    """A claimed job (its lease renewed by the caller): as a gang if its method runs on one, else in this process."""
-    if methods.get(spec.method).runs_on_gang:
+    """A claimed job (its lease renewed by the caller): as a gang if its method runs on one (sharded, if the
+    gang shards its base), else in this process, with a warn event that says why."""
+    sharded = settings.gang_sharding == "fsdp"
+    if spec.method in methods.on_gang(sharded):
         _supervise(spec, settings, store)
         return
-    gang_methods = " and ".join(methods.on_gang())
+    method = methods.get(spec.method)
+    why = f" when the gang shards its base (FSDP): {method.unsharded_because}" if method.runs_on_gang else ""
+    gang_methods = " and ".join(methods.on_gang(sharded))
     try:
-        store.event(f"{spec.method} jobs train in one process; the gang trains {gang_methods} jobs", level="warn")
+        store.event(f"{spec.method} jobs train in one process{why}; the gang trains {gang_methods} jobs", level="warn")
     except JobStopped as stop:
         log.info("job %s stopped: %s", spec.id, stop)
         return

@@ -96,6 +96,7 @@ def test_registry_lookups() -> None:
     assert methods.find("continued_pretraining") is None
     assert methods.find("reinforcement") is methods.get("reinforcement")
     assert methods.taking("beta") is methods.get("dpo")
-    assert methods.on_gang() == ("supervised",)
+    assert methods.on_gang() == ("supervised", "reinforcement")
+    assert methods.on_gang(sharded=True) == ("supervised",)  # its rollouts need the whole base on a rank
     with pytest.raises(KeyError):
         methods.get("continued_pretraining")

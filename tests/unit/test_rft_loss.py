@@ -176,3 +176,35 @@ def test_shared_prefix_logps_equal_full_rows(bases_dir: Path) -> None:
     assert shared.shape == full.shape
     assert torch.allclose(shared * completion_mask, full * completion_mask, atol=1e-5)
     assert float((full * completion_mask).abs().min()) >= 0 and float(full.abs().max()) > 1.0
+
+
+def test_shares_of_a_step_with_its_total_sum_to_the_step(bases_dir: Path) -> None:
+    """A gang rank backpropagates its share of a step's groups over the WHOLE step's answer tokens: the shares'
+    losses and gradients then add up to the one-process step's (what the gang's gradient all-reduce sums)."""
+    model = _lora_model(bases_dir / "ftserve-tiny")
+    model.train()
+    rows, rewards = _rollouts(int(model.config.vocab_size))
+    advantages = group_advantages(rewards, GROUP)
+    config = GrpoConfig()
+
+    def backward(loss: torch.Tensor) -> float:
+        loss.backward()
+        return float(loss.detach())
+
+    whole = backward_step(model, rows, advantages, config, backward, 0, CPU)
+    whole_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    total = sum(len(c) for _, c in rows)
+    shares = [(rows[:GROUP], advantages[:GROUP]), (rows[GROUP:], advantages[GROUP:])]  # a group per rank
+    values = []
+    for share_rows, share_advantages in shares:
+        values.append(backward_step(model, share_rows, share_advantages, config, backward, 0, CPU, total=total))
+    assert sum(values) == pytest.approx(whole, rel=1e-5)
+    assert abs(whole) > 1e-3  # answers of unequal lengths: the loss is not ~0
+    summed = _grads(model)  # accumulated over both shares, as the all-reduce sums them
+    assert set(summed) == set(whole_grads)
+    for name, grad in whole_grads.items():
+        assert torch.allclose(summed[name], grad, atol=1e-7, rtol=1e-5), name
+    # Each share over its own tokens instead: another loss (and so other gradients) than the step's.
+    own = [backward_step(model, r, a, config, lambda loss: float(loss.detach()), 0, CPU) for r, a in shares]
+    assert sum(own) != pytest.approx(whole, rel=0.05)

@@ -31,9 +31,9 @@ def names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def on_gang() -> tuple[str, ...]:
-    """The names of the methods a torchrun gang can train."""
-    return tuple(m.name for m in METHODS.values() if m.runs_on_gang)
+def on_gang(sharded: bool = False) -> tuple[str, ...]:
+    """The names of the methods a torchrun gang can train (sharded: one whose base FSDP shards)."""
+    return tuple(m.name for m in METHODS.values() if m.runs_on_gang and not (sharded and m.unsharded_because))
 
 
 def taking(hyperparameter: str) -> MethodSpec:

@@ -1,5 +1,6 @@
 """A training method as the api and the worker know it, without torch: its name, the file formats it trains on
-(each with its line validator), its hyperparameters, the extensions it refuses, whether a gang can train it."""
+(each with its line validator), its hyperparameters, the extensions it refuses, whether a gang can train it
+(and one whose base is sharded)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class MethodSpec:
     refused_extensions: Mapping[str, str] = field(default_factory=dict)  # extension → why it would change nothing
     packing: str | None = None  # how it always lays out its rows, whatever FTSERVE_PACKING says (None: the setting)
     runs_on_gang: bool = False  # whether a torchrun gang can split its steps across processes
+    # Why a gang whose base is sharded (FTSERVE_GANG_SHARDING=fsdp) cannot, where it cannot (the job then trains
+    # in one process, and its warn event says this); None: a sharded gang trains it too.
+    unsharded_because: str | None = None
     # Its "auto" rules where they differ from the shared ones (ftserve/training/hyperparams): the
     # learning_rate_multiplier, and the smallest batch_size (the shared rule's ~0.2% of the examples below it).
     auto_learning_rate_multiplier: float = 1.0

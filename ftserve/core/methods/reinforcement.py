@@ -20,8 +20,12 @@ REINFORCEMENT = MethodSpec(
         "prompt_loss_weight": "prompt_loss_weight is for supervised jobs: reinforcement trains on sampled answers"
     },
     packing="rollouts",  # a step's rows are its sampled answers, one row each (ftserve/training/methods/rft)
-    # The rollouts run on one process's engine; splitting them over a gang comes later.
-    runs_on_gang=False,
+    # Each rank samples its share of a step's prompts with its own engine (ftserve/training/methods/reinforcement).
+    runs_on_gang=True,
+    unsharded_because=(
+        "its sampling engine runs on the base's whole weights, which a sharded rank does not hold, and the ranks' "
+        "loss passes differ in number where FSDP needs them in step"
+    ),
     auto_min_batch_size=4,  # 4 prompts × their group of samples per step
     config_fields=("grader",),
 )

@@ -1,10 +1,12 @@
 """OpenAI's `reinforcement` method, GRPO-style: per step, a group of completions per prompt sampled by ftserve's
 engine with the policy's current LoRA weights (training/rollouts), each graded as it finishes (ftserve/graders,
 in a pool, while the other groups still generate), group-relative advantages, then TRL's GRPO loss
-(methods/rft_loss) and one optimizer step."""
+(methods/rft_loss) and one optimizer step. On a torchrun gang each rank samples, grades and backpropagates its
+share of a step's prompts with its own engine; the loss's denominator and the metrics are the whole step's."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +25,7 @@ from ftserve.core.schemas.graders import Grader as WireGrader
 from ftserve.core.schemas.graders import GraderErrors
 from ftserve.graders.base import Grader, GradeResult, Sample
 from ftserve.graders.http_judge import HttpJudge, judge_url
+from ftserve.graders.multi import Multi
 from ftserve.models.tools import parse_tool_calls
 from ftserve.training.config import TrainingConfig
 from ftserve.training.export import RESULT_COLUMNS
@@ -30,6 +33,7 @@ from ftserve.training.hyperparams import ReinforcementResolved
 from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome, StepWarning
 from ftserve.training.methods.rft_data import PromptItem, load_prompts
 from ftserve.training.methods.rft_loss import GrpoConfig, backward_step, group_advantages
+from ftserve.training.rank import SINGLE, Gang
 from ftserve.training.rollouts import Rollouts, Row, Sampling
 from ftserve.training.tokenize import TokenizeStats
 from ftserve.training.trainer import LoraTrainer
@@ -57,24 +61,50 @@ class Graded:
 
 @dataclass
 class _Tally:
-    rewards: list[float] = field(default_factory=list)
-    subs: dict[str, list[float]] = field(default_factory=dict)
-    errors: int = 0
-    lengths: list[int] = field(default_factory=list)
+    """Graded samples as sums: a gang adds every rank's (fixed-size vectors, the same on every rank whatever it
+    sampled), so the metrics are the whole step's."""
+
+    count: float = 0.0
+    reward: float = 0.0
+    reward_squares: float = 0.0
+    lengths: float = 0.0
+    errors: float = 0.0
+    subs: dict[str, list[float]] = field(default_factory=dict)  # sub-grader → [reward sum, count]
 
     def add(self, g: Graded) -> None:
-        self.rewards.append(g.grade.reward)
+        self.count += 1
+        self.reward += g.grade.reward
+        self.reward_squares += g.grade.reward**2
         for name, value in g.grade.sub_rewards.items():
-            self.subs.setdefault(name, []).append(value)
+            sums = self.subs.setdefault(name, [0.0, 0.0])
+            sums[0] += value
+            sums[1] += 1
         self.errors += int(_failed(g.grade.errors))
-        self.lengths.append(len(g.completion))
+        self.lengths += len(g.completion)
+
+    def vector(self, names: tuple[str, ...]) -> list[float]:
+        """The sums, the sub-graders' in the order of `names` (the grader's, not what this rank happened to see)."""
+        head = [self.count, self.reward, self.reward_squares, self.lengths, self.errors]
+        return head + [v for name in names for v in self.subs.get(name, [0.0, 0.0])]
+
+    @classmethod
+    def from_vector(cls, values: list[float], names: tuple[str, ...]) -> _Tally:
+        count, reward, squares, lengths, errors = values[:5]
+        subs = {name: values[5 + 2 * i : 7 + 2 * i] for i, name in enumerate(names)}
+        return cls(count, reward, squares, lengths, errors, {k: v for k, v in subs.items() if v[1]})
+
+    def std(self) -> float:
+        """The rewards' (unbiased) standard deviation."""
+        if self.count < 2:
+            return 0.0
+        return math.sqrt(max(0.0, (self.reward_squares - self.reward**2 / self.count) / (self.count - 1)))
 
     def metrics(self, prefix: str) -> Metrics:
-        n = max(len(self.rewards), 1)
-        out: Metrics = {f"{prefix}_reward_mean": sum(self.rewards) / n}
-        out.update({f"{prefix}_reward_mean_{k}": sum(v) / len(v) for k, v in self.subs.items()})
-        out[f"{prefix}_sample_tokens_mean"] = sum(self.lengths) / n
-        out[f"{prefix}_grader_errors"] = float(self.errors)
+        n = max(self.count, 1.0)
+        out: Metrics = {f"{prefix}_reward_mean": self.reward / n}
+        out.update({f"{prefix}_reward_mean_{k}": total / seen for k, (total, seen) in self.subs.items()})
+        out[f"{prefix}_sample_tokens_mean"] = self.lengths / n
+        out[f"{prefix}_grader_errors"] = self.errors
         return out
 
 
@@ -101,6 +131,7 @@ class Reinforcement:
         device: torch.device,
         workers: int = 4,
         release: Callable[[], None] | None = None,
+        gang: Gang = SINGLE,
     ) -> None:
         self.model, self.tok, self.train, self.valid = model, tok, train, valid
         self.n_train, self.n_valid = len(train), len(valid)
@@ -109,6 +140,9 @@ class Reinforcement:
         self.loss = GrpoConfig()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grader")
         self.release = release  # what the job's grader holds (a judge's client and key), dropped at close
+        self.gang = gang
+        # The sub-grader names every rank sums metrics for, in one order, from the grader itself.
+        self.subs = tuple(grader.graders) if isinstance(grader, Multi) else ()
 
     def prepare(self, trainer: LoraTrainer, resumed: bool) -> str | None:
         self.rollouts.publish()
@@ -118,37 +152,45 @@ class Reinforcement:
         )
 
     def train_step(self, trainer: LoraTrainer, indices: list[int], step: int) -> StepOutcome:
-        """Sample and grade a group per prompt, then one optimizer step on TRL's GRPO loss."""
+        """Sample and grade a group per prompt, then one optimizer step on TRL's GRPO loss. In a gang, this rank's
+        share of the prompts (a group never spans ranks); the loss is over the whole step's completion tokens, so
+        the gradients the trainer sums over the gang are one process's."""
         group = self.hp.group_size
+        mine = self._share(len(indices))
         began = time.monotonic()
-        graded = self._sample([self.train[i] for i in indices], group, self._seed(step))
+        graded = self._sample([self.train[indices[k]] for k in mine], mine, group, self._seed(step))
         sampled = time.monotonic() - began
-        rewards = torch.tensor([g.grade.reward for g in graded])
-        advantages = group_advantages(rewards, group)
+        advantages = group_advantages(torch.tensor([g.grade.reward for g in graded]), group)
+        (total,) = self.gang.sums([float(sum(len(g.completion) for g in graded))])
         trainer.begin_step()
-        loss = self._backward(trainer, graded, advantages)
+        loss = self._backward(trainer, graded, advantages, int(total))
         trainer.finish_step()
         self.rollouts.publish()
         tally = _Tally()
         for g in graded:
             tally.add(g)
-        tokens = sum(len(self.train[i].ids) for i in indices) * group + sum(tally.lengths)
-        metrics: Metrics = {"train_loss": loss, "train_mean_token_accuracy": None, **tally.metrics("train")}
-        metrics["train_reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0
-        metrics["rollout_seconds"] = sampled
-        return StepOutcome(metrics, tokens)
+        tokens = sum(len(self.train[indices[k]].ids) for k in mine) * group + tally.lengths
+        summed = self.gang.sums([loss, tokens, *tally.vector(self.subs)])
+        (slowest,) = self.gang.maxes([sampled])
+        whole = _Tally.from_vector(summed[2:], self.subs)
+        metrics: Metrics = {"train_loss": summed[0], "train_mean_token_accuracy": None, **whole.metrics("train")}
+        metrics["train_reward_std"] = whole.std()
+        metrics["rollout_seconds"] = slowest
+        return StepOutcome(metrics, int(summed[1]))
 
     def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str, step: int) -> Metrics:
         """Every eval_interval steps of the job (and at each epoch's end), the mean reward of one answer per
         validation prompt over eval_samples of them (the same ones each time, so evaluations compare). The
-        schedule is the job's step number's, so a resumed run keeps it."""
+        schedule is the job's step number's, so a resumed run keeps it. In a gang each rank answers its share."""
         if prefix == "valid" and step % self.hp.eval_interval != 0:
             return {}
         prompts = self.valid[: self.hp.eval_samples]
+        mine = self._share(len(prompts))
         tally = _Tally()
-        for g in self._sample(prompts, 1, self.seed):
+        for g in self._sample([prompts[k] for k in mine], mine, 1, self.seed):
             tally.add(g)
-        return {f"{prefix}_loss": None, **tally.metrics(prefix)}
+        whole = _Tally.from_vector(self.gang.sums(tally.vector(self.subs)), self.subs)
+        return {f"{prefix}_loss": None, **whole.metrics(prefix)}
 
     def step_message(self, metrics: Metrics) -> str:
         text = f"training loss={metrics['train_loss']:.4f}, reward={metrics['train_reward_mean']:.4f}"
@@ -175,15 +217,22 @@ class Reinforcement:
         """The rollouts' seed at the job's step `step`: a resumed run samples as an uninterrupted one would."""
         return (self.seed * 1_000_003 + step * 7_919) % 2**31
 
-    def _sample(self, prompts: list[PromptItem], n: int, seed: int) -> list[Graded]:
-        """n answers per prompt, each graded in the pool as soon as its prompt's group finishes."""
+    def _share(self, count: int) -> list[int]:
+        """The positions of this rank's prompts among a step's (or an evaluation's) `count`: every size-th."""
+        return list(range(self.gang.rank, count, self.gang.size))
+
+    def _sample(self, prompts: list[PromptItem], positions: list[int], n: int, seed: int) -> list[Graded]:
+        """n answers per prompt, each graded in the pool as soon as its prompt's group finishes. Prompt i is at
+        `positions[i]` in its step: its j-th answer's seed follows from that, not from the rows this process
+        samples, so one process and a gang draw every answer alike."""
         futures: dict[int, list[Future[GradeResult]]] = {}
 
         def on_group(i: int, rows: list[Row]) -> None:
             futures[i] = [self.pool.submit(self._grade, prompts[i], row) for row in rows]
 
         def sampling(k: int) -> Sampling:
-            return Sampling(max_tokens=self.max_completion, temperature=TEMPERATURE, seed=(seed + k) % 2**31)
+            row = positions[k // n] * n + k % n
+            return Sampling(max_tokens=self.max_completion, temperature=TEMPERATURE, seed=(seed + row) % 2**31)
 
         groups = self.rollouts.sample([p.ids for p in prompts], n, sampling, on_group)
         return [
@@ -202,10 +251,12 @@ class Reinforcement:
         except Exception as exc:  # a grader's own failure scores 0, flagged; it never ends the job
             return GradeResult.failed(other_error=True, python_grader_runtime_error_details=str(exc)[:500])
 
-    def _backward(self, trainer: LoraTrainer, graded: list[Graded], advantages: torch.Tensor) -> float:
+    def _backward(self, trainer: LoraTrainer, graded: list[Graded], advantages: torch.Tensor, total: int) -> float:
         rows = [(g.row.prompt_ids, g.completion) for g in graded]
         pad = int(self.tok.pad_token_id or 0)
-        return backward_step(self.model, rows, advantages, self.loss, trainer.backward, pad, self.device, ROWS_PER_PASS)
+        return backward_step(
+            self.model, rows, advantages, self.loss, trainer.backward, pad, self.device, ROWS_PER_PASS, total=total
+        )
 
 
 class ReinforcementTraining:
@@ -247,6 +298,7 @@ class ReinforcementTraining:
             spec.seed,
             job.device,
             release=release,
+            gang=job.gang,
         )
 
 

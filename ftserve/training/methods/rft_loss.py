@@ -27,6 +27,8 @@ class GrpoConfig:
 def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
     """Each completion's reward minus its group's mean, over the group's (unbiased) standard deviation + 1e-4;
     `rewards` holds the groups one after another, `group` completions each."""
+    if rewards.numel() == 0:  # a gang rank with no prompts this step
+        return rewards.float()
     grouped = rewards.float().view(-1, group)
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True) if group > 1 else torch.zeros_like(mean)
@@ -145,12 +147,16 @@ def backward_step(
     device: torch.device,
     rows_per_pass: int = 8,
     reference: Reference | None = None,
+    total: int | None = None,
 ) -> float:
     """Backpropagate one step's loss over its (prompt, completion) rows, `rows_per_pass` rows per forward: a sum
     over every completion token over their count (TRL's "dapo"), each pass's share handed to `backward`, which
-    returns its value; the step's loss. Rows with advantage 0 add nothing to the loss or its gradient when there
-    is no KL term, so their passes are skipped."""
-    total = sum(len(completion) for _, completion in rows)
+    returns its value; the step's loss. `total` is that count when the rows are one share of a step (a gang
+    rank's): the whole step's, so the shares' losses and gradients sum to the step's; None, these rows' own.
+    Rows with advantage 0 add nothing to the loss or its gradient when there is no KL term, so their passes are
+    skipped."""
+    if total is None:
+        total = sum(len(completion) for _, completion in rows)
     order = sorted(range(len(rows)), key=lambda j: len(rows[j][1]), reverse=True)
     if config.beta == 0.0:
         order = [j for j in order if float(advantages[j]) != 0.0]
