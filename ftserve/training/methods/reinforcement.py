@@ -1,13 +1,14 @@
 """OpenAI's `reinforcement` method, GRPO-style: per step, a group of completions per prompt sampled by ftserve's
 engine with the policy's current LoRA weights (training/rollouts), each graded as it finishes (ftserve/graders,
 in a pool, while the other groups still generate), group-relative advantages, then TRL's GRPO loss
-(methods/rft_loss) and one optimizer step."""
+(methods/rft_loss) and one optimizer step. A job stopped while its step samples or grades abandons the step
+before its optimizer step (StepAbandoned), so a cancel or pause lands in about a second, not after the step."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +28,11 @@ from ftserve.models.tools import parse_tool_calls
 from ftserve.training.config import TrainingConfig
 from ftserve.training.export import RESULT_COLUMNS
 from ftserve.training.hyperparams import ReinforcementResolved
-from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome, StepWarning
+from ftserve.training.methods.base import MethodJob, Metrics, StepAbandoned, StepOutcome, StepWarning
 from ftserve.training.methods.rft_data import PromptItem, load_prompts
 from ftserve.training.methods.rft_loss import GrpoConfig, backward_step, group_advantages
-from ftserve.training.rollouts import Rollouts, Row, Sampling
+from ftserve.training.ports import JobStopped, JobStore
+from ftserve.training.rollouts import STOP_POLL_SECONDS, Rollouts, Row, Sampling
 from ftserve.training.tokenize import TokenizeStats
 from ftserve.training.trainer import LoraTrainer
 
@@ -101,6 +103,7 @@ class Reinforcement:
         device: torch.device,
         workers: int = 4,
         release: Callable[[], None] | None = None,
+        stopped: Callable[[], bool] | None = None,
     ) -> None:
         self.model, self.tok, self.train, self.valid = model, tok, train, valid
         self.n_train, self.n_valid = len(train), len(valid)
@@ -109,6 +112,7 @@ class Reinforcement:
         self.loss = GrpoConfig()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grader")
         self.release = release  # what the job's grader holds (a judge's client and key), dropped at close
+        self.stopped = stopped  # whether the job is no longer ours: asked while a training step samples and grades
 
     def prepare(self, trainer: LoraTrainer, resumed: bool) -> str | None:
         self.rollouts.publish()
@@ -121,7 +125,7 @@ class Reinforcement:
         """Sample and grade a group per prompt, then one optimizer step on TRL's GRPO loss."""
         group = self.hp.group_size
         began = time.monotonic()
-        graded = self._sample([self.train[i] for i in indices], group, self._seed(step))
+        graded = self._sample([self.train[i] for i in indices], group, self._seed(step), self.stopped)
         sampled = time.monotonic() - began
         rewards = torch.tensor([g.grade.reward for g in graded])
         advantages = group_advantages(rewards, group)
@@ -175,8 +179,13 @@ class Reinforcement:
         """The rollouts' seed at the job's step `step`: a resumed run samples as an uninterrupted one would."""
         return (self.seed * 1_000_003 + step * 7_919) % 2**31
 
-    def _sample(self, prompts: list[PromptItem], n: int, seed: int) -> list[Graded]:
-        """n answers per prompt, each graded in the pool as soon as its prompt's group finishes."""
+    def _sample(
+        self, prompts: list[PromptItem], n: int, seed: int, stopped: Callable[[], bool] | None = None
+    ) -> list[Graded]:
+        """n answers per prompt, each graded in the pool as soon as its prompt's group finishes. With `stopped`
+        (a training step's; an evaluation runs to its end), StepAbandoned once it says so, while the answers are
+        sampled or graded: the grades not started are dropped, one running finishes in the pool (its grader's own
+        time limit bounds it)."""
         futures: dict[int, list[Future[GradeResult]]] = {}
 
         def on_group(i: int, rows: list[Row]) -> None:
@@ -185,7 +194,16 @@ class Reinforcement:
         def sampling(k: int) -> Sampling:
             return Sampling(max_tokens=self.max_completion, temperature=TEMPERATURE, seed=(seed + k) % 2**31)
 
-        groups = self.rollouts.sample([p.ids for p in prompts], n, sampling, on_group)
+        try:
+            groups = self.rollouts.sample([p.ids for p in prompts], n, sampling, on_group, stopped)
+            pending = [f for fs in futures.values() for f in fs]
+            while stopped is not None and wait(pending, STOP_POLL_SECONDS).not_done:
+                if stopped():
+                    raise StepAbandoned("the job stopped while its rollouts were graded")
+        except StepAbandoned:
+            for future in (f for fs in futures.values() for f in fs):
+                future.cancel()
+            raise
         return [
             Graded(row, future.result())
             for i, rows in enumerate(groups)
@@ -247,7 +265,22 @@ class ReinforcementTraining:
             spec.seed,
             job.device,
             release=release,
+            stopped=_stopped(job.store),
         )
+
+
+def _stopped(store: JobStore) -> Callable[[], bool]:
+    """Whether the job is no longer ours to train, by the loop's own check (training/loop): asked mid-step, it
+    lets the loop's check before the step say what follows (stop, pause, or the step again)."""
+
+    def stopped() -> bool:
+        try:
+            store.check()
+        except JobStopped:
+            return True
+        return False
+
+    return stopped
 
 
 def _judging(job: MethodJob, wire: Any) -> tuple[graders.JudgeConfig, Callable[[], None] | None]:
