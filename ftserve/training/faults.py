@@ -8,12 +8,16 @@ from typing import Any
 import torch
 
 
-def maybe_inject(faults: dict[str, Any] | list[dict[str, Any]] | None, suffix: str | None, step: int) -> None:
-    """Act out each configured fault for `step` of a job whose suffix matches: raise a real OOM's exception
-    ("oom"), hold the step for `seconds` ("sleep": a slow step, to race a pause or cancel against it), or
-    raise another error."""
+def maybe_inject(
+    faults: dict[str, Any] | list[dict[str, Any]] | None, suffix: str | None, step: int, attempt: int = 1
+) -> None:
+    """Act out each configured fault for `step` of a job whose suffix matches (and, if the fault names an
+    `attempt`, only on that claim of the job): raise a real OOM's exception ("oom"), hold the step for `seconds`
+    ("sleep": a slow step, to race a pause, cancel or kill against it), or raise another error."""
     for fault in [faults] if isinstance(faults, dict) else faults or []:
         if suffix != fault.get("suffix") or step != int(fault.get("at_step", 1)):
+            continue
+        if "attempt" in fault and attempt != int(fault["attempt"]):
             continue
         if fault.get("kind") == "oom":
             raise torch.OutOfMemoryError(f"injected out-of-memory at step {step}")

@@ -4,6 +4,7 @@ job's training store."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from ftserve.training import faults, publish, resume
 from ftserve.training.batching import step_groups
 from ftserve.training.config import TrainingConfig
 from ftserve.training.hyperparams import Resolved
-from ftserve.training.methods.base import TrainingMethod
+from ftserve.training.methods.base import StepAbandoned, StepOutcome, TrainingMethod
 from ftserve.training.ports import JobSpec, JobStopped, JobStore
 from ftserve.training.rank import SINGLE, Gang
 from ftserve.training.trainer import LoraTrainer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,28 @@ def _check_or_pause_main(run: Run, trainer: LoraTrainer, model: PeftModel, here:
         raise
 
 
+def _train_step(
+    run: Run,
+    trainer: LoraTrainer,
+    model: PeftModel,
+    method: TrainingMethod,
+    group: list[int],
+    step: int,
+    before: resume.Progress,
+) -> StepOutcome:
+    """The job's step `step`, after the check before it. A method that finds the job stopped mid-step
+    (reinforcement, while it samples) abandons the step before its optimizer step, so the same check runs again
+    where the step began: a cancel ends the run, a pause saves its resume point `before` the step (which runs
+    again on resume), and a pause resumed meanwhile (or a stop that was not one after all) runs the step again."""
+    while True:
+        _check_or_pause(run, trainer, model, before)
+        faults.maybe_inject(run.fault_injection, run.spec.suffix, step, run.spec.attempt)
+        try:
+            return method.train_step(trainer, group, step)
+        except StepAbandoned as why:
+            log.info("job %s: step %d abandoned before its optimizer step: %s", run.spec.id, step, why)
+
+
 def fit(
     run: Run,
     model: PeftModel,
@@ -123,10 +148,9 @@ def fit(
             for i, group in enumerate(step_groups(method.n_train, hp.batch_size, spec.seed, epoch)):
                 if epoch == at.epoch and i < at.index:
                     continue  # done before the resume point
-                _check_or_pause(run, trainer, model, resume.Progress(step, epoch, i, trained_tokens, rows))
-                faults.maybe_inject(run.fault_injection, spec.suffix, step + 1)
+                before = resume.Progress(step, epoch, i, trained_tokens, rows)
                 step += 1  # the job's step number, counted from the resume point's
-                result = method.train_step(trainer, group, step)
+                result = _train_step(run, trainer, model, method, group, step, before)
                 trained_tokens += result.tokens
                 metrics: dict[str, Any] = {"step": step, **result.metrics}
                 if valid_groups:

@@ -23,8 +23,13 @@ from ftserve.engine.engine import AdapterRef, InferenceEngine, ModelRef
 from ftserve.engine.generation import Row
 from ftserve.engine.sampling import Sampling
 from ftserve.models.special_tokens import stop_token_ids
+from ftserve.training.methods.base import StepAbandoned
 
-__all__ = ["Rollouts", "Row", "Sampling", "base_view", "lora_snapshot"]
+__all__ = ["STOP_POLL_SECONDS", "Rollouts", "Row", "Sampling", "base_view", "lora_snapshot"]
+
+# How often a step waiting on its rollouts asks whether the job stopped (one small DB read each time): a cancel or
+# pause lands within about this long plus a decode step, not at the end of a step that samples for minutes.
+STOP_POLL_SECONDS = 1.0
 
 
 def base_view(model: PeftModel) -> PreTrainedModel:
@@ -96,16 +101,20 @@ class Rollouts:
         n: int,
         sampling: Callable[[int], Sampling],
         on_group: Callable[[int, list[Row]], None] | None = None,
+        stopped: Callable[[], bool] | None = None,
     ) -> list[list[Row]]:
         """`n` completions of each prompt (`sampling(k)` for the k-th row overall), all in the engine's batch at
         once; `on_group(i, rows)` runs as soon as prompt i's rows finish (from the engine's thread: keep it short,
-        hand work to a pool), while the others still generate. Raises what failed a group."""
+        hand work to a pool), while the others still generate. Raises what failed a group. `stopped()` is asked
+        every STOP_POLL_SECONDS while they generate: once it says so, every row leaves the engine's batch at its
+        next decode step (no further group is handed on) and StepAbandoned is raised."""
         assert self.ref is not None, "publish the policy before sampling"
         groups = [[Row(p, sampling(i * n + k)) for k in range(n)] for i, p in enumerate(prompts)]
         if not groups:  # nothing to wait for (a gang rank whose share of a step is empty)
             return groups
         left = len(groups)
         finished = threading.Event()
+        cancel = threading.Event()
         errors: list[BaseException] = []
         lock = threading.Lock()
 
@@ -115,7 +124,7 @@ class Rollouts:
                 try:
                     if error is not None:
                         errors.append(error)
-                    elif on_group is not None:
+                    elif on_group is not None and not cancel.is_set():  # a cancelled group's rows are cut short
                         on_group(i, groups[i])
                 except BaseException as exc:  # the waiting step raises it, not the engine's thread
                     errors.append(exc)
@@ -128,8 +137,14 @@ class Rollouts:
             return done
 
         for i, rows in enumerate(groups):
-            self.engine.submit(self.ref, rows, done_for(i), background=True)
-        finished.wait()
+            self.engine.submit(self.ref, rows, done_for(i), cancelled=cancel.is_set, background=True)
+        while not finished.wait(STOP_POLL_SECONDS):
+            if stopped is not None and stopped():
+                cancel.set()
+                # Within a decode step (a row still queued is dropped after its prefill): the engine holds none of
+                # this step's rows once the step is abandoned, and a step run again starts on an idle batch.
+                finished.wait()
+                raise StepAbandoned("the job stopped while its rollouts were sampled")
         if errors:
             raise errors[0]
         return groups

@@ -212,10 +212,10 @@ def test_a_paused_job_resumes_where_it_stopped_and_keeps_its_evaluation_schedule
     assert sorted(c.step_number for c in checkpoints) == [5, 10]
 
 
-def _worker_threads(server: Service) -> int:
-    """The thread count of the Celery worker `ftserve up` runs (its one child process)."""
+def _worker(server: Service) -> psutil.Process:
+    """The Celery worker `ftserve up` runs (its one child process), which trains the jobs."""
     (worker,) = psutil.Process(server.procs[0].proc.pid).children()
-    return int(worker.num_threads())
+    return worker
 
 
 def _tasks_done(server: Service) -> int:
@@ -223,12 +223,35 @@ def _tasks_done(server: Service) -> int:
     return server.procs[0].log_path.read_text(errors="replace").count("ftserve.run_job[") // 2
 
 
-def test_a_cancelled_job_stops_releases_its_sampler_and_graders_and_the_next_job_trains(
+def _sampling(client: OpenAI, job_id: str) -> bool:
+    """Whether the run has begun its steps (the method's note just before the first)."""
+    return any(m.startswith("Sampling ") for m in _messages(client, job_id))
+
+
+# A python grader (each grade a sandboxed process of its own), and one that takes 1.5 s a grade: a step of 10
+# answers grades for 4.5 s in the pool's 4 threads, whatever the machine's speed.
+LENGTH = {
+    "type": "python",
+    "name": "length",
+    "source": "def grade(sample, item):\n    return min(1.0, len(sample['output_text']) / 50)\n",
+}
+SLOW_GRADER = {
+    "type": "python",
+    "name": "slow",
+    "source": "import time\n\ndef grade(sample, item):\n    time.sleep(1.5)\n    return 0.5\n",
+}
+# Answers of up to 960 tokens: the tiny model's random weights seldom stop early, so a step of 60 of them samples
+# for seconds on a CPU (about 6 s on 2 busy cores, after the worker's first job).
+LONG_ANSWERS = {"extensions": {"max_completion_tokens": 960}}
+
+
+def test_a_job_cancelled_while_it_samples_stops_at_once_releases_its_sampler_and_graders_and_the_next_job_trains(
     server: Service, client: OpenAI, tmp_path: Path
 ) -> None:
-    """Cancelled while it samples, the job ends cancelled with nothing logged after; the worker is back to the
-    threads it had after a finished reinforcement job (the rollout engine's batcher thread, its adapter loader
-    and the grader pool released), and the next job trains."""
+    """Cancelled while its step's long answers are sampled, the job abandons the step (no optimizer step) and its
+    worker lets it go within seconds, not at the step's end; it ends cancelled with nothing logged after; the
+    worker is back to the threads it had after a finished reinforcement job (the rollout engine's batcher thread,
+    its adapter loader and the grader pool released), no grader process is left, and the next job trains."""
     train = upload_prompts(client, tmp_path / "train.jsonl", WORDS[:10])
     tiny = rft(MULTI, n_epochs=1, batch_size=5, compute_multiplier=0.5)
     tasks = _tasks_done(server)
@@ -237,25 +260,35 @@ def test_a_cancelled_job_stops_releases_its_sampler_and_graders_and_the_next_job
     )
     assert wait_job(client, first.id)[0].status == "succeeded"
     _wait_for(lambda: _tasks_done(server) == tasks + 1, "the worker to end the first job")
-    at_rest = _worker_threads(server)
+    at_rest = _worker(server).num_threads()
 
     job = client.fine_tuning.jobs.create(
         model="ftserve-tiny",
         training_file=train,
-        suffix="slow",
-        method=rft(MULTI, n_epochs=3, batch_size=2, compute_multiplier=0.5),
-        extra_body=TINY_EXTENSIONS,
+        method=rft(LENGTH, n_epochs=1, batch_size=10, compute_multiplier=1.5),  # one step of 10 × 6 answers
+        extra_body=LONG_ANSWERS,
+        seed=3,
     )
-    _in_slow_step(client, job.id)
+    _wait_for(lambda: _sampling(client, job.id), "the first step")
+    time.sleep(0.5)  # step 1 samples from the note on
+    asked = time.monotonic()
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     _wait_for(lambda: _tasks_done(server) == tasks + 2, "the worker to stop")
-    assert f"job {job.id} stopped" in server.logs()
+    took = time.monotonic() - asked
+    logs = server.logs()
+    abandoned = (
+        f"job {job.id}: step 1 abandoned before its optimizer step: the job stopped while its rollouts were sampled"
+    )
+    assert abandoned in logs and f"job {job.id} stopped" in logs
+    assert took < 5, f"the worker let the job go {took:.1f} s after the cancel"  # the step samples for longer
     events = _messages(client, job.id)
     assert events[events.index("Fine-tuning job cancelled") + 1 :] == []  # no step, no checkpoint after it
+    assert not metrics(client, job.id)
     after = client.fine_tuning.jobs.retrieve(job.id)
     assert after.status == "cancelled" and after.fine_tuned_model is None
+    assert _worker(server).children(recursive=True) == []  # no sandboxed grader outlived the job
     # Threads end a moment after they are told to (the adapter loader's): wait for the count, fail if it stays up.
-    _wait_for(lambda: _worker_threads(server) <= at_rest, f"the worker's threads back to {at_rest}", 30)
+    _wait_for(lambda: _worker(server).num_threads() <= at_rest, f"the worker's threads back to {at_rest}", 30)
 
     following = client.fine_tuning.jobs.create(
         model="ftserve-tiny", training_file=train, method=tiny, extra_body=TINY_EXTENSIONS
@@ -263,6 +296,41 @@ def test_a_cancelled_job_stops_releases_its_sampler_and_graders_and_the_next_job
     done, _ = wait_job(client, following.id)
     assert done.status == "succeeded", done.error
     assert [s["step"] for s in metrics(client, following.id)] == [1, 2]
+
+
+@pytest.mark.storage  # its resume point goes through the store
+def test_a_job_paused_while_its_step_grades_resumes_with_that_step_run_again(
+    server: Service, client: OpenAI, tmp_path: Path
+) -> None:
+    """Paused while step 2's answers are graded (4.5 s of it), the job abandons step 2 before its optimizer step and
+    saves its resume point at step 1 within seconds; resumed, it runs step 2 again from there: every step once,
+    with its rewards, as if never paused."""
+    train = upload_prompts(client, tmp_path / "train.jsonl", WORDS[:10])
+    job = client.fine_tuning.jobs.create(
+        model="ftserve-tiny",
+        training_file=train,
+        method=rft(SLOW_GRADER, n_epochs=1, batch_size=5, compute_multiplier=0.5),  # 2 steps of 10 answers
+        extra_body=TINY_EXTENSIONS,
+    )
+    _wait_for(lambda: metrics(client, job.id), "step 1")
+    time.sleep(0.5)  # step 2 grades, 4.5 s in all
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    _wait_for(lambda: any(m.startswith("Paused at step") for m in _messages(client, job.id)), "the resume point")
+    paused = [m for m in _messages(client, job.id) if m.startswith("Paused at step")]
+    assert paused == ["Paused at step 1; resume point saved"], paused  # not after step 2: it was abandoned
+    abandoned = (
+        f"job {job.id}: step 2 abandoned before its optimizer step: the job stopped while its rollouts were graded"
+    )
+    assert abandoned in server.logs()
+    client.fine_tuning.jobs.resume(job.id)
+    done, _ = wait_job(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert [m for m in _messages(client, job.id) if m.startswith("Resuming")] == ["Resuming from step 1 (resume)"]
+    steps = metrics(client, job.id)
+    assert [s["step"] for s in steps] == [1, 2]
+    assert [s["train_reward_mean"] for s in steps] == [0.5, 0.5] and all(s["train_grader_errors"] == 0 for s in steps)
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == [1, 2]
 
 
 BREVITY = """

@@ -14,12 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.fine_tuning import FineTuningJob
 from sqlalchemy import Engine, create_engine, delete, select
 
 from ftserve.control.db.tables import Checkpoint, FineTunedModel, JobEvent
 from tests.e2e.conftest import ANIMALS, animal_prompt, client_for, wait_job, write_prompt_completion
 from tests.rft_data import MULTI, TINY_EXTENSIONS, rft, upload_prompts
 from tests.rft_data import WORDS as RFT_WORDS
+from tests.rft_data import metrics as rft_metrics
 from tests.servers import FTSERVE, Proc, Service, free_port, start_distributed, start_embedded, wait_http
 
 FAST_LEASE = {
@@ -66,9 +68,15 @@ def _kill_worker_after_checkpoint(client: OpenAI, service: Service, job_id: str)
 def faulty(tmp_path: Path, bases_dir: Path, postgres_url: str, redis_url: str) -> Iterator[Service]:
     # Every checkpoint kept, so the test can still list the one a lost worker never registered; step 3 of a "slow"
     # job (a reinforcement job of 2 steps an epoch, whose steps are quick) holds 10 s, on every attempt: the kill
-    # after its first checkpoint lands there, and so does the one after it resumed.
+    # after its first checkpoint lands there, and so does the one after it resumed. A "once" job's step 3 holds
+    # only on its first attempt: killed there, it resumes and goes on at once.
     keep = {"FTSERVE_CHECKPOINTS_KEEP": "100"}
-    slow = json.dumps({"suffix": "slow", "kind": "sleep", "at_step": 3, "seconds": 10})
+    slow = json.dumps(
+        [
+            {"suffix": "slow", "kind": "sleep", "at_step": 3, "seconds": 10},
+            {"suffix": "once", "kind": "sleep", "at_step": 3, "seconds": 10, "attempt": 1},
+        ]
+    )
     service = start_distributed(
         tmp_path, bases_dir, postgres_url, redis_url, **FAST_LEASE, **keep, FTSERVE_FAULT_INJECTION=slow
     )  # fmt: skip
@@ -122,23 +130,49 @@ def test_killed_worker_job_resumes_from_checkpoint_or_fails_worker_lost(faulty: 
     )
     assert answer.choices[0].text == " moo"
 
-    # Killed on every attempt: after the limit the job fails with worker_lost, never stuck in running. A
-    # reinforcement job (its rollout engine and grader pool die with the worker): requeued, it resumes from its
-    # checkpoint as the other methods do.
+    # A reinforcement job killed in step 3 (held there on its first attempt) after its first epoch's checkpoint:
+    # requeued, it resumes from that checkpoint (its rollout engine and grader pool built anew) and succeeds,
+    # every step once, with its rewards after the resume as before it.
     prompts = upload_prompts(client, tmp_path / "prompts.jsonl", RFT_WORDS[:10])
-    job2 = client.fine_tuning.jobs.create(
-        training_file=prompts, model="ftserve-tiny", suffix="slow", extra_body=TINY_EXTENSIONS,
+    rft_job = _held_rft_job(client, prompts, "once")
+    _kill_worker_after_checkpoint(client, faulty, rft_job.id)  # attempt 1, in step 3
+    _restart_worker(faulty, tmp_path)
+    done, _ = wait_job(client, rft_job.id)
+    assert done.status == "succeeded", done.error
+    resumed = [m for m in _messages(client, rft_job.id) if m.startswith("Resuming")]
+    assert [m.split(" (")[0] for m in resumed] == ["Resuming from step 2"]  # its epoch's checkpoint
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))  # 3 epochs of 2 steps: every step once
+    assert all(0.0 <= float(r["train_reward_mean"]) <= 1.0 for r in rows), rows
+    steps = rft_metrics(client, rft_job.id)
+    assert [s["step"] for s in steps] == list(range(1, 7))  # no step's event lost or repeated by the kill
+    after = [s for s in steps if s["step"] > 2]
+    assert all("train_reward_mean_has_e" in s and "train_reward_mean_close" in s for s in after), after
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(rft_job.id, limit=100).data
+    assert sorted(c.step_number for c in checkpoints) == [2, 4, 6]
+    by_step = {s["step"]: s for s in steps}
+    for c in checkpoints:  # each epoch's checkpoint holds its own step's rewards
+        assert c.metrics.model_dump()["train_reward_mean"] == by_step[c.step_number]["train_reward_mean"]
+
+    # Killed on every attempt: after the limit the job fails with worker_lost, never stuck in running.
+    job3 = _held_rft_job(client, prompts, "slow")
+    _kill_worker_after_checkpoint(client, faulty, job3.id)  # attempt 1, in step 3
+    _restart_worker(faulty, tmp_path)
+    _wait_for(lambda: any(m.startswith("Resuming") for m in _messages(client, job3.id)), 60, "attempt 2")
+    faulty.procs[-1].stop(sig=signal.SIGKILL)  # attempt 2, the last one allowed, in step 3 again
+    _wait_for(lambda: client.fine_tuning.jobs.retrieve(job3.id).status == "failed", 60, "worker_lost")
+    failed = client.fine_tuning.jobs.retrieve(job3.id)
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "worker_lost"
+    resumed = [m for m in _messages(client, job3.id) if m.startswith("Resuming")]
+    assert [m.split(" (")[0] for m in resumed] == ["Resuming from step 2"]
+
+
+def _held_rft_job(client: OpenAI, prompts: str, suffix: str) -> FineTuningJob:
+    """A tiny reinforcement job of 3 epochs of 2 quick steps, its step 3 held 10 s by the suffix's fault."""
+    return client.fine_tuning.jobs.create(
+        training_file=prompts, model="ftserve-tiny", suffix=suffix, extra_body=TINY_EXTENSIONS,
         method=rft(MULTI, n_epochs=3, batch_size=5, compute_multiplier=0.5),
     )  # fmt: skip
-    _kill_worker_after_checkpoint(client, faulty, job2.id)  # attempt 1, in step 3
-    _restart_worker(faulty, tmp_path)
-    _wait_for(lambda: any(m.startswith("Resuming") for m in _messages(client, job2.id)), 60, "attempt 2")
-    faulty.procs[-1].stop(sig=signal.SIGKILL)  # attempt 2, the last one allowed, in step 3 again
-    _wait_for(lambda: client.fine_tuning.jobs.retrieve(job2.id).status == "failed", 60, "worker_lost")
-    failed = client.fine_tuning.jobs.retrieve(job2.id)
-    assert failed.status == "failed" and failed.error is not None and failed.error.code == "worker_lost"
-    resumed = [m for m in _messages(client, job2.id) if m.startswith("Resuming")]
-    assert [m.split(" (")[0] for m in resumed] == ["Resuming from step 2"]  # its epoch's checkpoint
 
 
 def test_redis_restart_loses_no_job(tmp_path: Path, bases_dir: Path, postgres_url: str) -> None:

@@ -1,18 +1,23 @@
 """Reinforcement's sampler on the tiny model: the engine's view of the base shares the training model's weights
 (no copy), and its greedy rollouts are the policy's own greedy answers, before and after the LoRA weights move
-(each `publish` hands the engine the live tensors), and its prefill gives the LM head a contiguous input."""
+(each `publish` hands the engine the live tensors), its prefill gives the LM head a contiguous input, and a stop
+cuts its sampling short."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from ftserve.core.config import Settings
+from ftserve.engine.generation import Row
 from ftserve.engine.sampling import Sampling
 from ftserve.models.bases import load_base
 from ftserve.models.families import choose_target_modules
+from ftserve.training.methods.base import StepAbandoned
 from ftserve.training.rollouts import Rollouts, base_view
 
 CPU = torch.device("cpu")
@@ -98,3 +103,30 @@ def test_the_prefill_hands_the_lm_head_a_contiguous_input(bases_dir: Path, tmp_p
     finally:
         rollouts.close()
     assert seen and all(seen), seen
+
+
+def test_a_stop_cuts_the_sampling_short_and_leaves_the_engine_idle(bases_dir: Path, tmp_path: Path) -> None:
+    """Told to stop while long answers are sampled, `sample` raises StepAbandoned within about a poll, not when
+    the answers end; no cut group is handed on; the engine keeps none of its rows, and the next sample runs."""
+    model, tok = _policy(bases_dir, tmp_path)
+    rollouts = Rollouts(model, tok, Settings().engine(), CPU, "ftjob-test")  # type: ignore[arg-type]
+    handed: list[list[Row]] = []
+    try:
+        rollouts.publish()
+        began = time.monotonic()
+        with pytest.raises(StepAbandoned):
+            rollouts.sample(
+                PROMPTS,
+                4,
+                lambda k: Sampling(max_tokens=960, temperature=1.0, seed=k),  # seconds of decoding on a CPU
+                lambda _i, rows: handed.append(rows),
+                stopped=lambda: time.monotonic() - began > 0.3,
+            )
+        assert time.monotonic() - began < 3
+        assert not any(r.was_cancelled for rows in handed for r in rows)  # only groups that ended on their own
+        resident = rollouts.engine.resident(rollouts.base)
+        assert len(resident.batch) == 0 and not rollouts.engine.scheduler.waiting
+        groups = rollouts.sample(PROMPTS, 2, lambda _k: Sampling(max_tokens=TOKENS, temperature=0.0))
+        assert all(len(r.token_ids) > 0 and not r.was_cancelled for rows in groups for r in rows)
+    finally:
+        rollouts.close()

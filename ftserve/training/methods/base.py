@@ -30,6 +30,13 @@ class StepOutcome:
     tokens: int
 
 
+class StepAbandoned(Exception):
+    """A method gave up its step before the optimizer step (reinforcement, while it samples) because the job
+    stopped being ours mid-step (cancelled, paused, deleted, its lease lost): the model and optimizer are as the
+    step found them, so the loop checks the job again as before the step, and the step runs again if it goes on.
+    Only a method that trains in one process abandons a step (a gang's ranks would leave its lockstep)."""
+
+
 @dataclass(frozen=True)
 class StepWarning:
     """A `warn` event a method asks the loop to record: its message and data."""
@@ -51,7 +58,8 @@ class TrainingMethod(Protocol):
 
     def train_step(self, trainer: LoraTrainer, indices: list[int], step: int) -> StepOutcome:
         """One optimizer step on these training examples; `step` is its number in the job (1-based), counted
-        across pauses and restarts (a resumed run goes on from the resume point's step)."""
+        across pauses and restarts (a resumed run goes on from the resume point's step). It may raise
+        StepAbandoned before its optimizer step when the job stopped meanwhile."""
         ...
 
     def evaluate(self, trainer: LoraTrainer, indices: list[int] | None, prefix: str, step: int) -> Metrics:

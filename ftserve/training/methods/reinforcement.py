@@ -1,15 +1,18 @@
 """OpenAI's `reinforcement` method, GRPO-style: per step, a group of completions per prompt sampled by ftserve's
 engine with the policy's current LoRA weights (training/rollouts), each graded as it finishes (ftserve/graders,
 in a pool, while the other groups still generate), group-relative advantages, then TRL's GRPO loss
-(methods/rft_loss) and one optimizer step. On a torchrun gang each rank samples, grades and backpropagates its
-share of a step's prompts with its own engine; the loss's denominator and the metrics are the whole step's."""
+(methods/rft_loss) and one optimizer step. A job stopped while its step samples or grades abandons the step
+before its optimizer step (StepAbandoned), so a cancel or pause lands in about a second, not after the step. On a
+torchrun gang each rank samples, grades and backpropagates its share of a step's prompts with its own engine; the
+loss's denominator and the metrics are the whole step's (a gang's step is never abandoned: its ranks would leave
+their lockstep, so a stop lands at the check between steps)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +33,12 @@ from ftserve.models.tools import parse_tool_calls
 from ftserve.training.config import TrainingConfig
 from ftserve.training.export import RESULT_COLUMNS
 from ftserve.training.hyperparams import ReinforcementResolved
-from ftserve.training.methods.base import MethodJob, Metrics, StepOutcome, StepWarning
+from ftserve.training.methods.base import MethodJob, Metrics, StepAbandoned, StepOutcome, StepWarning
 from ftserve.training.methods.rft_data import PromptItem, load_prompts
 from ftserve.training.methods.rft_loss import GrpoConfig, backward_step, group_advantages
+from ftserve.training.ports import JobStopped, JobStore
 from ftserve.training.rank import SINGLE, Gang
-from ftserve.training.rollouts import Rollouts, Row, Sampling
+from ftserve.training.rollouts import STOP_POLL_SECONDS, Rollouts, Row, Sampling
 from ftserve.training.tokenize import TokenizeStats
 from ftserve.training.trainer import LoraTrainer
 
@@ -131,6 +135,7 @@ class Reinforcement:
         device: torch.device,
         workers: int = 4,
         release: Callable[[], None] | None = None,
+        stopped: Callable[[], bool] | None = None,
         gang: Gang = SINGLE,
     ) -> None:
         self.model, self.tok, self.train, self.valid = model, tok, train, valid
@@ -140,6 +145,7 @@ class Reinforcement:
         self.loss = GrpoConfig()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grader")
         self.release = release  # what the job's grader holds (a judge's client and key), dropped at close
+        self.stopped = stopped  # whether the job is no longer ours: asked while a training step samples and grades
         self.gang = gang
         # The sub-grader names every rank sums metrics for, in one order, from the grader itself.
         self.subs = tuple(grader.graders) if isinstance(grader, Multi) else ()
@@ -158,7 +164,7 @@ class Reinforcement:
         group = self.hp.group_size
         mine = self._share(len(indices))
         began = time.monotonic()
-        graded = self._sample([self.train[indices[k]] for k in mine], mine, group, self._seed(step))
+        graded = self._sample([self.train[indices[k]] for k in mine], mine, group, self._seed(step), self.stopped)
         sampled = time.monotonic() - began
         advantages = group_advantages(torch.tensor([g.grade.reward for g in graded]), group)
         (total,) = self.gang.sums([float(sum(len(g.completion) for g in graded))])
@@ -221,10 +227,19 @@ class Reinforcement:
         """The positions of this rank's prompts among a step's (or an evaluation's) `count`: every size-th."""
         return list(range(self.gang.rank, count, self.gang.size))
 
-    def _sample(self, prompts: list[PromptItem], positions: list[int], n: int, seed: int) -> list[Graded]:
+    def _sample(
+        self,
+        prompts: list[PromptItem],
+        positions: list[int],
+        n: int,
+        seed: int,
+        stopped: Callable[[], bool] | None = None,
+    ) -> list[Graded]:
         """n answers per prompt, each graded in the pool as soon as its prompt's group finishes. Prompt i is at
         `positions[i]` in its step: its j-th answer's seed follows from that, not from the rows this process
-        samples, so one process and a gang draw every answer alike."""
+        samples, so one process and a gang draw every answer alike. With `stopped` (a training step's; an
+        evaluation runs to its end), StepAbandoned once it says so, while the answers are sampled or graded: the
+        grades not started are dropped, one running finishes in the pool (its grader's own time limit bounds it)."""
         futures: dict[int, list[Future[GradeResult]]] = {}
 
         def on_group(i: int, rows: list[Row]) -> None:
@@ -234,7 +249,16 @@ class Reinforcement:
             row = positions[k // n] * n + k % n
             return Sampling(max_tokens=self.max_completion, temperature=TEMPERATURE, seed=(seed + row) % 2**31)
 
-        groups = self.rollouts.sample([p.ids for p in prompts], n, sampling, on_group)
+        try:
+            groups = self.rollouts.sample([p.ids for p in prompts], n, sampling, on_group, stopped)
+            pending = [f for fs in futures.values() for f in fs]
+            while stopped is not None and wait(pending, STOP_POLL_SECONDS).not_done:
+                if stopped():
+                    raise StepAbandoned("the job stopped while its rollouts were graded")
+        except StepAbandoned:
+            for future in (f for fs in futures.values() for f in fs):
+                future.cancel()
+            raise
         return [
             Graded(row, future.result())
             for i, rows in enumerate(groups)
@@ -298,8 +322,25 @@ class ReinforcementTraining:
             spec.seed,
             job.device,
             release=release,
+            # A gang's ranks would each see the stop at their own moment and leave the step's collectives out of
+            # step: on a gang the loop's check between steps (rank 0's, broadcast) stops it instead.
+            stopped=_stopped(job.store) if job.gang.size == 1 else None,
             gang=job.gang,
         )
+
+
+def _stopped(store: JobStore) -> Callable[[], bool]:
+    """Whether the job is no longer ours to train, by the loop's own check (training/loop): asked mid-step, it
+    lets the loop's check before the step say what follows (stop, pause, or the step again)."""
+
+    def stopped() -> bool:
+        try:
+            store.check()
+        except JobStopped:
+            return True
+        return False
+
+    return stopped
 
 
 def _judging(job: MethodJob, wire: Any) -> tuple[graders.JudgeConfig, Callable[[], None] | None]:
