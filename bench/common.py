@@ -36,11 +36,13 @@ def settings_for(data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir, bases_dir=data_dir / "bases")
 
 
-def load_model(data_dir: Path, name: str, device: torch.device) -> tuple[Any, PreTrainedTokenizerBase]:
-    """The prepared base in ftserve's dtype for this device (bf16 where supported), with sdpa attention."""
+def load_model(
+    data_dir: Path, name: str, device: torch.device, dtype: torch.dtype | None = None
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """The prepared base in ftserve's dtype for this device (bf16 where supported) or `dtype`, with sdpa attention."""
     settings = settings_for(data_dir)
     path = prepare_base(settings, name, lambda m: print(m, file=sys.stderr))
-    dtype = resolve_dtype(settings.base_models[name], device)
+    dtype = dtype or resolve_dtype(settings.base_models[name], device)
     model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
     model.to(device)
     if getattr(model, "hf_quantizer", None) is not None:

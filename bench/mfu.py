@@ -60,6 +60,22 @@ def matmul_params_of(path: Path) -> int:
     return matmul_params(model)
 
 
+def head_params(model: nn.Module) -> int:
+    """The LM head's weights (vocabulary × hidden): matmul_params less these is the transformer body."""
+    get_out: Any = getattr(model, "get_output_embeddings", None)
+    head = get_out() if get_out else None
+    return int(head.weight.numel()) if head is not None else 0
+
+
+def lora_train_flops(body: int, head: int, tokens: int, head_positions: int, recompute: bool = False) -> float:
+    """FLOPs of LoRA training passes: 4·body per token through the transformer (forward 2·body, the backward's
+    input gradient 2·body; the frozen base's weight gradients are never computed), 2·body more per token when
+    gradient checkpointing recomputes the forward, and 4·head per position the LM head is computed at (forward
+    and input gradient; the head is frozen too). LoRA's own rank-r products and attention's score FLOPs are
+    left out (a few percent at these shapes and lengths)."""
+    return (6.0 if recompute else 4.0) * body * tokens + 4.0 * head * head_positions
+
+
 def bf16_peak(device_name: str) -> float | None:
     """The card's dense bf16 peak in FLOP/s, None for a card (or a CPU) not in the table."""
     return next((peak for key, peak in BF16_PEAKS if key in device_name), None)

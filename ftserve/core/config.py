@@ -144,13 +144,15 @@ class Settings(BaseSettings):
     # Per optimizer step: "auto" packs examples into padding-free rows when the cost model says it is
     # cheaper than padded micro-batches; "on"/"off" force it (docs/training.md).
     packing: Literal["auto", "on", "off"] = "auto"
-    # Longest packed row; None: 1024 on CPU (sdpa's block mask costs T² there), the token budget on GPU.
+    # Longest packed row; None: the token budget where packed rows are attended per sequence (ftserve_sdpa,
+    # flash attention) or on GPU, else 1024 (sdpa's block mask costs T² on CPU).
     packed_row_tokens: int | None = None
     # Recompute activations in the backward pass: less memory, about a third more compute.
     gradient_checkpointing: bool = False
     # The training model's attention kernel. "auto": flash_attention_2 on CUDA when the flash-attn package
-    # is installed (packed rows then run as varlen attention, no T² mask), else sdpa.
-    train_attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    # is installed, else ftserve_sdpa (models/attention: sdpa, packed rows attended per sequence); either way
+    # packed rows run as varlen attention, no T² mask.
+    train_attn_implementation: Literal["auto", "ftserve_sdpa", "sdpa", "eager", "flash_attention_2"] = "auto"
     # Learning-rate schedule (per job: the extensions block): warmup fraction, then this decay.
     warmup_ratio: float = 0.0
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"

@@ -23,6 +23,7 @@ from transformers import (
 
 from ftserve.core.config import BaseModelSpec, Settings
 from ftserve.core.filecache import file_lock
+from ftserve.models import attention
 from ftserve.models.special_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,13 @@ def pick_device() -> torch.device:
 
 
 def training_attention(setting: str, device: torch.device) -> str:
-    """The attention kernel to train with: the setting, or for "auto" varlen flash attention where it runs."""
+    """The attention kernel to train with: the setting, or for "auto" varlen flash attention where it runs,
+    else sdpa that attends a packed row per sequence (models/attention)."""
     if setting != "auto":
         return setting
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
-    return "sdpa"
+    return attention.NAME
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

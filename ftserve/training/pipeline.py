@@ -27,6 +27,7 @@ from ftserve.training.methods.registry import training_for
 from ftserve.training.ports import ClaimingStore, JobSpec, JobStopped, JobStore
 from ftserve.training.rank import Gang, is_gang_fault
 from ftserve.training.sharding import shard_base
+from ftserve.training.threads import use_training_threads
 from ftserve.training.tokenize import TokenizeStats
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,9 @@ def _train(spec: JobSpec, settings: Settings, store: JobStore, gang: Gang) -> No
     # A gang trains only the methods that run on one (worker/gang.py); FSDP shards its base when the setting asks.
     sharded = gang.size > 1 and settings.gang_sharding == "fsdp"
     how = f", sharded over {gang.size} processes (FSDP)" if sharded else ""
-    store.event(f"Loading base model {spec.base} on {device.type}{how}")
+    # On CPU, every core this process owns (its share of the worker's; training/threads).
+    threads = {"threads": use_training_threads()} if device.type == "cpu" else None
+    store.event(f"Loading base model {spec.base} on {device.type}{how}", data=threads)
     base, tok = _base(settings, config, device, sharded=sharded)
     training = training_for(config.method)
     train, valid = _tokenize(settings, spec, config, tok, store, training)

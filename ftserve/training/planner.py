@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ftserve.models.attention import VARLEN
 from ftserve.training.batching import MicroBatch, pack, pack_rows, padded_groups
 from ftserve.training.config import Packing, TrainingConfig
 from ftserve.training.tokenize import TokenizedExample
@@ -16,7 +18,8 @@ from ftserve.training.tokenize import TokenizedExample
 # Python, small-matmul inefficiency); measured on SmolLM2 on CPU: a [1,128] call costs ~1.3x a row of [8,128].
 CALL_OVERHEAD_TOKENS = 40.0
 # On CPU, sdpa with the block-diagonal mask of a packed row grows quadratically and worse than FLOPs
-# suggest past ~1k tokens (no flash varlen kernel), so packed rows are capped there.
+# suggest past ~1k tokens, so packed rows are capped there unless the attention runs per sequence
+# (models/attention: ftserve_sdpa, the training default, or flash attention's varlen kernel).
 CPU_PACKED_ROW_TOKENS = 1024
 
 
@@ -26,16 +29,22 @@ class CostModel:
 
     pair: float  # one attended (query, key) pair
     head: float  # one position through the LM head
+    varlen: bool = False  # a packed row is attended per sequence (else through a mask over the whole row)
 
     def padded(self, rows: int, width: int, kept: int) -> float:
-        return rows * width + rows * width * width * self.pair + rows * kept * self.head + CALL_OVERHEAD_TOKENS
+        # Right-padded rows run without a mask: the causal kernel computes the lower triangle only.
+        pairs = rows * width * (width + 1) / 2
+        return rows * width + pairs * self.pair + rows * kept * self.head + CALL_OVERHEAD_TOKENS
 
-    def packed(self, length: int, kept: int) -> float:
-        return length + length * length * self.pair + kept * self.head + CALL_OVERHEAD_TOKENS
+    def packed(self, lengths: Sequence[int], kept: int) -> float:
+        length = sum(lengths)
+        pairs = sum(n * (n + 1) / 2 for n in lengths) if self.varlen else length * length
+        return length + pairs * self.pair + kept * self.head + CALL_OVERHEAD_TOKENS
 
     @classmethod
     def for_model(cls, model: nn.Module) -> CostModel:
-        """From the model's shape: per-token layer FLOPs vs per-pair attention and per-position LM-head FLOPs."""
+        """From the model's shape: per-token layer FLOPs vs per-pair attention and per-position LM-head FLOPs;
+        from its attention implementation, whether packed rows are attended per sequence."""
         cfg: Any = model.config
         hidden = int(cfg.hidden_size)
         layers = int(cfg.num_hidden_layers)
@@ -44,7 +53,8 @@ class CostModel:
         tied = bool(getattr(cfg, "tie_word_embeddings", False))
         params = sum(p.numel() for p in model.parameters()) - embed * (1 if tied else 2)
         per_token = 2.0 * max(params, 1)
-        return cls(pair=4.0 * hidden * layers / per_token, head=2.0 * hidden * vocab / per_token)
+        varlen = getattr(cfg, "_attn_implementation", None) in VARLEN
+        return cls(pair=4.0 * hidden * layers / per_token, head=2.0 * hidden * vocab / per_token, varlen=varlen)
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ def plan_step(
         )
     if packing != "off":
         rows = pack_rows(ordered, cap)
-        packed_cost = sum(cost.packed(sum(len(e) for e in row), sum(_kept(e) for e in row)) for row in rows)
+        packed_cost = sum(cost.packed([len(e) for e in row], sum(_kept(e) for e in row)) for row in rows)
     if packing == "on" or (packing == "auto" and packed_cost < padded_cost):
         mbs = [pack(row) for row in rows]
         return Plan(mbs, True, sum(mb.padded_tokens for mb in mbs), sum(mb.real_tokens for mb in mbs))
@@ -125,9 +135,15 @@ def _kept_columns(mb: MicroBatch) -> int:
     return int((mb.weights[:, 1:].sum(0) > 0).sum())
 
 
-def packed_row_cap(config: TrainingConfig, device: torch.device) -> int:
-    """The longest packed row: the setting, else 1024 tokens on CPU and the token budget on GPU."""
-    return config.packed_row_tokens or (config.batch_token_budget if device.type == "cuda" else CPU_PACKED_ROW_TOKENS)
+def packed_row_cap(config: TrainingConfig, device: torch.device, varlen: bool = False) -> int:
+    """The longest packed row: the setting, else default_row_cap."""
+    return config.packed_row_tokens or default_row_cap(config.batch_token_budget, device, varlen)
+
+
+def default_row_cap(budget: int, device: torch.device, varlen: bool) -> int:
+    """The token budget on GPU or where packed rows are attended per sequence (varlen), else (CPU under a
+    row-wide mask) 1024 tokens."""
+    return budget if device.type == "cuda" or varlen else CPU_PACKED_ROW_TOKENS
 
 
 def split_step(examples: list[TokenizedExample], ranks: int, cost: CostModel) -> list[list[TokenizedExample]]:
@@ -138,7 +154,7 @@ def split_step(examples: list[TokenizedExample], ranks: int, cost: CostModel) ->
     for ex in sorted(examples, key=len, reverse=True):
         r = min(range(ranks), key=lambda i: (load[i], i))
         shares[r].append(ex)
-        load[r] += cost.packed(len(ex), _kept(ex))
+        load[r] += cost.packed([len(ex)], _kept(ex))
     return shares
 
 
@@ -150,9 +166,10 @@ class Layout:
 
     @classmethod
     def for_run(cls, config: TrainingConfig, model: Any, pad: int, device: torch.device) -> Layout:
-        """The layout for this job, model and device (packed rows capped at 1024 tokens on CPU by default)."""
+        """The layout for this job, model and device (packed rows capped at 1024 tokens on CPU under a mask)."""
         cost = CostModel.for_model(model.get_base_model())
-        return cls(cost, pad, config.batch_token_budget, config.packing, packed_row_cap(config, device))
+        cap = packed_row_cap(config, device, cost.varlen)
+        return cls(cost, pad, config.batch_token_budget, config.packing, cap)
 
     def plan(self, examples: list[TokenizedExample]) -> list[MicroBatch]:
         """Micro-batches for one step's examples (plan_step under the job's settings); none for none."""

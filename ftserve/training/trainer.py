@@ -6,11 +6,14 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftserve.models import attention
+from ftserve.training import fused_lora
 from ftserve.training.batching import MicroBatch
 from ftserve.training.rank import Gang
 
@@ -42,11 +45,7 @@ def loss_sums(model: nn.Module, mb: MicroBatch, device: torch.device) -> LossSum
     if keep.numel() == 0:
         return LossSums(torch.zeros((), device=device), 0.0, 0, 0)
     out = model(
-        input_ids=mb.input_ids.to(device),
-        attention_mask=None if mb.attention_mask is None else mb.attention_mask.to(device),
-        position_ids=mb.position_ids.to(device),
-        logits_to_keep=keep.to(device),
-        use_cache=False,
+        input_ids=mb.input_ids.to(device), logits_to_keep=keep.to(device), use_cache=False, **_layout(model, mb, device)
     )
     logits = out.logits.float()  # [rows, len(keep), vocab]
     targets = mb.input_ids[:, 1:][:, keep].to(device)
@@ -56,6 +55,21 @@ def loss_sums(model: nn.Module, mb: MicroBatch, device: torch.device) -> LossSum
     comp = mb.completion[:, 1:][:, keep].to(device)
     correct = int(((logits.argmax(-1) == targets) & comp).sum())
     return LossSums((ce * weights).sum(), float(weights.sum()), correct, int(comp.sum()))
+
+
+def _layout(model: nn.Module, mb: MicroBatch, device: torch.device) -> dict[str, Any]:
+    """The attention inputs of a micro-batch: its position ids, and what keeps its sequences apart."""
+    rows, cols = mb.input_ids.shape
+    if mb.attention_mask is not None:
+        # Right-padded rows: causal attention alone keeps every real token off the padding that follows it, so no
+        # mask is given and sdpa runs its causal kernel (half the pairs, grouped key/value heads not repeated);
+        # the padding's positions count on, so that no restart reads as a packed row. Pads' outputs carry no loss.
+        return {"position_ids": torch.arange(cols, device=device).expand(rows, cols)}
+    kwargs: dict[str, Any] = {"position_ids": mb.position_ids.to(device)}
+    if rows == 1 and getattr(model.config, "_attn_implementation", None) == attention.NAME:
+        # attended per sequence, not through a [T, T] block mask
+        kwargs |= attention.packed_kwargs(mb.position_ids, device)
+    return kwargs
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, scheduler: str) -> float:
@@ -86,6 +100,7 @@ class LoraTrainer:
         gradient_checkpointing: bool = False,
         gang: Gang = Gang(),
         lockstep: bool = False,
+        fused: bool = True,
     ) -> None:
         self.model = model
         self.device = device
@@ -116,6 +131,9 @@ class LoraTrainer:
         )
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
+        # LoRA linears as one op each (training/fused_lora); not under FSDP, whose gathers wrap the layers' own
+        # parameter accesses: that path stays peft's as it was.
+        self._unfuse = fused_lora.fuse(model) if fused and not self.lockstep else None
         gang.same_weights(self.params)
         if self.mixed:
             with torch.no_grad():
@@ -124,6 +142,9 @@ class LoraTrainer:
 
     def close(self) -> None:
         """Undo what __init__ changed on the model, so a cached base serves the next job as it was."""
+        if self._unfuse is not None:
+            self._unfuse()
+            self._unfuse = None
         if self.mixed:
             for p, master in zip(self.live, self.params, strict=True):
                 p.data = master.data

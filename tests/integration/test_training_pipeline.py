@@ -110,7 +110,7 @@ def test_the_attention_kernel_is_a_setting_and_packed_rows_agree_across_kernels(
     settings.packing = "on"  # packed rows: the kernel must keep examples apart from position_ids alone
     file_id = _upload(settings, _rows())
     curves = {}
-    for kernel in ("sdpa", "eager"):
+    for kernel in ("ftserve_sdpa", "sdpa", "eager"):
         monkeypatch.setattr(pipeline, "_BASES", {})
         settings.train_attn_implementation = kernel  # type: ignore[assignment]
         job, events = _run(settings, file_id, seed=11)
@@ -118,12 +118,13 @@ def test_the_attention_kernel_is_a_setting_and_packed_rows_agree_across_kernels(
         assert pipeline._BASES["ftserve-tiny"][0].config._attn_implementation == kernel
         curves[kernel] = [e.data["train_loss"] for e in events if e.type == "metrics" and e.data]
     assert curves["eager"] == pytest.approx(curves["sdpa"], abs=1e-4)
+    assert curves["ftserve_sdpa"] == pytest.approx(curves["sdpa"], abs=1e-4)
 
 
-def test_auto_attention_is_sdpa_without_cuda_and_flash_attn() -> None:
+def test_auto_attention_is_ftserve_sdpa_without_cuda_and_flash_attn() -> None:
     from ftserve.models.bases import training_attention
 
-    assert training_attention("auto", torch.device("cpu")) == "sdpa"
+    assert training_attention("auto", torch.device("cpu")) == "ftserve_sdpa"
     assert training_attention("eager", torch.device("cpu")) == "eager"
     assert training_attention("flash_attention_2", torch.device("cuda")) == "flash_attention_2"
 

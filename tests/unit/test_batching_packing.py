@@ -1,5 +1,6 @@
 """Packed rows (several examples in one row, position_ids restarting) give the same loss and LoRA gradients
-as padded rows: no example attends to another."""
+as padded rows: no example attends to another, under every attention kernel (ftserve_sdpa attends each
+example of the row on its own, the others through a block mask); padded rows run without a mask."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _examples(tok: Any) -> list[TokenizedExample]:
     return [tokenize_example(tok, PromptCompletion(p, c), 0.1) for p, c in PAIRS]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["ftserve_sdpa", "sdpa", "eager"])
 def test_packed_loss_and_gradients_equal_padded(bases_dir: Path, attn: str) -> None:
     model = _lora_model(bases_dir, attn)
     tok = AutoTokenizer.from_pretrained(
@@ -71,6 +72,27 @@ def test_packed_loss_and_gradients_equal_padded(bases_dir: Path, attn: str) -> N
     for name, g in grads_pad.items():
         assert g.abs().max() > 0, name
         torch.testing.assert_close(grads_pack[name], g, atol=1e-5, rtol=0, msg=name)
+
+
+def test_ftserve_sdpa_attends_each_packed_example_alone_and_padded_rows_causally(bases_dir: Path) -> None:
+    """One sdpa call per example and layer for a packed row, none with a mask; one per layer for padded rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = _lora_model(bases_dir, "ftserve_sdpa")
+    tok = AutoTokenizer.from_pretrained(
+        str(base_path(Settings(data_dir=bases_dir, bases_dir=bases_dir), "ftserve-tiny"))
+    )
+    examples = _examples(tok)
+    layers = model.config.num_hidden_layers
+    for batches, calls in (
+        (packed_microbatches(examples, 4096), layers * len(examples)),
+        (padded_microbatches(examples, tok.pad_token_id, 4096), layers),
+    ):
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            loss_sums(model, batches[0], torch.device("cpu"))
+        sdpa = [e for e in prof.events() if e.name == "aten::scaled_dot_product_attention"]
+        assert len(sdpa) == calls
+        assert all(len(e.input_shapes) < 4 or not e.input_shapes[3] for e in sdpa)  # no attn_mask given
 
 
 def test_packing_without_restarted_positions_would_leak(bases_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
@@ -11,8 +12,10 @@ from ftserve.training.batching import padded_groups
 from ftserve.training.planner import CostModel, best_padded_split, plan_step, split_step
 from ftserve.training.tokenize import TokenizedExample
 
-# SmolLM2-135M's shape, as CostModel.for_model computes it (checked in test_cost_model_from_shape).
-COST = CostModel(pair=4.0 * 576 * 30 / (2 * 106e6), head=2.0 * 576 * 49152 / (2 * 106e6))
+# SmolLM2-135M's shape, as CostModel.for_model computes it (checked in test_cost_model_from_shape); packed rows
+# attended per example (ftserve_sdpa, flash attention) or through a row-wide mask (plain sdpa, eager).
+COST = CostModel(pair=4.0 * 576 * 30 / (2 * 106e6), head=2.0 * 576 * 49152 / (2 * 106e6), varlen=True)
+MASKED = dataclasses.replace(COST, varlen=False)
 
 
 def _example(length: int, prompt: int) -> TokenizedExample:
@@ -70,6 +73,17 @@ def test_spread_lengths_are_packed_and_equal_lengths_are_padded() -> None:
     assert not plan.packed and plan.padded_tokens == plan.real_tokens
 
 
+def test_per_example_attention_packs_a_step_into_one_row_and_a_mask_keeps_rows_short() -> None:
+    """Attended per example, a packed row costs its examples' own pairs: the whole step is one call up to the
+    budget. Under a row-wide mask the same row would cost its length squared: the long example stays apart."""
+    step = [_example(n, n // 2) for n in (600, 450, 300, 40, 35, 30)]
+    plan = plan_step(step, 0, 4096, COST, "auto", row_cap=4096)
+    assert plan.packed and len(plan.micro_batches) == 1 and plan.real_tokens == sum(len(e) for e in step)
+    masked = plan_step(step, 0, 4096, MASKED, "auto", row_cap=4096)
+    assert len(masked.micro_batches) > 1
+    assert COST.packed([600, 450], 0) < MASKED.packed([600, 450], 0)
+
+
 def test_forced_modes_and_every_token_kept() -> None:
     examples = [_example(n, 5) for n in (300, 200, 100, 90, 12)]
     on = plan_step(examples, 0, 4096, COST, "on", row_cap=512)
@@ -101,6 +115,7 @@ def test_cost_model_from_shape(bases_dir: object) -> None:
     d = Path(str(bases_dir))
     model = AutoModelForCausalLM.from_pretrained(str(base_path(Settings(data_dir=d, bases_dir=d), "ftserve-tiny")))
     cost = CostModel.for_model(model)
+    assert not cost.varlen  # loaded with plain sdpa: packed rows go through a block mask
     cfg = model.config
     layer_params = sum(p.numel() for p in model.model.layers.parameters()) + cfg.hidden_size  # + final norm
     assert cost.pair == pytest.approx(4 * cfg.hidden_size * cfg.num_hidden_layers / (2 * layer_params))
@@ -112,7 +127,7 @@ def test_a_step_is_dealt_to_ranks_whole_and_balanced_by_cost() -> None:
     step = [_example(rng.randint(8, 600), 4) for _ in range(13)]
     shares = split_step(step, 4, COST)
     assert sorted(id(e) for share in shares for e in share) == sorted(id(e) for e in step)  # each example once
-    load = [sum(COST.packed(len(e), len(e) - 4) for e in share) for share in shares]
-    assert max(load) - min(load) <= max(COST.packed(len(e), len(e) - 4) for e in step)  # within one example
+    load = [sum(COST.packed([len(e)], len(e) - 4) for e in share) for share in shares]
+    assert max(load) - min(load) <= max(COST.packed([len(e)], len(e) - 4) for e in step)  # within one example
     assert split_step(step, 4, COST) == shares  # every rank computes the same split
     assert [len(s) for s in split_step(step[:2], 3, COST)] == [1, 1, 0]  # fewer examples than ranks: some idle

@@ -1,0 +1,124 @@
+"""Fused LoRA linears (training/fused_lora): the same loss and gradients as peft's forward, the same parameters,
+and peft's own path wherever the fused op does not apply (dropout while training, a disabled adapter)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ftserve.core.config import Settings
+from ftserve.core.datasets.formats import PromptCompletion
+from ftserve.models.bases import base_path
+from ftserve.training import fused_lora
+from ftserve.training.batching import MicroBatch, padded_microbatches
+from ftserve.training.tokenize import tokenize_example
+from ftserve.training.trainer import loss_sums
+
+PAIRS = [("The cat says:", " meow"), ("Translate to French: dog ->", " chien"), ("one two three", " four five")]
+
+
+def _model(bases_dir: Path, dtype: torch.dtype, dropout: float = 0.0) -> tuple[Any, list[MicroBatch]]:
+    path = base_path(Settings(data_dir=bases_dir, bases_dir=bases_dir), "ftserve-tiny")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    base = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    torch.manual_seed(0)
+    # init_lora_weights=False: B is random too, so every LoRA factor gets a gradient to compare.
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(base, cfg)
+    examples = [tokenize_example(tok, PromptCompletion(p, c), 0.0) for p, c in PAIRS]
+    return model, padded_microbatches(examples, int(tok.pad_token_id or 0), 4096)
+
+
+def _loss_and_grads(model: Any, batches: list[MicroBatch]) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = 0.0
+    for mb in batches:
+        part = loss_sums(model, mb, torch.device("cpu")).weighted_ce
+        part.backward()
+        loss += float(part.detach())
+    return loss, {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _fused_calls(model: Any, batches: list[MicroBatch]) -> int:
+    """How many fused LoRA ops the forwards of batches run (the profiler names each by its Function)."""
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for mb in batches:
+            loss_sums(model, mb, torch.device("cpu"))
+    return sum(1 for e in prof.events() if e.name == "_LoraLinear")
+
+
+def test_fused_lora_matches_peft_and_undo_restores_it(bases_dir: Path) -> None:
+    model, batches = _model(bases_dir, torch.float32)
+    model.train()
+    loss, grads = _loss_and_grads(model, batches)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    undo = fused_lora.fuse(model)
+    layers = sum(1 for m in model.modules() if isinstance(m, LoraLinear))
+    assert layers > 0 and _fused_calls(model, batches) == layers * len(batches)
+    fused_loss, fused_grads = _loss_and_grads(model, batches)
+    assert fused_grads.keys() == grads.keys() and {"lora_A", "lora_B"} <= {k.split(".")[-3] for k in grads}
+    assert fused_loss == pytest.approx(loss, rel=1e-5)
+    for name, g in grads.items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(fused_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+    # Same parameters, same state dict: a saved adapter is the same file.
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    undo()
+    assert _fused_calls(model, batches) == 0
+    again, _ = _loss_and_grads(model, batches)
+    assert again == loss
+
+
+def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft_is(bases_dir: Path) -> None:
+    """On a bf16 base (LoRA weights in bf16, as the trainer runs it) the fused op rounds less often than peft's
+    chain of ops: its gradients are no further from the fp32 ones than peft's own (within 10%: both ~5% off)."""
+    reference, batches = _model(bases_dir, torch.float32)
+    _, exact = _loss_and_grads(reference, batches)
+    model, _ = _model(bases_dir, torch.bfloat16)
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    _, peft_grads = _loss_and_grads(model, batches)
+    fused_lora.fuse(model)
+    assert _fused_calls(model, batches) > 0
+    _, fused_grads = _loss_and_grads(model, batches)
+
+    def error(grads: dict[str, torch.Tensor]) -> float:
+        return sum(float((grads[k].float() - g).norm() / g.norm()) for k, g in exact.items()) / len(exact)
+
+    assert error(fused_grads) <= 1.1 * error(peft_grads) and error(peft_grads) < 0.1
+
+
+def test_dropout_while_training_and_a_disabled_adapter_take_peft_path(bases_dir: Path) -> None:
+    model, batches = _model(bases_dir, torch.float32, dropout=0.1)
+    fused_lora.fuse(model)
+    model.train()
+    assert _fused_calls(model, batches) == 0  # dropout is peft's to apply
+    model.eval()
+    assert _fused_calls(model, batches) > 0  # no dropout in eval: fused
+    with torch.no_grad():
+        adapted = float(loss_sums(model, batches[0], torch.device("cpu")).weighted_ce)
+        with model.disable_adapter():  # the base alone (a DPO reference pass): peft's path, no LoRA term
+            base = float(loss_sums(model, batches[0], torch.device("cpu")).weighted_ce)
+            assert _fused_calls(model, batches) == 0
+    assert base != pytest.approx(adapted)
+
+
+def test_the_op_is_its_own_gradient() -> None:
+    """The fused Function against finite differences in float64 (with a bias, and the weight's gradient too)."""
+    from ftserve.training.fused_lora import _LoraLinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: _LoraLinear.apply(*t, 0.7), (x, w, bias, a, b))
