@@ -12,7 +12,10 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-NAME = "ftserve_sdpa"
+NAME = "ftserve_engine_sdpa"
+# What the engine replaces: SDPA, and training's SDPA with packed rows (models/attention; a rollouts view
+# copies the policy's config), whose packed path an engine pass never takes (it passes no sequence bounds).
+_REPLACED = frozenset({"sdpa", "ftserve_sdpa"})
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -38,5 +41,5 @@ AttentionMaskInterface.register(NAME, sdpa_mask)  # the masks SDPA takes
 
 def use_engine_attention(model: PreTrainedModel) -> None:
     """Switch a model loaded with SDPA to the engine's; any other attention (eager, flash) is left as it is."""
-    if model.config._attn_implementation == "sdpa":
+    if model.config._attn_implementation in _REPLACED:
         model.set_attn_implementation(NAME)

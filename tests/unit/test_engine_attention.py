@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ftserve.engine.attention import NAME, engine_sdpa, use_engine_attention
+from ftserve.models.attention import NAME as TRAINING_SDPA
 
 
 class _Module(torch.nn.Module):
@@ -56,6 +57,9 @@ def test_engine_models_use_it(bases_dir: Path) -> None:
     use_engine_attention(model)
     assert model.config._attn_implementation == NAME
     assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False), before)
+    packed = AutoModelForCausalLM.from_pretrained(bases_dir / "ftserve-tiny", attn_implementation=TRAINING_SDPA)
+    use_engine_attention(packed)  # a rollouts view of a policy trained with packed-row SDPA
+    assert packed.config._attn_implementation == NAME
     eager = AutoModelForCausalLM.from_pretrained(bases_dir / "ftserve-tiny", attn_implementation="eager")
     use_engine_attention(eager)
     assert eager.config._attn_implementation == "eager"  # only SDPA is swapped
