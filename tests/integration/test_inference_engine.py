@@ -71,6 +71,22 @@ def _texts(engine: SettingsEngine, model: ResolvedModel) -> list[str]:
     return [r.text for r in rows]
 
 
+def _run_together(engine: SettingsEngine, requests: list[tuple[ResolvedModel, list[Row]]]) -> None:
+    """Submit every request at once (so they can share a prefill) and wait until all have finished."""
+    finished = threading.Event()
+    left = [len(requests)]
+
+    def done(error: BaseException | None) -> None:
+        assert error is None
+        left[0] -= 1
+        if left[0] == 0:
+            finished.set()
+
+    for model, rows in requests:
+        engine.submit(_ref(engine, model), rows, done)
+    assert finished.wait(120)
+
+
 def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
@@ -98,18 +114,7 @@ def test_two_adapters_in_one_batch_match_their_single_outputs(
     jobs = {m.name: _rows(engine) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)}
     # Different lengths too: a row that finishes early leaves while the others go on.
     jobs[BASE] = _rows(engine, max_tokens=24)
-    finished = threading.Event()
-    left = [3]
-
-    def done(error: BaseException | None) -> None:
-        assert error is None
-        left[0] -= 1
-        if left[0] == 0:
-            finished.set()
-
-    for model in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL):
-        engine.submit(_ref(engine, model), jobs[model.name], done)
-    assert finished.wait(120)
+    _run_together(engine, [(m, jobs[m.name]) for m in (SOUNDS_MODEL, COLORS_MODEL, BASE_MODEL)])
     prefills = engine.scheduler.prefills
     assert (3 * len(ANIMALS), 3) in prefills, prefills  # one prefill: 24 rows of 3 different models
     assert [r.text for r in jobs["ft:sounds"]] == single["ft:sounds"]
@@ -313,18 +318,7 @@ def test_rows_with_one_prompt_share_its_prefill(engine: SettingsEngine, monkeypa
 
     monkeypatch.setattr(lora.LoraContext, "set", recording_set)
     together = rows()
-    finished = threading.Event()
-    left = [2]
-
-    def done(error: BaseException | None) -> None:
-        assert error is None
-        left[0] -= 1
-        if left[0] == 0:
-            finished.set()
-
-    engine.submit(_ref(engine, BASE_MODEL), [r for _, r in together[:3]], done)
-    engine.submit(_ref(engine, COLORS_MODEL), [together[3][1]], done)
-    assert finished.wait(120)
+    _run_together(engine, [(BASE_MODEL, [r for _, r in together[:3]]), (COLORS_MODEL, [together[3][1]])])
     assert engine.scheduler.prefills[-1] == (4, 2), engine.scheduler.prefills  # four rows admitted together…
     assert passes[0] == 2, passes  # …in one pass of two rows: one per (prompt, adapter)
     assert [r.text for _, r in together] == alone
