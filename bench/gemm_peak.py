@@ -7,10 +7,11 @@ forward and input-gradient at the row counts of the loss positions. LoRA's rank-
 are a few percent of the FLOPs and cannot run near peak.
 
 The rule: each shape is run for one warm-up call, then timed over 3 windows of at least `window_s` seconds each
-(back-to-back calls, a result that is not reused); its rate is its best window (FLOPs = 2·M·K·N per call). The
+(0.1 s; back-to-back calls into one output buffer); its rate is its best window (FLOPs = 2·M·K·N per call). The
 **measured peak** of a dtype is the highest rate over its shapes: the best the BLAS sustains on this step's
 shapes, in this process's thread setting. A dtype the CPU has no fast kernels for (bf16 without AVX512-BF16
-or AMX: under ~5 GFLOP/s) is timed on its smallest shapes only, so that it costs seconds, not hours.
+or AMX, where it is emulated: under 5 GFLOP/s on a probe) is timed on its smallest row count only, without the
+LM head, so that it costs seconds, not hours.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def time_shape(shape: Shape, dtype: torch.dtype, device: torch.device, window_s:
 
 
 def measure(
-    config: Any, dtypes: list[torch.dtype], device: torch.device, window_s: float = 0.2
+    config: Any, dtypes: list[torch.dtype], device: torch.device, window_s: float = 0.1
 ) -> dict[str, dict[str, Any]]:
     """Per dtype: its measured peak (FLOP/s), the shape that reached it, and every shape's rate."""
     report: dict[str, dict[str, Any]] = {}
@@ -96,8 +97,8 @@ def measure(
         shapes = step_shapes(config)
         probe = Shape("probe", 256, int(config.hidden_size), int(config.hidden_size))
         slow = time_shape(probe, dtype, device, 0.05) < SLOW_GFLOPS * 1e9
-        if slow:  # no native kernels: the smallest row count only, and the head at its smallest
-            shapes = step_shapes(config, rows=(ROWS[0],), head_rows=(HEAD_ROWS[0],))
+        if slow:  # no native kernels: the smallest row count only, no LM head (one call would take minutes)
+            shapes = step_shapes(config, rows=(ROWS[0],), head_rows=())
         rates = {f"{s.name} {s.m}x{s.k}x{s.n}": time_shape(s, dtype, device, window_s) for s in shapes}
         best = max(rates, key=lambda key: rates[key])
         name = str(dtype).removeprefix("torch.")

@@ -5,6 +5,8 @@
 (c)   TRL SFTTrainer defaults (completion_only_loss on prompt/completion data; bf16 autocast, as TRL's
       defaults pick it, also on a CPU without bf16 kernels)
 (c32) the same in fp32 (bf16=False, the model in fp32): TRL's defaults as they run where bf16 is not fast
+      (the default in place of (c) where the model trains in fp32: there (c)'s bf16 autocast runs hundreds of
+      times slower; `--methods abcc32d --cap-steps c=1` puts it on record from one step)
 (d)   ftserve's LoraTrainer as the worker runs it: weighted loss, logits only where loss is taken, per-step
       padded/packed layout, packed rows attended per sequence (models/attention), fused LoRA linears
 
@@ -19,7 +21,7 @@ completion loss afterwards, with ratios to (a) and (c) (to (c32) when (c) is not
 
 Compute. Before the methods, a child process times the step's GEMM shapes alone in the same thread setting
 (bench/gemm_peak.py: every projection's forward and input-gradient GEMM at 512-4096 rows, the LM head's,
-in fp32 and bf16); a dtype's **measured peak** is the best rate any of those shapes sustains over a 0.2 s
+in fp32 and bf16); a dtype's **measured peak** is the best rate any of those shapes sustains over a 0.1 s
 window. After the table, each method's arithmetic as FLOP/s (bench/mfu.py's lora_train_flops):
 
     useful FLOPs = 4 x body x non-padding tokens + 4 x head x loss positions
@@ -218,15 +220,19 @@ def run_trl(args: argparse.Namespace, model: Any, tok: Any, train: list[Any], fp
 def run_ftserve(args: argparse.Namespace, model: Any, tok: Any, train: list[Any]) -> dict[str, Any]:
     """(d) ftserve's own trainer as the worker runs it: its training attention, per-step layout, trainer."""
     from ftserve.models.bases import training_attention
+    from ftserve.training import planner
     from ftserve.training.batching import step_groups
-    from ftserve.training.planner import CostModel, default_row_cap, plan_step
+    from ftserve.training.planner import CostModel, plan_step
     from ftserve.training.trainer import LoraTrainer
 
     device = next(model.parameters()).device
     model.get_base_model().set_attn_implementation(training_attention("auto", device))
     examples = tokenize_all(tok, train)
     cost = CostModel.for_model(model.get_base_model())
-    cap = default_row_cap(4096, device, cost.varlen)
+    # Written so that it also runs against ftserve before issue 30 (the "before" figures): no default_row_cap
+    # there, packed rows capped at 1024 tokens on CPU.
+    row_cap = getattr(planner, "default_row_cap", None)
+    cap = row_cap(4096, device, cost.varlen) if row_cap else 4096 if device.type == "cuda" else 1024
     trainer = LoraTrainer(model, device, lr=LR, total_steps=args.steps)
     positions = real = packed = heads = calls = 0
     start, cpu = time.perf_counter(), time.process_time()
@@ -312,6 +318,14 @@ def main() -> None:
         help="which, e.g. abcd or a,c32,d (default abcd, plus c32 where the model trains in fp32: no fast bf16)",
     )
     p.add_argument("--no-gemm", action="store_true", help="skip the matmul microbenchmark (no %% of peak)")
+    p.add_argument(
+        "--cap-steps",
+        action="append",
+        default=[],
+        metavar="METHOD=N",
+        help="train METHOD for at most N steps (rates only: its held-out loss is then after fewer steps), "
+        "e.g. c=1 for TRL's bf16 autocast on a CPU without bf16 kernels",
+    )
     p.add_argument("--naive-accumulation", type=int, default=4, help="(a) micro-batches per step (memory)")
     p.add_argument("--packing", default="auto", choices=["auto", "on", "off"], help="ftserve's layout setting")
     # On a shared CPU one thread per process gives far steadier timings (no OpenMP barrier stalls).
@@ -336,7 +350,8 @@ def main() -> None:
     _describe_data(args)
     peaks = {} if args.no_gemm else _spawn("mm", args)
     _peak_table(peaks)
-    results = {m: _spawn(m, args) for m in methods}
+    caps = {m: int(n) for m, n in (c.split("=", 1) for c in args.cap_steps)}
+    results = {m: _spawn(m, args, min(args.steps, caps.get(m, args.steps))) for m in methods}
     _table(results, args)
     name = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     figures = _compute(results, name, peaks)
@@ -348,7 +363,9 @@ def main() -> None:
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
-    """The methods asked for, in order; by default abcd, and c32 where the model trains in fp32."""
+    """The methods asked for, in order; by default abcd, and where the model trains in fp32 (no fast bf16) c32
+    in place of c: TRL's bf16 autocast there runs hundreds of times slower (put it on record with
+    --methods abcc32d --cap-steps c=1)."""
     if args.methods:
         methods = re.findall(r"c32|[abcd]", args.methods)
         if not methods or "".join(methods) != re.sub(r"[,\s]", "", args.methods):
@@ -359,7 +376,7 @@ def _methods(args: argparse.Namespace) -> list[str]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fp32 = resolve_dtype(settings_for(args.data_dir).base_models[args.model], device) == torch.float32
-    return ["a", "b", "c", "c32", "d"] if fp32 else ["a", "b", "c", "d"]
+    return ["a", "b", "c32", "d"] if fp32 else ["a", "b", "c", "d"]
 
 
 def _describe_data(args: argparse.Namespace) -> None:
@@ -377,16 +394,19 @@ def _describe_data(args: argparse.Namespace) -> None:
     )
 
 
-def _spawn(method: str, args: argparse.Namespace) -> dict[str, Any]:
+def _spawn(method: str, args: argparse.Namespace, steps: int | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.train_throughput", "--child", method, "--model", args.model]
-    cmd += ["--data-dir", str(args.data_dir), "--examples", str(args.examples), "--steps", str(args.steps)]
+    cmd += ["--data-dir", str(args.data_dir), "--examples", str(args.examples), "--steps", str(steps or args.steps)]
     cmd += ["--batch", str(args.batch), "--seed", str(args.seed), "--packing", args.packing]
     cmd += ["--threads", str(args.threads), "--naive-accumulation", str(args.naive_accumulation)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"method {method} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return dict(json.loads(line.removeprefix("RESULT ")))
+    result = dict(json.loads(line.removeprefix("RESULT ")))
+    if steps is not None and steps < args.steps:
+        result["note"] = f"{steps} of {args.steps} steps; " + result.get("note", "")
+    return result
 
 
 def _compute(
@@ -419,7 +439,7 @@ def _compute(
 def _peak_table(peaks: dict[str, dict[str, Any]]) -> None:
     if not peaks:
         return
-    print("Measured matmul peak (the step's GEMM shapes alone, best 0.2 s window; bench/gemm_peak.py):")
+    print("Measured matmul peak (the step's GEMM shapes alone, best 0.1 s window; bench/gemm_peak.py):")
     print("| dtype | peak GFLOP/s | at | shapes timed |\n|---|---:|---|---:|")
     for dtype, p in peaks.items():
         slow = " (no fast kernels: smallest shapes only)" if p["slow"] else ""
