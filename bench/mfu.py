@@ -25,7 +25,8 @@ BF16_PEAKS: tuple[tuple[str, float], ...] = (
 # so the base's weight gradients (2N of the 4N) are never computed: the hardware does nearer 4N, and a LoRA MFU
 # at 6N reads up to 1.5x above the tensor cores' actual utilisation, as a full fine-tune's MFU would be counted.
 # Inference: 2N per generated token (the prompt's prefill is left out). The attention scores' own FLOPs
-# (about 4 x layers x context x hidden per token) are left out too: at these contexts (up to ~1k) they are small.
+# (about 4 x layers x context x hidden per token) are left out of these; training's are counted apart
+# (attention_train_flops): with examples of a few hundred tokens they are ~8% of a LoRA step's FLOPs.
 TRAIN_FLOPS_PER_PARAM = 6
 INFERENCE_FLOPS_PER_PARAM = 2
 
@@ -71,9 +72,23 @@ def lora_train_flops(body: int, head: int, tokens: int, head_positions: int, rec
     """FLOPs of LoRA training passes: 4·body per token through the transformer (forward 2·body, the backward's
     input gradient 2·body; the frozen base's weight gradients are never computed), 2·body more per token when
     gradient checkpointing recomputes the forward, and 4·head per position the LM head is computed at (forward
-    and input gradient; the head is frozen too). LoRA's own rank-r products and attention's score FLOPs are
-    left out (a few percent at these shapes and lengths)."""
+    and input gradient; the head is frozen too). LoRA's own rank-r products are left out (a few percent), and so
+    is attention, which has no weights: attention_train_flops counts it."""
     return (6.0 if recompute else 4.0) * body * tokens + 4.0 * head * head_positions
+
+
+def attention_train_flops(layers: int, width: int, lengths: list[int]) -> float:
+    """FLOPs of causal attention in a training pass, per layer and sequence of L tokens: its L²/2 query-key pairs
+    times width (heads × head_dim) times 2 (a multiply and an add) for each product: QKᵀ and PV forward (2·width·L²),
+    the backward's dV, dP, dQ and dK (4·width·L²); 6·width·L² in all, as PaLM's 12·layers·width·L per token
+    halved for the causal mask. Skipped pairs (a kernel's causal blocks) and recomputation are not counted."""
+    return 6.0 * layers * width * float(sum(n * n for n in lengths))
+
+
+def attention_width(config: Any) -> int:
+    """heads × head_dim of a transformers config (head_dim defaults to hidden / heads)."""
+    heads = int(config.num_attention_heads)
+    return heads * int(getattr(config, "head_dim", None) or config.hidden_size // heads)
 
 
 def bf16_peak(device_name: str) -> float | None:

@@ -25,12 +25,16 @@ in fp32 and bf16); a dtype's **measured peak** is the best rate any of those sha
 window. After the table, each method's arithmetic as FLOP/s (bench/mfu.py's lora_train_flops):
 
     useful FLOPs = 4 x body x non-padding tokens + 4 x head x loss positions
+    + attention  = useful FLOPs + 6 x layers x heads x head_dim x sum over examples of L^2
 
 body = the transformer's matmul parameters (SmolLM2-135M: 106 M), head = the LM head's (vocabulary x hidden,
 28 M), loss positions = the trained examples' target tokens. 4 per parameter: the forward (2) and the
 backward's input gradient (2); LoRA never computes the frozen base's weight gradients. Every method is
 credited the same useful FLOPs (same examples, same targets), so useful GFLOP/s ranks them as time does, and
 its share of the measured peak of the dtype the step computes in says how close to the machine it runs.
+Attention has no weights, so the body term leaves it out; "+ attention" adds its causal products (QK^T and PV
+forward, dV, dP, dQ, dK backward: L^2/2 pairs x heads x head_dim x 2 FLOPs each), as PaLM's MFU counts them:
+with this data's lengths it is ~8% more FLOPs, and on a CPU ~20% of a step's time.
 Also shown, the work each actually did: (a) and (b) every position fed (padding too) through the body and
 the LM head; (c)/(c32) the same plus 2 x body per position for gradient checkpointing's recomputed forward;
 (d) every position of its micro-batches (padding included, none when packed) and the LM head only at
@@ -65,7 +69,16 @@ from bench.common import (
     tokenize_all,
 )
 from bench.gemm_peak import measure
-from bench.mfu import device_name, head_params, lora_train_flops, matmul_params, mfu, model_flops
+from bench.mfu import (
+    attention_train_flops,
+    attention_width,
+    device_name,
+    head_params,
+    lora_train_flops,
+    matmul_params,
+    mfu,
+    model_flops,
+)
 
 METHODS = {
     "a": "naive: max_length=1024, labels=input_ids",
@@ -285,6 +298,10 @@ def child(args: argparse.Namespace) -> None:
         "head_params": head,
         # Credited alike to every method: the non-padding tokens through the body, the targets through the head.
         "useful_flops": lora_train_flops(body, head, sum(len(e) for e in tokenized), target),
+        # Causal attention over each example's own tokens, credited alike too (the "with attention" columns).
+        "attention_flops": attention_train_flops(
+            int(model.config.num_hidden_layers), attention_width(model.config), [len(e) for e in tokenized]
+        ),
         "done_flops": lora_train_flops(
             body, head, result["positions"], result["head_positions"], result.get("recompute", False)
         ),
@@ -420,6 +437,7 @@ def _compute(
         flops = model_flops(r["matmul_params"], real_rate, training=True)
         peak = peaks.get(r["compute_dtype"], {}).get("peak_flops")
         useful, done = r["useful_flops"] / r["seconds"], r["done_flops"] / r["seconds"]
+        with_attention = (r["useful_flops"] + r.get("attention_flops", 0.0)) / r["seconds"]
         out[m] = r | {
             "label": METHODS[m],
             "examples_per_s": r["examples"] / r["seconds"],
@@ -429,6 +447,8 @@ def _compute(
             "done_flops_per_s": done,
             "peak_flops": peak,
             "useful_of_peak": useful / peak if peak else None,
+            "with_attention_flops_per_s": with_attention,
+            "with_attention_of_peak": with_attention / peak if peak else None,
             "done_of_peak": done / peak if peak else None,
             "model_flops_per_s": flops,
             "mfu": mfu(flops, name) if r["device"] == "cuda" else None,
@@ -449,16 +469,24 @@ def _peak_table(peaks: dict[str, dict[str, Any]]) -> None:
 
 def _compute_table(figures: dict[str, dict[str, Any]], name: str) -> None:
     print(f"\nCompute on {name} (useful = 4 x body x non-padding tokens + 4 x head x target tokens, the same")
-    print("for every method; done = what each computed, padding and recomputation included; bench/mfu.py):")
-    print("| method | examples/s | tokens/s | dtype | useful GFLOP/s | % of peak | done GFLOP/s | % of peak | MFU |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("for every method; + attention = useful + 6 x layers x heads x head_dim x L^2 per example of L tokens;")
+    print("done = what each computed, padding and recomputation included; bench/mfu.py):")
+    print(
+        "| method | examples/s | tokens/s | dtype | useful GFLOP/s | % of peak | + attention GFLOP/s | % of peak "
+        "| done GFLOP/s | % of peak | MFU |"
+    )
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def pct(share: float | None) -> str:
+        return "-" if share is None else f"{share:.0%}"
+
     for m, f in figures.items():
         share = "-" if f["mfu"] is None else f"{f['mfu']:.1%}"
-        useful = "-" if f["useful_of_peak"] is None else f"{f['useful_of_peak']:.0%}"
-        done = "-" if f["done_of_peak"] is None else f"{f['done_of_peak']:.0%}"
         print(
             f"| ({m}) {METHODS[m]} | {f['examples_per_s']:.2f} | {f['tokens_per_s']:.0f} | {f['compute_dtype']} | "
-            f"{f['useful_flops_per_s'] / 1e9:.1f} | {useful} | {f['done_flops_per_s'] / 1e9:.1f} | {done} | {share} |"
+            f"{f['useful_flops_per_s'] / 1e9:.1f} | {pct(f['useful_of_peak'])} | "
+            f"{f['with_attention_flops_per_s'] / 1e9:.1f} | {pct(f['with_attention_of_peak'])} | "
+            f"{f['done_flops_per_s'] / 1e9:.1f} | {pct(f['done_of_peak'])} | {share} |"
         )
 
 

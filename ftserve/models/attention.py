@@ -53,12 +53,12 @@ def packed_sdpa_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     bounds = _bounds(cu)
     gqa = query.shape[1] != key.shape[1]
+    # split, not slices: backward then gathers each tensor's gradient with one cat, where a slice's backward zeroes
+    # a whole [1, heads, T, dim] buffer per sequence to copy its part in.
+    lengths = [e - s for s, e in itertools.pairwise(bounds) if e > s]
     parts = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, enable_gqa=gqa
-        ).transpose(1, 2)
-        for s, e in itertools.pairwise(bounds)
-        if e > s
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa).transpose(1, 2)
+        for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)), strict=True)
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     return out.contiguous(), None

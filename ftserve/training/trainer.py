@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftserve.models import attention
-from ftserve.training import fused_lora
+from ftserve.training import fused_lora, head_loss, rms_norm
 from ftserve.training.batching import MicroBatch
 from ftserve.training.rank import Gang
 
@@ -44,15 +44,23 @@ def loss_sums(model: nn.Module, mb: MicroBatch, device: torch.device) -> LossSum
     keep = torch.nonzero(w.sum(0) > 0).flatten()  # positions t-1 whose next token carries weight
     if keep.numel() == 0:
         return LossSums(torch.zeros((), device=device), 0.0, 0, 0)
-    out = model(
-        input_ids=mb.input_ids.to(device), logits_to_keep=keep.to(device), use_cache=False, **_layout(model, mb, device)
-    )
-    logits = out.logits.float()  # [rows, len(keep), vocab]
     targets = mb.input_ids[:, 1:][:, keep].to(device)
     weights = w[:, keep].to(device)
+    comp = mb.completion[:, 1:][:, keep].to(device)
+    inputs = {"input_ids": mb.input_ids.to(device), "use_cache": False, **_layout(model, mb, device)}
+    fused = head_loss.fusable_head(model)
+    if fused is not None:
+        # The head and the loss as one op (training/head_loss): no [positions, vocab] logits kept.
+        decoder, head = fused
+        hidden = decoder(**inputs).last_hidden_state[:, keep.to(device)]
+        total, argmax = head_loss.weighted_ce(
+            hidden.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1), weights.reshape(-1)
+        )
+        correct = int(((argmax.view_as(targets) == targets) & comp).sum())
+        return LossSums(total, float(weights.sum()), correct, int(comp.sum()))
+    logits = model(**inputs, logits_to_keep=keep.to(device)).logits.float()  # [rows, len(keep), vocab]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     ce = ce.view_as(weights)
-    comp = mb.completion[:, 1:][:, keep].to(device)
     correct = int(((logits.argmax(-1) == targets) & comp).sum())
     return LossSums((ce * weights).sum(), float(weights.sum()), correct, int(comp.sum()))
 
@@ -131,9 +139,10 @@ class LoraTrainer:
         )
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
-        # LoRA linears as one op each (training/fused_lora); not under FSDP, whose gathers wrap the layers' own
+        # LoRA linears as one op each (training/fused_lora), RMSNorm as torch's fused kernel (training/rms_norm);
+        # not under FSDP, whose gathers wrap the layers' own
         # parameter accesses: that path stays peft's as it was.
-        self._unfuse = fused_lora.fuse(model) if fused and not self.lockstep else None
+        self._unfuse = [fused_lora.fuse(model), rms_norm.fuse(model)] if fused and not self.lockstep else []
         gang.same_weights(self.params)
         if self.mixed:
             with torch.no_grad():
@@ -142,9 +151,9 @@ class LoraTrainer:
 
     def close(self) -> None:
         """Undo what __init__ changed on the model, so a cached base serves the next job as it was."""
-        if self._unfuse is not None:
-            self._unfuse()
-            self._unfuse = None
+        for undo in self._unfuse:
+            undo()
+        self._unfuse = []
         if self.mixed:
             for p, master in zip(self.live, self.params, strict=True):
                 p.data = master.data

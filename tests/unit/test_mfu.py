@@ -26,3 +26,22 @@ def test_matmul_params_drop_the_embedding_lookup_but_keep_the_head() -> None:
             model = LlamaForCausalLM(config)
         body = sum(p.numel() for p in model.model.layers.parameters()) + model.model.norm.weight.numel()
         assert matmul_params(model) == body + 100 * 16  # the head's matmul, tied or not
+
+
+def test_attention_train_flops_are_half_the_full_products_torch_counts() -> None:
+    """torch's FLOP counter over attention written as matmuls (scores, softmax, weighted values), forward and
+    backward, counts every query-key pair: twice attention_train_flops, which counts the causal half."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.mfu import attention_train_flops
+
+    heads, dim = 4, 16
+    total = 0
+    for length in (7, 40):
+        q, k, v = (torch.randn(1, heads, length, dim, requires_grad=True) for _ in range(3))
+        with FlopCounterMode(display=False) as counter:
+            out = F.softmax(q @ k.transpose(-1, -2) / dim**0.5, dim=-1) @ v
+            out.sum().backward()
+        total += counter.get_total_flops()
+    assert total == 2 * attention_train_flops(1, heads * dim, [7, 40])

@@ -204,7 +204,7 @@ def test_shares_of_a_step_with_its_total_sum_to_the_step(bases_dir: Path) -> Non
     summed = _grads(model)  # accumulated over both shares, as the all-reduce sums them
     assert set(summed) == set(whole_grads)
     for name, grad in whole_grads.items():
-        assert torch.allclose(summed[name], grad, atol=1e-7, rtol=1e-5), name
+        assert torch.allclose(summed[name], grad, atol=1e-6, rtol=1e-4), name
     # Each share over its own tokens instead: another loss (and so other gradients) than the step's.
     own = [backward_step(model, r, a, config, lambda loss: float(loss.detach()), 0, CPU) for r, a in shares]
     assert sum(own) != pytest.approx(whole, rel=0.05)
