@@ -4,13 +4,14 @@ peft's `Linear.forward` computes the base, then lora_B(lora_A(dropout(x))), mult
 two extra passes over the [tokens, out] output forward, two more backward, a gradient sum over [tokens, in],
 and autograd's own orientation of the rank-r GEMMs (dy·B and dyᵀ·u, whose rank-wide output dimension MKL runs
 at a fifth of the transposed product's speed on CPU). `fuse(model)` gives each adapted nn.Linear of the model a
-forward that does the same arithmetic as one Function: the low-rank product accumulates into the base output
-inside the GEMM (addmm), the backward computes dx = dy·W + s·(dy·B)·A the same way, and the rank-r GEMMs run
-in their fast orientation. The parameters (and so state dicts, saved adapters, the optimizer) are peft's own,
-untouched; any case the fused path does not cover (dropout while training, DoRA or another variant, several
-adapters, a merged or disabled adapter, fan_in_fan_out, a non-Linear base) takes peft's forward unchanged.
+forward that does the same arithmetic as one Function (`_LoraGroup`, here with one linear): the low-rank
+product accumulates into the base output inside the GEMM (addmm), the backward computes dx = dy·W + s·(dy·B)·A
+the same way, and the rank-r GEMMs run in their fast orientation. The parameters (and so state dicts, saved
+adapters, the optimizer) are peft's own, untouched; any case the fused path does not cover (dropout while
+training, DoRA or another variant, several adapters, a merged or disabled adapter, fan_in_fan_out, a non-Linear
+base) takes peft's forward unchanged.
 
-Sibling projections that read the same input (a block's q/k/v, an MLP's gate/up) run as one op (`_LoraGroup`):
+Sibling projections that read the same input (a block's q/k/v, an MLP's gate/up) run as one call of that op:
 their frozen base weights become row ranges of one matrix, so the base is one GEMM as wide as all of them, and
 their A factors are stacked, so the input is read once for all rank-r products forward and once for A's
 gradients backward. Whichever sibling the model calls first computes all of them; the others take their
@@ -29,54 +30,9 @@ from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
 
-class _LoraLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        scaling: float,
-    ) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        y = F.linear(x2, weight, bias)
-        ut = torch.mm(a, x2.t())  # [r, tokens]: A·xᵀ, the fast orientation of x·Aᵀ
-        y.addmm_(ut.t(), b.t(), alpha=scaling)
-        ctx.save_for_backward(x2, weight, a, b, ut)
-        ctx.scaling = scaling
-        ctx.has_bias = bias is not None
-        return y.view(*x.shape[:-1], y.shape[-1])
-
-    @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x2, weight, a, b, ut = ctx.saved_tensors
-        s = ctx.scaling
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        need_x, need_w, need_bias, need_a, need_b, _ = ctx.needs_input_grad
-        gt = torch.mm(b.t(), dy2.t()) if (need_x or need_a) else None  # [r, tokens]: (dy·B)ᵀ
-        dx = dw = dbias = da = db = None
-        if need_x:
-            assert gt is not None
-            dx2 = torch.mm(dy2, weight)
-            dx2.addmm_(gt.t(), a, alpha=s)
-            dx = dx2.view(*dy.shape[:-1], dx2.shape[-1])
-        if need_a:
-            assert gt is not None
-            da = torch.mm(gt, x2).mul_(s)
-        if need_b:
-            db = torch.mm(ut, dy2).mul_(s).t().contiguous()  # (dyᵀ·u) computed as (uᵀ·dy)ᵀ: [out, r]
-        if need_w:  # a frozen base never asks; kept so the op is correct for any caller
-            dw = torch.mm(dy2.t(), x2)
-        if need_bias and ctx.has_bias:
-            dbias = dy2.sum(0)
-        return dx, dw, dbias, da, db, None
-
-
 class _LoraGroup(torch.autograd.Function):
-    """Sibling LoRA linears on one input: y = x·Wᵀ + s·(x·Aᵀ)·B_blockᵀ, with W and A the siblings' stacked rows
-    and each sibling's B acting on its own r columns of x·Aᵀ and its own output columns."""
+    """LoRA linears on one input: y = x·Wᵀ + s·(x·Aᵀ)·B_blockᵀ, with W and A the linears' stacked rows and each
+    linear's B acting on its own r columns of x·Aᵀ and its own output columns. One linear is the plain fused op."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -90,7 +46,8 @@ class _LoraGroup(torch.autograd.Function):
     ) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         y = F.linear(x2, weight, bias)
-        ut = torch.mm(a, x2.t())  # [siblings·r, tokens], the input read once for every sibling's A
+        # [siblings·r, tokens]: A·xᵀ, the fast orientation of x·Aᵀ, the input read once for every sibling's A
+        ut = torch.mm(a, x2.t())
         cols, rows = _segments(bs)
         for b, (c0, c1), (r0, r1) in zip(bs, cols, rows, strict=True):
             y[:, c0:c1].addmm_(ut[r0:r1].t(), b.t(), alpha=scaling)
@@ -107,21 +64,22 @@ class _LoraGroup(torch.autograd.Function):
         cols, rows = _segments(bs)
         need_x, need_w, need_bias, need_a = ctx.needs_input_grad[:4]
         need_b = ctx.needs_input_grad[5:]
-        gt = torch.empty_like(ut)  # [siblings·r, tokens]: each sibling's (dy·B)ᵀ
-        for b, (c0, c1), (r0, r1) in zip(bs, cols, rows, strict=True):
-            torch.mm(b.t(), dy2[:, c0:c1].t(), out=gt[r0:r1])
         dx = dw = dbias = da = None
-        if need_x:
-            dx2 = torch.mm(dy2, weight)  # one GEMM over every sibling's output columns
-            dx2.addmm_(gt.t(), a, alpha=s)
-            dx = dx2.view(*dy.shape[:-1], dx2.shape[-1])
-        if need_a:
-            da = torch.mm(gt, x2).mul_(s)
-        dbs = [
+        if need_x or need_a:
+            gt = torch.empty_like(ut)  # [siblings·r, tokens]: each sibling's (dy·B)ᵀ
+            for b, (c0, c1), (r0, r1) in zip(bs, cols, rows, strict=True):
+                torch.mm(b.t(), dy2[:, c0:c1].t(), out=gt[r0:r1])
+            if need_x:
+                dx2 = torch.mm(dy2, weight)  # one GEMM over every sibling's output columns
+                dx2.addmm_(gt.t(), a, alpha=s)
+                dx = dx2.view(*dy.shape[:-1], dx2.shape[-1])
+            if need_a:
+                da = torch.mm(gt, x2).mul_(s)
+        dbs = [  # (dyᵀ·u) computed as (uᵀ·dy)ᵀ: [out, r]
             torch.mm(ut[r0:r1], dy2[:, c0:c1]).mul_(s).t().contiguous() if need else None
             for need, (c0, c1), (r0, r1) in zip(need_b, cols, rows, strict=True)
         ]
-        if need_w:
+        if need_w:  # a frozen base never asks; kept so the op is correct for any caller
             dw = torch.mm(dy2.t(), x2)
         if need_bias and ctx.has_bias:
             dbias = dy2.sum(0)
@@ -163,7 +121,7 @@ def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any)
         return LoraLinear.forward(self, x, *args, **kwargs)
     base = self.base_layer
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    out: torch.Tensor = _LoraLinear.apply(x, base.weight, base.bias, a, b, float(self.scaling[name]))
+    out: torch.Tensor = _LoraGroup.apply(x, base.weight, base.bias, a, float(self.scaling[name]), b)
     return out
 
 

@@ -47,21 +47,18 @@ def _loss_and_grads(model: Any, batches: list[MicroBatch]) -> tuple[float, dict[
 
 
 def _op_calls(model: Any, batches: list[MicroBatch]) -> dict[str, int]:
-    """How many single and grouped fused LoRA ops the forwards of batches run (the profiler names each by its
-    Function)."""
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+    """How many single and grouped fused LoRA ops the forwards of batches run: the profiler names each call by its
+    Function, and its inputs (x, weight, bias, A, scaling, then one B per linear) tell how many linears it computed."""
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for mb in batches:
             loss_sums(model, mb, torch.device("cpu"))
-    names = [e.name for e in prof.events()]
-    return {op: names.count(op) for op in ("_LoraLinear", "_LoraGroup")}
+    linears = [len(e.input_shapes) - 5 for e in prof.events() if e.name == "_LoraGroup"]
+    return {"single": linears.count(1), "grouped": sum(n > 1 for n in linears), "linears": sum(linears)}
 
 
 def _fused_calls(model: Any, batches: list[MicroBatch]) -> int:
     """How many LoRA linears the fused ops computed (a grouped op computes its siblings: q/k/v 3, gate/up 2)."""
-    calls = _op_calls(model, batches)
-    blocks = calls["_LoraGroup"] // 2  # each block: one q/k/v op and one gate/up op
-    assert calls["_LoraGroup"] == 2 * blocks
-    return calls["_LoraLinear"] + 5 * blocks
+    return _op_calls(model, batches)["linears"]
 
 
 def test_fused_lora_matches_peft_and_undo_restores_it(bases_dir: Path) -> None:
@@ -75,8 +72,9 @@ def test_fused_lora_matches_peft_and_undo_restores_it(bases_dir: Path) -> None:
     blocks = model.config.num_hidden_layers
     # q/k/v and gate/up run as one grouped op per block, o and down each as the single op
     assert _op_calls(model, batches) == {
-        "_LoraLinear": 2 * blocks * len(batches),
-        "_LoraGroup": 2 * blocks * len(batches),
+        "single": 2 * blocks * len(batches),
+        "grouped": 2 * blocks * len(batches),
+        "linears": 7 * blocks * len(batches),
     }
     assert layers == 7 * blocks and _fused_calls(model, batches) == layers * len(batches)
     fused_loss, fused_grads = _loss_and_grads(model, batches)
@@ -139,8 +137,9 @@ def test_dropout_while_training_and_a_disabled_adapter_take_peft_path(bases_dir:
 
 
 def test_the_op_is_its_own_gradient() -> None:
-    """The fused Function against finite differences in float64 (with a bias, and the weight's gradient too)."""
-    from ftserve.training.fused_lora import _LoraLinear
+    """The fused Function with one linear against finite differences in float64 (with a bias, and the weight's
+    gradient too)."""
+    from ftserve.training.fused_lora import _LoraGroup
 
     torch.manual_seed(0)
     x = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
@@ -148,7 +147,9 @@ def test_the_op_is_its_own_gradient() -> None:
     bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
     a = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *t: _LoraLinear.apply(*t, 0.7), (x, w, bias, a, b))
+    assert torch.autograd.gradcheck(
+        lambda x, w, bias, a, b: _LoraGroup.apply(x, w, bias, a, 0.7, b), (x, w, bias, a, b)
+    )
 
 
 def test_the_grouped_op_is_its_own_gradient() -> None:
