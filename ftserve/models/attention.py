@@ -26,14 +26,15 @@ NAME = "ftserve_sdpa"
 # reads the boundaries from the position ids): the planner may pack long rows for them.
 VARLEN = frozenset({NAME, "flash_attention_2", "flash_attention_3"})
 
-# The boundaries tensor of the forward in progress and its Python list (every layer reads the same tensor).
+# The boundaries tensor of the forward in progress and its sequences' lengths (every layer reads the same tensor).
 _last: tuple[torch.Tensor | None, list[int]] = (None, [])
 
 
-def _bounds(cu: torch.Tensor) -> list[int]:
+def _lengths(cu: torch.Tensor) -> list[int]:
+    """The non-empty sequences' lengths of a packed row's boundaries, computed once per forward."""
     global _last
     if _last[0] is not cu:
-        _last = (cu, [int(v) for v in cu.tolist()])
+        _last = (cu, [e - s for s, e in itertools.pairwise(int(v) for v in cu.tolist()) if e > s])
     return _last[1]
 
 
@@ -51,11 +52,10 @@ def packed_sdpa_forward(
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or query.shape[0] != 1 or kwargs.get("position_bias") is not None or dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    bounds = _bounds(cu)
+    lengths = _lengths(cu)
     gqa = query.shape[1] != key.shape[1]
     # split, not slices: backward then gathers each tensor's gradient with one cat, where a slice's backward zeroes
     # a whole [1, heads, T, dim] buffer per sequence to copy its part in.
-    lengths = [e - s for s, e in itertools.pairwise(bounds) if e > s]
     parts = [
         F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa).transpose(1, 2)
         for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)), strict=True)

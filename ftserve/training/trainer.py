@@ -50,7 +50,7 @@ def loss_sums(model: nn.Module, mb: MicroBatch, device: torch.device) -> LossSum
     inputs = {"input_ids": mb.input_ids.to(device), "use_cache": False, **_layout(model, mb, device)}
     fused = head_loss.fusable_head(model)
     if fused is not None:
-        # The head and the loss as one op (training/head_loss): no [positions, vocab] logits kept.
+        # The head and the loss as one op (training/head_loss): one [positions, vocab] buffer, not three.
         decoder, head = fused
         hidden = decoder(**inputs).last_hidden_state[:, keep.to(device)]
         total, argmax = head_loss.weighted_ce(
@@ -140,8 +140,7 @@ class LoraTrainer:
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
         # LoRA linears as one op each (training/fused_lora), RMSNorm as torch's fused kernel (training/rms_norm);
-        # not under FSDP, whose gathers wrap the layers' own
-        # parameter accesses: that path stays peft's as it was.
+        # not under FSDP, whose gathers wrap the layers' own parameter accesses: that path stays peft's as it was.
         self._unfuse = [fused_lora.fuse(model), rms_norm.fuse(model)] if fused and not self.lockstep else []
         gang.same_weights(self.params)
         if self.mixed:
