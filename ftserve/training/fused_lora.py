@@ -154,25 +154,43 @@ class _Group:
                 self.input = None
             return out
         self.input, self.outputs = None, {}
+        y = self.stacked(x, *args, **kwargs)
+        if y is None:
+            return _fused_forward(layer, x, *args, **kwargs)
+        parts = y.split([m.base_layer.weight.shape[0] for m in self.layers], dim=-1)
+        self.outputs = {id(m): part for m, part in zip(self.layers, parts, strict=True)}
+        self.input = x
+        return self.forward(layer, x)
+
+    def stacked(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
+        """Every sibling's output on x side by side ([..., Σ out]) as one grouped op, or None where the group
+        does not apply (then each sibling computes its own)."""
         names = [_plain_lora(m, x, args, kwargs) for m in self.layers]
         scalings = {float(m.scaling[n]) for m, n in zip(self.layers, names, strict=True) if n is not None}
         frozen = not any(m.base_layer.weight.requires_grad for m in self.layers)
         # fp32 only: the bf16 CPUs' figures (docs/performance.md) were measured with the single op, and grouping
         # was measured only where bf16 is not the compute dtype (CPUs without bf16 kernels).
         if x.dtype != torch.float32 or None in names or len(scalings) != 1 or not self.uniform_bias or not frozen:
-            return _fused_forward(layer, x, *args, **kwargs)
+            return None
         a = torch.cat([m.lora_A[n].weight for m, n in zip(self.layers, names, strict=True)])
         bs = [m.lora_B[n].weight for m, n in zip(self.layers, names, strict=True)]
         y: torch.Tensor = _LoraGroup.apply(x, self.weight, self.bias, a, scalings.pop(), *bs)
-        parts = y.split([b.shape[0] for b in bs], dim=-1)
-        self.outputs = {id(m): part for m, part in zip(self.layers, parts, strict=True)}
-        self.input = x
-        return self.forward(layer, x)
+        return y
 
     def undo(self) -> None:
         self.input, self.outputs = None, {}
         for m in self.layers:  # each base weight its own storage again
             m.base_layer.weight.data = m.base_layer.weight.data.clone()
+
+
+# The attribute a grouped sibling holds its group under while fused (training/swiglu reads the stacked output).
+GROUP = "_ftserve_lora_group"
+
+
+def group_of(layer: nn.Module) -> _Group | None:
+    """The sibling group a fused LoRA linear belongs to, if any."""
+    group = layer.__dict__.get(GROUP)
+    return group if isinstance(group, _Group) else None
 
 
 def _groups(model: nn.Module) -> list[_Group]:
@@ -199,11 +217,13 @@ def fuse(model: nn.Module) -> Callable[[], None]:
     for group in groups:
         for m in group.layers:
             m.forward = types.MethodType(lambda self, x, *a, _g=group, **k: _g.forward(self, x, *a, **k), m)  # type: ignore[method-assign]
+            m.__dict__[GROUP] = group
 
     def undo() -> None:
         for group in groups:
             group.undo()
         for m in layers:
             m.__dict__.pop("forward", None)
+            m.__dict__.pop(GROUP, None)
 
     return undo

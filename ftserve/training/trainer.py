@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftserve.models import attention
-from ftserve.training import fused_lora, head_loss, rms_norm
+from ftserve.training import fused_lora, head_loss, rms_norm, rotary, swiglu
 from ftserve.training.batching import MicroBatch
 from ftserve.training.rank import Gang
 
@@ -139,9 +139,15 @@ class LoraTrainer:
         )
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
-        # LoRA linears as one op each (training/fused_lora), RMSNorm as torch's fused kernel (training/rms_norm);
-        # not under FSDP, whose gathers wrap the layers' own parameter accesses: that path stays peft's as it was.
-        self._unfuse = [fused_lora.fuse(model), rms_norm.fuse(model)] if fused and not self.lockstep else []
+        # LoRA linears as one op each (training/fused_lora), RMSNorm as torch's fused kernel (training/rms_norm),
+        # the MLP's gated product on gate‖up (training/swiglu, after fused_lora: it reads its groups) and the
+        # rotary embedding (training/rotary) as one op each; not under FSDP, whose gathers wrap the layers' own
+        # parameter accesses: that path stays peft's as it was.
+        self._unfuse = (
+            [fused_lora.fuse(model), rms_norm.fuse(model), swiglu.fuse(model), rotary.fuse()]
+            if fused and not self.lockstep
+            else []
+        )
         gang.same_weights(self.params)
         if self.mixed:
             with torch.no_grad():
@@ -150,7 +156,7 @@ class LoraTrainer:
 
     def close(self) -> None:
         """Undo what __init__ changed on the model, so a cached base serves the next job as it was."""
-        for undo in self._unfuse:
+        for undo in reversed(self._unfuse):
             undo()
         self._unfuse = []
         if self.mixed:
