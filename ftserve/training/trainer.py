@@ -139,7 +139,7 @@ class LoraTrainer:
         )
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
-        # LoRA linears as one op each (training/fused_lora), RMSNorm as torch's fused kernel (training/rms_norm),
+        # LoRA linears as one op each (training/fused_lora), RMSNorm as one op each way (training/rms_norm),
         # the MLP's gated product on gate‖up (training/swiglu, after fused_lora: it reads its groups) and the
         # rotary embedding (training/rotary) as one op each; not under FSDP, whose gathers wrap the layers' own
         # parameter accesses: that path stays peft's as it was.
